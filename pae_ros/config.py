@@ -1,0 +1,322 @@
+"""The one configuration schema of pae_ros (training, refinement, calibration, input).
+
+A config is nested dataclasses; YAML files hold any subset of keys and are validated when
+loaded: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` whose
+message names the key by its dotted path (e.g. ``apr.lr``). Every key here is read by the code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or is out of range. The message names it."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    #: ``posenet`` (single scene, pooled features) or ``mstransformer`` (multi-scene, transformer)
+    type: str = "mstransformer"
+    #: ``efficientnet_lite0`` (ImageNet-pretrained), ``efficientnet_lite0_scratch`` or ``tiny_cnn`` (tests)
+    backbone: str = "efficientnet_lite0"
+    latent_dim: int = 256
+    dropout: float = 0.1
+    #: transformer encoder and decoder layers each (paper: 6; small default for CPU)
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    transformer_ffn_dim: int = 512
+    #: hidden width of the MS-Transformer regression heads (paper: 1024)
+    head_hidden_dim: int = 1024
+    #: feature stride of the MS-Transformer orientation branch (paper: 8; 16 is ~4x cheaper)
+    orientation_stride: int = 8
+
+    def validate(self, p: str) -> None:
+        _check(self.type in ("posenet", "mstransformer"), f"{p}.type", f"must be posenet or mstransformer, got {self.type!r}")
+        _check(self.backbone in ("efficientnet_lite0", "efficientnet_lite0_scratch", "tiny_cnn"), f"{p}.backbone",
+               f"unknown backbone {self.backbone!r}")
+        _check(self.latent_dim > 0 and self.latent_dim % self.transformer_heads == 0, f"{p}.latent_dim",
+               "must be positive and divisible by transformer_heads")
+        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
+        _check(self.transformer_layers >= 1, f"{p}.transformer_layers", "must be >= 1")
+        _check(self.transformer_heads >= 1, f"{p}.transformer_heads", "must be >= 1")
+        _check(self.orientation_stride in (8, 16), f"{p}.orientation_stride", "must be 8 or 16")
+
+
+@dataclass
+class InputConfig:
+    #: images are resized so their shorter side is this many pixels ...
+    resize: int = 256
+    #: ... then a square crop of this size is taken (random in training, centre at test)
+    crop: int = 224
+    #: colour jitter strength (brightness/contrast/saturation, 0 = off) in APR training
+    color_jitter: float = 0.3
+    #: random crop (instead of centre crop) in APR training
+    random_crop: bool = True
+
+    def validate(self, p: str) -> None:
+        _check(self.crop >= 32, f"{p}.crop", "must be >= 32 px")
+        _check(self.resize >= self.crop, f"{p}.resize", "must be >= crop")
+        _check(0.0 <= self.color_jitter <= 1.0, f"{p}.color_jitter", "must be in [0, 1]")
+
+
+@dataclass
+class APRTrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    #: multiply lr by lr_gamma every lr_step_epochs epochs
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.5
+    #: initial learned loss weights (paper: 0/-3 indoor, -3/-6.5 outdoor)
+    s_x_init: float = 0.0
+    s_q_init: float = -3.0
+    #: freeze the pretrained backbone and train only the rest
+    freeze_backbone: bool = False
+    #: with a frozen backbone: compute backbone features once (centre crop, no augmentation)
+    cache_features: bool = False
+    num_workers: int = 0
+
+    def validate(self, p: str) -> None:
+        for k in ("epochs", "batch_size", "lr_step_epochs"):
+            _check(getattr(self, k) >= 1, f"{p}.{k}", "must be >= 1")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.weight_decay >= 0, f"{p}.weight_decay", "must be >= 0")
+        _check(0 < self.lr_gamma <= 1, f"{p}.lr_gamma", "must be in (0, 1]")
+        _check(not self.cache_features or self.freeze_backbone, f"{p}.cache_features",
+               "needs freeze_backbone: true (features of a training backbone change)")
+        _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
+
+
+@dataclass
+class PAETrainConfig:
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    #: NeRF-style frequencies 2^0 .. 2^(levels-1)
+    fourier_levels: int = 6
+    hidden: list = field(default_factory=lambda: [64, 128, 256])
+    #: encode the ground-truth train pose (``gt``, paper's suggestion) or the teacher's estimate (``apr``)
+    encode: str = "gt"
+    latent_loss_weight: float = 1.0
+    #: weight of the teacher's frozen heads' pose loss on the PAE latents (0 = off)
+    pose_loss_weight: float = 1.0
+
+    def validate(self, p: str) -> None:
+        _check(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(1 <= self.fourier_levels <= 16, f"{p}.fourier_levels", "must be in [1, 16]")
+        _check(len(self.hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in self.hidden), f"{p}.hidden",
+               "must be a non-empty list of positive ints")
+        _check(self.encode in ("gt", "apr"), f"{p}.encode", f"must be gt or apr, got {self.encode!r}")
+        _check(self.latent_loss_weight >= 0 and self.pose_loss_weight >= 0, f"{p}.pose_loss_weight",
+               "loss weights must be >= 0")
+
+
+@dataclass
+class DecoderTrainConfig:
+    enabled: bool = True
+    #: ``conv`` (small transposed-conv decoder) or ``mlp`` (the paper's MLP, much larger)
+    type: str = "conv"
+    image_size: int = 64
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+
+    def validate(self, p: str) -> None:
+        _check(self.type in ("conv", "mlp"), f"{p}.type", f"must be conv or mlp, got {self.type!r}")
+        _check(self.image_size in (32, 64, 128), f"{p}.image_size", "must be 32, 64 or 128")
+        _check(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, f"{p}.epochs",
+               "epochs, batch_size and lr must be positive")
+
+
+@dataclass
+class RefineConfig:
+    enabled: bool = True
+    #: number of nearest train poses
+    k: int = 3
+    #: optimiser steps of the convex-weight fit (AdamW on softmax logits, fresh per query)
+    steps: int = 30
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    #: neighbour metric: ``scaled`` (position/pos_scale + angle/ori_scale, fixed scales from the
+    #: train table) or ``reference`` (each term divided by its max over the table, per query)
+    metric: str = "scaled"
+    #: orientation of the refined pose: the APR's (``apr``) or the weighted neighbour average
+    orientation: str = "apr"
+
+    def validate(self, p: str) -> None:
+        _check(self.k >= 1, f"{p}.k", "must be >= 1")
+        _check(self.steps >= 0, f"{p}.steps", "must be >= 0")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
+        _check(self.metric in ("scaled", "reference"), f"{p}.metric", f"must be scaled or reference, got {self.metric!r}")
+        _check(self.orientation in ("apr", "average"), f"{p}.orientation", f"must be apr or average, got {self.orientation!r}")
+
+
+@dataclass
+class CalibrationConfig:
+    #: share of each train sequence (its last frames) held back from training to calibrate sigma
+    holdout_fraction: float = 0.15
+
+    def validate(self, p: str) -> None:
+        _check(0.0 <= self.holdout_fraction < 0.5, f"{p}.holdout_fraction", "must be in [0, 0.5)")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    apr: APRTrainConfig = field(default_factory=APRTrainConfig)
+    pae: PAETrainConfig = field(default_factory=PAETrainConfig)
+    decoder: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v.validate(f.name)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: named presets: overrides applied on top of the defaults (then a user file, then --set)
+PRESETS: dict[str, dict] = {
+    # minutes on a 2-core CPU: frozen pretrained backbone with cached features, small input
+    "quick": {
+        "model": {"type": "mstransformer", "transformer_layers": 2},
+        "input": {"resize": 128, "crop": 128, "random_crop": False, "color_jitter": 0.0},
+        "apr": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_step_epochs": 15, "freeze_backbone": True,
+                "cache_features": True},
+        "pae": {"epochs": 300, "batch_size": 64},
+        "decoder": {"epochs": 150},
+    },
+    # better accuracy: the backbone is fine-tuned with augmentation (GPU recommended)
+    "full": {
+        "model": {"type": "mstransformer", "transformer_layers": 4},
+        "input": {"resize": 256, "crop": 224},
+        "apr": {"epochs": 150, "lr": 1e-4, "lr_step_epochs": 50},
+        "pae": {"epochs": 500},
+        "decoder": {"epochs": 300},
+    },
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected a boolean (true/false), got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        import math
+        _check(math.isfinite(float(value)), key, f"must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    if tp is list:
+        _check(isinstance(value, list), key, f"expected a list, got {value!r}")
+        return list(value)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _merge_into(obj: Any, data: dict, prefix: str) -> None:
+    _check(isinstance(data, dict), prefix or "<root>", f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key (known keys here: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge_into(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def config_from_dict(data: dict | None = None, preset: str | None = None) -> Config:
+    """Build and validate a :class:`Config`: defaults, then ``preset``, then ``data``."""
+    cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"preset: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        _merge_into(cfg, PRESETS[preset], "")
+    if data:
+        _merge_into(cfg, data, "")
+    return cfg.validate()
+
+
+def parse_set_option(items: list[str]) -> dict:
+    """Turn ``["apr.lr=1e-3", "refine.k=5"]`` into a nested dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge (``over`` wins), used to stack a YAML file and ``--set`` overrides."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None, overrides: dict | None = None) -> Config:
+    """Load a YAML config file (any subset of keys) on top of a preset, then ``overrides``."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        data = deep_merge(data, overrides)
+    try:
+        return config_from_dict(data, preset)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
