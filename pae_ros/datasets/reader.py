@@ -1,0 +1,94 @@
+"""``read_dataset``: one entry point over the 7Scenes, Cambridge and label-CSV readers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import cambridge, seven_scenes
+from .common import Issues, load_intrinsics
+from .label_csv import read_label_csv
+from .types import SEVEN_SCENES_INTRINSICS, CameraIntrinsics, DatasetError, DatasetSplit, Frame
+
+FORMATS = ("7scenes", "cambridge", "csv")
+SPLITS = ("train", "test")
+
+_SCENE_READERS = {
+    "7scenes": (seven_scenes.is_scene_dir, seven_scenes.read_scene, SEVEN_SCENES_INTRINSICS),
+    "cambridge": (cambridge.is_scene_dir, cambridge.read_scene, None),
+}
+
+
+def find_scene_dirs(root: Path, fmt: str, scenes: list[str] | None = None) -> list[Path]:
+    """Scene directories under ``root``: ``root`` itself if it is a scene, else its sub-folders
+    that are scenes (sorted by name), restricted to ``scenes`` when given."""
+    is_scene = _SCENE_READERS[fmt][0]
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder missing")
+    if is_scene(root):
+        if scenes is not None and root.name not in scenes:
+            raise DatasetError(f"{root}: is the scene {root.name!r}, not one of the requested {scenes}")
+        return [root]
+    if scenes is not None:
+        dirs = [root / s for s in scenes]
+        absent = [str(d) for d in dirs if not d.is_dir()]
+        if absent:
+            raise DatasetError(f"requested scene folder(s) missing: {', '.join(absent)}")
+        return dirs
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and is_scene(d))
+    if not dirs:
+        raise DatasetError(f"{root}: neither a {fmt} scene nor a folder of {fmt} scenes "
+                           f"(no split files found)")
+    return dirs
+
+
+def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | None = None,
+                 on_error: str = "raise", check_images: bool = True,
+                 data_root: str | Path | None = None, quat_convention: str = "auto") -> DatasetSplit:
+    """Read one split of a dataset into camera-to-world frames (metres, wxyz, OpenCV axes).
+
+    Args:
+        root: for ``"7scenes"`` / ``"cambridge"`` a scene folder or a folder of scene folders
+            (detected); for ``"csv"`` the label CSV file.
+        fmt: ``"7scenes"``, ``"cambridge"`` or ``"csv"``.
+        split: ``"train"`` or ``"test"``.
+        scenes: keep only these scene names (default: all found).
+        on_error: ``"raise"`` (default) raises :class:`DatasetError` at the first bad entry;
+            ``"skip"`` drops it and records the reason in ``DatasetSplit.skipped``.
+        check_images: require every image file to exist.
+        data_root: ``"csv"`` only: folder the ``img_path`` column is relative to
+            (default: the CSV's folder).
+        quat_convention: ``"csv"`` only: see :mod:`pae_ros.datasets.label_csv`.
+
+    Raises:
+        DatasetError: a missing folder / split file, a bad entry (``on_error="raise"``), or no
+            frames at all. Messages name the file and line.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if scenes is not None:
+        scenes = [scenes] if isinstance(scenes, str) else list(scenes)
+    issues = Issues(on_error)
+    frames: list[Frame]
+    intrinsics: dict[str, CameraIntrinsics | None]
+    if fmt == "csv":
+        frames, intrinsics = read_label_csv(Path(root), split, issues, scenes=scenes,
+                                            data_root=None if data_root is None else Path(data_root),
+                                            check_images=check_images,
+                                            quat_convention=quat_convention)
+        what = f"{Path(root).resolve()} ({split})"
+    else:
+        _, read_scene, default_k = _SCENE_READERS[fmt]
+        frames, intrinsics = [], {}
+        scene_dirs = find_scene_dirs(Path(root), fmt, scenes)
+        for d in scene_dirs:
+            frames.extend(read_scene(d, split, issues, check_images))
+            intrinsics[d.name] = load_intrinsics(d, default_k)
+        what = f"{Path(root).resolve()} ({fmt} {split})"
+    issues.log_summary(what)
+    if not frames:
+        extra = f"; {len(issues.skipped)} entries skipped, first: {issues.skipped[0]}" if issues.skipped else ""
+        sel = f" for scenes {scenes}" if scenes is not None else ""
+        raise DatasetError(f"{what}: no frames{sel}{extra}")
+    return DatasetSplit(frames, issues.skipped, intrinsics)
