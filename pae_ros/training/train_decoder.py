@@ -1,0 +1,78 @@
+"""Stage 3 (optional): an image decoder from PAE latents of train poses to small RGB images."""
+from __future__ import annotations
+
+import logging
+import time
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config
+from ..models import build_decoder
+from ..preprocess import crop, resize_shorter
+
+log = logging.getLogger("pae.train.decoder")
+
+
+def target_images(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """(N, 3, size, size) float in [0, 1]: shorter side resized to ``size``, centre crop."""
+    arr = np.stack([crop(resize_shorter(im, size), size) for im in images])
+    return torch.from_numpy(arr.transpose(0, 3, 1, 2).copy()).float() / 255.0
+
+
+def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1]: (B, 3, H, W) -> (B,)."""
+    mse = ((pred - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, device, show_progress: bool = True,
+                  writer=None):
+    """Train on (latent, image) pairs; returns ``(decoder (eval), stats)``. L1 loss, Adam."""
+    from tqdm import tqdm
+
+    dc = cfg.decoder
+    torch.manual_seed(cfg.seed + 3)
+    dec = build_decoder(dc.type, latents.shape[1], dc.image_size).to(device)
+    opt = torch.optim.Adam(dec.parameters(), lr=dc.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=dc.epochs)
+    z, y = latents.to(device), targets.to(device)
+    n = len(z)
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    t0 = time.perf_counter()
+    last = 0.0
+    for epoch in tqdm(range(dc.epochs), desc="decoder", unit="epoch", leave=False, disable=not show_progress):
+        dec.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        tot, nb = 0.0, 0
+        for i in range(0, n, dc.batch_size):
+            b = perm[i:i + dc.batch_size]
+            loss = nn.functional.l1_loss(dec(z[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item()
+            nb += 1
+        sched.step()
+        last = tot / max(nb, 1)
+        if writer is not None:
+            writer.add_scalar("decoder/l1", last, epoch)
+    dec.eval()
+    with torch.no_grad():
+        train_psnr = float(torch.cat([psnr_db(dec(z[i:i + 256]), y[i:i + 256]) for i in range(0, n, 256)]).mean())
+    n_params = sum(p.numel() for p in dec.parameters())
+    log.info("decoder trained: %d params, train PSNR %.1f dB", n_params, train_psnr)
+    return dec, {"epochs": dc.epochs, "seconds": time.perf_counter() - t0, "final_l1": last,
+                 "train_psnr_db": train_psnr, "parameters": n_params}
+
+
+def image_grid(rows: list[tuple[np.ndarray, np.ndarray]], cell: int = 96) -> np.ndarray:
+    """A uint8 RGB grid: each row is ``real | reconstruction`` resized to ``cell`` px."""
+    out = []
+    for real, rec in rows:
+        a = cv2.resize(real, (cell, cell), interpolation=cv2.INTER_AREA)
+        b = cv2.resize(rec, (cell, cell), interpolation=cv2.INTER_NEAREST)
+        out.append(np.concatenate([a, np.full((cell, 4, 3), 255, np.uint8), b], axis=1))
+    return np.concatenate(out, axis=0) if out else np.zeros((cell, 2 * cell + 4, 3), np.uint8)
