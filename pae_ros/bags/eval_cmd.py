@@ -1,0 +1,262 @@
+"""``pae bag eval``: evaluate recorded pose estimates against ground truth by header stamp.
+
+Reads ``--estimate-topic`` (default ``/pae/pose``, method ``refined``) and ``--apr-topic``
+(``/pae/apr_pose``, method ``apr``) from BAG — ``PoseStamped`` or ``PoseWithCovarianceStamped``
+— and ground truth ``--gt-topic`` (``/ground_truth/pose``) from ``--gt-bag`` (default BAG).
+An estimate matches the ground truth pose with exactly the same header stamp (integer ns);
+unmatched estimates and ground truth frames without estimate are counted and reported.
+Errors: position in metres (Euclidean), orientation in degrees (``2 acos |<q_est, q_gt>|``),
+both in the ground truth frame (``map``), through :mod:`pae_ros.metrics` like ``pae eval``.
+
+Scene names come from ``--scene``, else from the ``pae_ros.scene_ranges`` custom data that
+``pae bag make`` stores in its bag (pass the made bag as ``--gt-bag`` when BAG is a recording),
+else all frames count as scene ``"bag"``.
+
+Writes to ``--out``: ``report.json`` (also to ``--json``), TUM trajectories for evo
+(``gt.tum``, ``refined.tum``, ``apr.tum``: ``timestamp tx ty tz qx qy qz qw``, seconds, metres,
+unit quaternion xyzw), ``error_cdf.png`` (position), ``error_cdf_orientation.png`` and
+``trajectory_topdown.png`` (ground truth, apr, refined seen from above; per scene
+``trajectory_topdown_<scene>.png`` as well when there are several). Exit 0, or 1 when nothing
+could be evaluated.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+METHOD_NAMES = ("refined", "apr")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", help="bag with the estimates (e.g. recorded with `pae bag record`)")
+    parser.add_argument("--gt-bag", default=None, help="bag with the ground truth (none given: BAG itself)")
+    parser.add_argument("--estimate-topic", default="/pae/pose", help="refined estimates (method 'refined')")
+    parser.add_argument("--apr-topic", default="/pae/apr_pose", help="APR-only estimates (method 'apr'), if recorded")
+    parser.add_argument("--gt-topic", default="/ground_truth/pose", help="ground truth poses")
+    parser.add_argument("--out", required=True, help="output folder (report.json, *.tum, *.png)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the JSON report here")
+    parser.add_argument("--scene", default=None, help="report every frame under this scene name")
+    parser.add_argument("--plot-axes", default="auto", choices=("auto", "xy", "xz", "yz"),
+                        help="world axes of the top-down plot (auto: the two of largest ground truth spread)")
+
+
+def read_poses(path, topic: str) -> tuple[str | None, dict[int, tuple], int]:
+    """Poses of ``topic`` in a bag: (msgtype or None if absent, {stamp_ns: (pos, quat_wxyz)}, duplicates).
+
+    A repeated header stamp keeps the last message and counts as a duplicate.
+    """
+    from .io import BagError, BagReader
+    from .msgs import POSE_TYPES, pose_from_msg
+
+    with BagReader(path) as reader:
+        topics = reader.topics()
+        if topic not in topics:
+            return None, {}, 0
+        msgtype = topics[topic].msgtype
+        if msgtype not in POSE_TYPES:
+            raise BagError(f"{path}: {topic} has type {msgtype}, expected one of {', '.join(POSE_TYPES)}")
+        poses: dict[int, tuple] = {}
+        dup = 0
+        for _t, mt, _log_ns, data in reader.messages([topic]):
+            stamp, p, q = pose_from_msg(reader.decode(mt, data))
+            dup += stamp in poses
+            poses[stamp] = (p, q)
+    return msgtype, poses, dup
+
+
+def scene_ranges(path) -> dict[str, tuple[int, int]]:
+    """``pae_ros.scene_ranges`` of a bag made by ``pae bag make``: scene -> (first, last) stamp ns."""
+    import json
+
+    from .io import BagReader
+
+    with BagReader(path) as reader:
+        raw = reader.custom_data.get("pae_ros.scene_ranges")
+    if not raw:
+        return {}
+    try:
+        return {str(k): (int(v[0]), int(v[1])) for k, v in json.loads(raw).items()}
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return {}
+
+
+def _topdown_axes(choice: str, positions) -> tuple[int, int]:
+    import numpy as np
+
+    if choice != "auto":
+        return tuple("xyz".index(c) for c in choice)  # type: ignore[return-value]
+    pos = np.asarray(positions).reshape(-1, 3)
+    if len(pos) < 2:
+        return (0, 1)
+    drop = int(np.argmin(pos.std(axis=0)))
+    a, b = [i for i in range(3) if i != drop]
+    return (a, b)
+
+
+def evaluate(est_by_method: dict[str, dict[int, tuple]], gt: dict[int, tuple],
+             scene_of: Callable[[int], str]) -> tuple[dict, dict, dict]:
+    """Match by stamp and summarise. Returns (scenes report, per-frame errors, matching counts)."""
+    import numpy as np
+
+    from .. import metrics
+
+    scenes: dict[str, dict] = {}
+    per_frame: dict[str, dict] = {}
+    matching: dict[str, dict] = {}
+    gt_scene = {t: scene_of(t) for t in sorted(gt)}
+    for name in dict.fromkeys(gt_scene.values()):
+        scenes[name] = {}
+        per_frame[name] = {}
+    for method, est in est_by_method.items():
+        stamps = sorted(t for t in est if t in gt)
+        matching[method] = {
+            "estimates": len(est),
+            "ground_truth": len(gt),
+            "matched": len(stamps),
+            "unmatched_estimates": len(est) - len(stamps),
+            "ground_truth_without_estimate": len(gt) - len(stamps),
+        }
+        for scene in scenes:
+            ts = [t for t in stamps if gt_scene[t] == scene]
+            if ts:
+                pe, oe = metrics.pose_errors(np.stack([est[t][0] for t in ts]), np.stack([est[t][1] for t in ts]),
+                                             np.stack([gt[t][0] for t in ts]), np.stack([gt[t][1] for t in ts]))
+            else:
+                pe, oe = np.zeros(0), np.zeros(0)
+            scenes[scene][method] = metrics.summarize_errors(pe, oe)
+            per_frame[scene][method] = {
+                "stamp_ns": [int(t) for t in ts],
+                "position_error_m": [float(v) for v in pe],
+                "orientation_error_deg": [float(v) for v in oe],
+            }
+    return scenes, per_frame, matching
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from .. import metrics
+    from .io import BagError
+    from .msgs import write_tum
+
+    gt_bag = args.gt_bag or args.bag
+    topics = {"refined": args.estimate_topic, "apr": args.apr_topic}
+    try:
+        gt_type, gt, gt_dup = read_poses(gt_bag, args.gt_topic)
+        if gt_type is None:
+            raise BagError(f"{gt_bag}: no ground truth topic {args.gt_topic}")
+        est: dict[str, dict] = {}
+        dups = {"ground_truth": gt_dup}
+        for method, topic in topics.items():
+            if not topic:
+                continue
+            mt, poses, dup = read_poses(args.bag, topic)
+            if mt is not None:
+                est[method] = poses
+                dups[method] = dup
+        if not est:
+            raise BagError(f"{args.bag}: none of the estimate topics {args.estimate_topic}, {args.apr_topic}")
+        ranges = {} if args.scene else scene_ranges(gt_bag)
+    except (BagError, FileNotFoundError) as exc:
+        print(f"pae bag eval: error: {exc}", file=sys.stderr)
+        return 1
+    if not gt:
+        print(f"pae bag eval: error: {gt_bag}: {args.gt_topic} has no messages", file=sys.stderr)
+        return 1
+
+    def scene_of(t: int) -> str:
+        if args.scene:
+            return args.scene
+        for name, (a, b) in ranges.items():
+            if a <= t <= b:
+                return name
+        return "bag"
+
+    scenes, per_frame, matching = evaluate(est, gt, scene_of)
+    methods = [m for m in METHOD_NAMES if m in est]
+    print(metrics.format_table(scenes, methods))
+    for m in methods:
+        c = matching[m]
+        print(f"{m}: {c['matched']}/{c['ground_truth']} ground truth frames matched by stamp, "
+              f"{c['unmatched_estimates']} of {c['estimates']} estimates without ground truth"
+              + (f", {dups[m]} duplicate stamps" if dups.get(m) else ""))
+    if not any(c["matched"] for c in matching.values()):
+        print("pae bag eval: error: no estimate matched a ground truth stamp", file=sys.stderr)
+        return 1
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+
+    def tum(name: str, poses: dict[int, tuple]) -> None:
+        ts = sorted(poses)
+        path = out / f"{name}.tum"
+        write_tum(path, ts, [poses[t][0] for t in ts] or np.zeros((0, 3)), [poses[t][1] for t in ts] or np.zeros((0, 4)))
+        files[f"{name}_tum"] = str(path)
+
+    tum("gt", gt)
+    for m in methods:
+        tum(m, est[m])
+
+    all_pe = {m: np.concatenate([np.asarray(per_frame[s][m]["position_error_m"]) for s in per_frame]) for m in methods}
+    all_oe = {m: np.concatenate([np.asarray(per_frame[s][m]["orientation_error_deg"]) for s in per_frame]) for m in methods}
+    title = Path(args.bag).name
+    metrics.plot_error_cdf(all_pe, out / "error_cdf.png", title=title, xlabel="position error [m]")
+    metrics.plot_error_cdf(all_oe, out / "error_cdf_orientation.png", title=title, xlabel="orientation error [deg]")
+    files["error_cdf_png"] = str(out / "error_cdf.png")
+    files["error_cdf_orientation_png"] = str(out / "error_cdf_orientation.png")
+
+    def topdown(stamps: list[int], path: Path, ttl: str) -> None:
+        gt_xyz = np.array([gt[t][0] for t in stamps]).reshape(-1, 3)
+        traj = {"ground_truth": gt_xyz}
+        for m in ("apr", "refined"):
+            if m in est:
+                traj[m] = np.array([est[m][t][0] for t in stamps if t in est[m]]).reshape(-1, 3)
+        metrics.plot_topdown(traj, path, title=ttl, axes=_topdown_axes(args.plot_axes, gt_xyz))
+
+    gt_stamps = sorted(gt)
+    topdown(gt_stamps, out / "trajectory_topdown.png", title)
+    files["trajectory_topdown_png"] = str(out / "trajectory_topdown.png")
+    if len(scenes) > 1:
+        for s in scenes:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+            p = out / f"trajectory_topdown_{safe}.png"
+            topdown([t for t in gt_stamps if scene_of(t) == s], p, f"{title}: {s}")
+            files[f"trajectory_topdown_{safe}_png"] = str(p)
+
+    report = {
+        "scenes": scenes,
+        "per_frame": per_frame,
+        "methods": methods,
+        "matching": matching,
+        "duplicate_stamps": dups,
+        "bag": str(Path(args.bag).resolve()),
+        "gt_bag": str(Path(gt_bag).resolve()),
+        "topics": {"ground_truth": args.gt_topic, **{m: topics[m] for m in methods}},
+        "units": {"position": "m", "orientation": "deg", "stamp": "ns since epoch"},
+        "files": files,
+    }
+    text = json.dumps(report, indent=2) + "\n"
+    (out / "report.json").write_text(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(f"wrote {out}/report.json, gt.tum, {', '.join(f'{m}.tum' for m in methods)}, error_cdf.png, "
+          "trajectory_topdown.png")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m pae_ros.bags.eval_cmd``), same as ``pae bag eval``."""
+    parser = argparse.ArgumentParser(prog="pae bag eval", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

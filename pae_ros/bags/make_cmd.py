@@ -1,0 +1,157 @@
+"""``pae bag make``: write a rosbag2 of one dataset split (images, camera_info, ground truth).
+
+Per frame, all with the same header stamp and bag log time ``t_i = start + i / rate``
+(integer ns since the Unix epoch):
+
+* ``/camera/image_raw`` ``sensor_msgs/Image`` ``rgb8`` (or, with ``--compressed``,
+  ``/camera/image_raw/compressed`` ``sensor_msgs/CompressedImage`` JPEG), frame ``camera_optical``
+  (OpenCV optical axes: x right, y down, z forward);
+* ``/camera/camera_info`` ``sensor_msgs/CameraInfo`` from the dataset intrinsics (pixels, scaled
+  to the image size; ``plumb_bob`` with zero distortion; all-zero K/R/P where unknown);
+* ``/ground_truth/pose`` ``geometry_msgs/PoseStamped`` in frame ``map``: the camera-to-world
+  pose (position = camera centre, metres).
+
+Offered QoS of every topic: reliable, volatile, keep_last 10. The bag is written next to
+``--out`` and moved there when complete; an existing bag is replaced only with ``--force``.
+``metadata.yaml`` ``custom_data`` records the source (``pae_ros.source``) and each scene's first
+and last stamp (``pae_ros.scene_ranges``), which ``pae bag eval`` uses to name scenes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+
+
+def _seconds(text: str) -> Decimal:
+    """A non-negative decimal number of seconds, kept exact (stamps are integer ns)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset root: a scene folder, a folder of scenes, or a label CSV")
+    parser.add_argument("--format", required=True, choices=("7scenes", "cambridge", "csv"), dest="fmt",
+                        help="dataset format")
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="dataset split")
+    parser.add_argument("--out", required=True, help="output bag directory (must not exist unless --force)")
+    parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="rosbag2 storage plugin")
+    parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz (stamp spacing 1/rate s)")
+    parser.add_argument("--compressed", action="store_true",
+                        help="write JPEG sensor_msgs/CompressedImage on /camera/image_raw/compressed "
+                             "instead of raw rgb8 images")
+    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality (0-100) with --compressed")
+    parser.add_argument("--scene", action="append", default=None, metavar="NAME",
+                        help="only this scene (repeat for several; none given: all scenes found)")
+    parser.add_argument("--start-time", type=_seconds, default=Decimal("1700000000"), metavar="SEC",
+                        help="stamp of the first frame, seconds since the Unix epoch, exact to the ns "
+                             "(1700000000 = 2023-11-14T22:13:20Z: fixed so that bags are reproducible)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="write only the first N frames")
+    parser.add_argument("--force", action="store_true", help="replace an existing bag at --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .. import datasets
+    from . import CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, MAP_FRAME
+    from . import msgs
+    from .io import BagError, atomic_bag, make_qos, prepare_target
+
+    if not args.rate > 0:
+        print("pae bag make: error: --rate must be > 0", file=sys.stderr)
+        return 2
+    if not 0 <= args.jpeg_quality <= 100:
+        print("pae bag make: error: --jpeg-quality must be in 0..100", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        prepare_target(out, args.force)
+        split = datasets.read_dataset(args.data, args.fmt, args.split, scenes=args.scene)
+    except (BagError, datasets.DatasetError, ValueError) as exc:
+        print(f"pae bag make: error: {exc}", file=sys.stderr)
+        return 1
+    frames = list(split.frames)
+    if args.max_frames is not None:
+        frames = frames[: max(0, args.max_frames)]
+    if not frames:
+        print("pae bag make: error: no frames to write", file=sys.stderr)
+        return 1
+    scenes = list(dict.fromkeys(f.scene for f in frames))
+    if len(scenes) > 1:
+        print(f"pae bag make: note: {len(scenes)} scenes ({', '.join(scenes)}) written one after the "
+              "other into one bag; use --scene to write one", file=sys.stderr)
+    unknown_k = [s for s in scenes if split.intrinsics.get(s) is None]
+    if unknown_k:
+        print(f"pae bag make: note: no intrinsics for {', '.join(unknown_k)}: camera_info has K = 0 "
+              "(uncalibrated); add <scene>/intrinsics.json to fix", file=sys.stderr)
+
+    start_ns = int(Decimal(args.start_time) * 1_000_000_000)  # exact for any decimal SEC
+    period_ns = 1e9 / args.rate
+    image_topic = COMPRESSED_TOPIC if args.compressed else IMAGE_TOPIC
+    image_type = msgs.COMPRESSED_TYPE if args.compressed else msgs.IMAGE_TYPE
+    qos = [make_qos(depth=10, reliable=True)]
+    scene_ranges: dict[str, list[int]] = {}
+    warned_scale: set[str] = set()
+
+    try:
+        with atomic_bag(out, args.storage, force=args.force) as bag:
+            bag.add_topic(CAMERA_INFO_TOPIC, msgs.CAMERA_INFO_TYPE, qos)
+            bag.add_topic(image_topic, image_type, qos)
+            bag.add_topic(GT_TOPIC, msgs.POSE_TYPE, qos)
+            for i, frame in enumerate(tqdm(frames, desc="pae bag make", unit="frame", disable=None)):
+                t_ns = start_ns + int(round(i * period_ns))
+                rgb = datasets.load_rgb(frame.image_path)
+                h, w = rgb.shape[:2]
+                k = split.intrinsics.get(frame.scene)
+                if k is not None:
+                    sx, sy = w / k.width, h / k.height
+                    if (k.width, k.height) != (w, h) and frame.scene not in warned_scale:
+                        warned_scale.add(frame.scene)
+                        print(f"pae bag make: note: {frame.scene}: intrinsics are for {k.width}x{k.height}, "
+                              f"images are {w}x{h}; camera_info scaled to the image size", file=sys.stderr)
+                    info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h, k.fx * sx, k.fy * sy, k.cx * sx, k.cy * sy)
+                else:
+                    info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h)
+                if args.compressed:
+                    img = msgs.compressed_image_msg(msgs.encode_jpeg(rgb, args.jpeg_quality), t_ns, CAMERA_FRAME)
+                else:
+                    img = msgs.image_msg(rgb, t_ns, CAMERA_FRAME)
+                gt = msgs.pose_stamped_msg(frame.position, frame.quaternion, t_ns, MAP_FRAME)
+                bag.write_msg(CAMERA_INFO_TOPIC, t_ns, info)
+                bag.write_msg(image_topic, t_ns, img)
+                bag.write_msg(GT_TOPIC, t_ns, gt)
+                rng = scene_ranges.setdefault(frame.scene, [t_ns, t_ns])
+                rng[1] = t_ns
+            bag.set_custom_data("pae_ros.source", json.dumps({
+                "data": str(Path(args.data).resolve()), "format": args.fmt, "split": args.split,
+                "scenes": scenes, "frames": len(frames), "rate_hz": args.rate,
+                "image_topic": image_topic}))
+            bag.set_custom_data("pae_ros.scene_ranges", json.dumps(scene_ranges))
+    except (BagError, datasets.DatasetError, OSError, ValueError) as exc:
+        print(f"pae bag make: error: {exc}", file=sys.stderr)
+        return 1
+    duration = (len(frames) - 1) / args.rate
+    print(f"wrote {out} ({args.storage}): {len(frames)} frames of {', '.join(scenes)} at {args.rate:g} Hz "
+          f"({duration:.1f} s), topics {image_topic}, {CAMERA_INFO_TOPIC}, {GT_TOPIC}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m pae_ros.bags.make_cmd``), same as ``pae bag make``."""
+    parser = argparse.ArgumentParser(prog="pae bag make", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

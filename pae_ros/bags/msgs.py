@@ -1,0 +1,193 @@
+"""Message building and reading with the ``rosbags`` Kilted type store (no rclpy), TUM export.
+
+Conventions: stamps are integer nanoseconds since the Unix epoch; positions in metres;
+our quaternions are unit **wxyz**, ROS messages store **xyzw** — the only conversion between
+the two orders is :func:`wxyz_to_ros` / :func:`ros_to_wxyz`. Poses are camera-to-world: the
+pose of the ``camera_optical`` frame (x right, y down, z forward) in the ``map`` frame.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .io import typestore
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+POSE_TYPE = "geometry_msgs/msg/PoseStamped"
+POSE_COV_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
+POSE_TYPES = (POSE_TYPE, POSE_COV_TYPE)
+
+#: ``format`` of CompressedImage as image_transport's compressed publisher writes it
+JPEG_FORMAT = "rgb8; jpeg compressed bgr8"
+
+
+def _t(name: str):
+    return typestore().types[name]
+
+
+# --------------------------------------------------------------------------- quaternion order
+def wxyz_to_ros(q_wxyz) -> tuple[float, float, float, float]:
+    """Our unit quaternion (w, x, y, z) -> ROS ``geometry_msgs/Quaternion`` order (x, y, z, w)."""
+    w, x, y, z = (float(v) for v in np.asarray(q_wxyz, dtype=np.float64).reshape(4))
+    return x, y, z, w
+
+
+def ros_to_wxyz(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """ROS quaternion components (x, y, z, w) -> our (4,) float64 array (w, x, y, z)."""
+    return np.array([w, x, y, z], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- stamps / header
+def stamp_from_ns(t_ns: int):
+    """``builtin_interfaces/Time`` from integer nanoseconds since the epoch (exact)."""
+    sec, nsec = divmod(int(t_ns), 1_000_000_000)
+    return _t("builtin_interfaces/msg/Time")(sec=sec, nanosec=nsec)
+
+
+def stamp_to_ns(stamp) -> int:
+    """Integer nanoseconds of a ``builtin_interfaces/Time`` (type-store or rclpy object)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header(t_ns: int, frame_id: str):
+    """``std_msgs/Header`` stamped ``t_ns`` (ns since epoch) in ``frame_id``."""
+    return _t("std_msgs/msg/Header")(stamp=stamp_from_ns(t_ns), frame_id=frame_id)
+
+
+# --------------------------------------------------------------------------- images / camera
+def image_msg(rgb: np.ndarray, t_ns: int, frame_id: str):
+    """``sensor_msgs/Image`` ``rgb8`` (row-major, step = 3 * width, little endian) of an (H, W, 3) uint8 RGB array."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {rgb.shape}")
+    h, w = rgb.shape[:2]
+    return _t(IMAGE_TYPE)(header=header(t_ns, frame_id), height=h, width=w, encoding="rgb8",
+                          is_bigendian=0, step=3 * w, data=rgb.reshape(-1))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 RGB image (OpenCV, given quality 0..100)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def compressed_image_msg(jpeg: bytes, t_ns: int, frame_id: str):
+    """``sensor_msgs/CompressedImage`` with JPEG bytes (format ``rgb8; jpeg compressed bgr8``)."""
+    return _t(COMPRESSED_TYPE)(header=header(t_ns, frame_id), format=JPEG_FORMAT,
+                               data=np.frombuffer(bytes(jpeg), dtype=np.uint8).copy())
+
+
+def camera_info_msg(t_ns: int, frame_id: str, width: int, height: int,
+                    fx: float = 0.0, fy: float = 0.0, cx: float = 0.0, cy: float = 0.0):
+    """``sensor_msgs/CameraInfo`` of an undistorted pinhole camera (pixels).
+
+    ``K = [fx 0 cx; 0 fy cy; 0 0 1]``, ``R = I``, ``P = [K | 0]``, ``plumb_bob`` with
+    ``D = [0, 0, 0, 0, 0]``. With ``fx = 0`` (unknown intrinsics) K, R and P are all zeros,
+    the ROS convention for an uncalibrated camera.
+    """
+    if fx > 0 and fy > 0:
+        k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+        r = np.eye(3).reshape(-1)
+        p = np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+    else:
+        k, r, p = np.zeros(9), np.zeros(9), np.zeros(12)
+    roi = _t("sensor_msgs/msg/RegionOfInterest")(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    return _t(CAMERA_INFO_TYPE)(header=header(t_ns, frame_id), height=int(height), width=int(width),
+                                distortion_model="plumb_bob", d=np.zeros(5), k=k, r=r, p=p,
+                                binning_x=0, binning_y=0, roi=roi)
+
+
+def decode_image(msg) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a type-store ``Image`` (rgb8/bgr8/mono8) or JPEG/PNG ``CompressedImage``."""
+    if hasattr(msg, "format"):
+        import cv2
+
+        bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("cannot decode CompressedImage data")
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
+    if ch is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    img = data.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if msg.encoding == "bgr8":
+        img = img[:, :, ::-1]
+    elif msg.encoding == "mono8":
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img)
+
+
+# --------------------------------------------------------------------------- poses
+def pose_stamped_msg(position, quaternion_wxyz, t_ns: int, frame_id: str):
+    """``geometry_msgs/PoseStamped``: ``position`` (3,) m and unit ``quaternion_wxyz`` in ``frame_id``."""
+    p = np.asarray(position, dtype=np.float64).reshape(3)
+    x, y, z, w = wxyz_to_ros(quaternion_wxyz)
+    pose = _t("geometry_msgs/msg/Pose")(
+        position=_t("geometry_msgs/msg/Point")(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+        orientation=_t("geometry_msgs/msg/Quaternion")(x=x, y=y, z=z, w=w))
+    return _t(POSE_TYPE)(header=header(t_ns, frame_id), pose=pose)
+
+
+def pose_with_covariance_msg(position, quaternion_wxyz, covariance, t_ns: int, frame_id: str):
+    """``geometry_msgs/PoseWithCovarianceStamped``; ``covariance`` (6, 6) row-major (x y z rotx roty rotz)."""
+    ps = pose_stamped_msg(position, quaternion_wxyz, t_ns, frame_id)
+    cov = np.asarray(covariance, dtype=np.float64).reshape(36)
+    pwc = _t("geometry_msgs/msg/PoseWithCovariance")(pose=ps.pose, covariance=cov)
+    return _t(POSE_COV_TYPE)(header=ps.header, pose=pwc)
+
+
+def pose_from_msg(msg) -> tuple[int, np.ndarray, np.ndarray]:
+    """(header stamp ns, position (3,) m, quaternion (4,) wxyz) of a PoseStamped or PoseWithCovarianceStamped."""
+    pose = msg.pose.pose if hasattr(msg.pose, "covariance") else msg.pose
+    p, o = pose.position, pose.orientation
+    return (stamp_to_ns(msg.header.stamp), np.array([p.x, p.y, p.z], dtype=np.float64),
+            ros_to_wxyz(o.x, o.y, o.z, o.w))
+
+
+# --------------------------------------------------------------------------- TUM
+def format_tum_stamp(t_ns: int) -> str:
+    """Seconds with 9 decimals, exact (``1700000000.100000000``)."""
+    sec, nsec = divmod(int(t_ns), 1_000_000_000)
+    return f"{sec}.{nsec:09d}"
+
+
+def write_tum(path: Path | str, stamps_ns: Sequence[int], positions, quaternions_wxyz) -> int:
+    """Write a TUM trajectory ``timestamp tx ty tz qx qy qz qw`` (s, m, unit xyzw) for evo.
+
+    Returns the number of poses written.
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    quats = np.asarray(quaternions_wxyz, dtype=np.float64).reshape(-1, 4)
+    if not (len(stamps_ns) == len(positions) == len(quats)):
+        raise ValueError("stamps, positions and quaternions differ in length")
+    lines = []
+    for t, p, q in zip(stamps_ns, positions, quats):
+        x, y, z, w = wxyz_to_ros(q)
+        lines.append(f"{format_tum_stamp(t)} {p[0]:.9f} {p[1]:.9f} {p[2]:.9f} {x:.9f} {y:.9f} {z:.9f} {w:.9f}")
+    Path(path).write_text("".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def read_tum(path: Path | str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Read a TUM file written by :func:`write_tum`: (stamps ns, positions (N,3), quats wxyz (N,4))."""
+    stamps, pos, quat = [], [], []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        f = line.split()
+        sec, _, frac = f[0].partition(".")
+        stamps.append(int(sec) * 1_000_000_000 + int((frac + "000000000")[:9]))
+        pos.append([float(v) for v in f[1:4]])
+        x, y, z, w = (float(v) for v in f[4:8])
+        quat.append(ros_to_wxyz(x, y, z, w))
+    return stamps, np.array(pos).reshape(-1, 3), np.array(quat).reshape(-1, 4)

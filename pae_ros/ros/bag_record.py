@@ -1,0 +1,221 @@
+"""``pae bag record``: record topics to a rosbag2 through rclpy (a ``ros2 bag record`` stand-in).
+
+Each requested topic is subscribed as soon as a publisher makes its type discoverable (the
+graph is polled every ``--discovery-period`` s), with raw (serialized) subscriptions, so the
+bag stores the CDR bytes exactly as received. The requested QoS follows the publishers like
+rosbag2 does (reliable only when all publishers are reliable, transient local only when all
+are), keep_last 100; the publishers' offered QoS is stored in the bag's metadata. The log time
+of a message is its receive time (ns since the Unix epoch, system clock).
+
+Stops on SIGINT / SIGTERM, after ``--duration`` s, after ``--max-messages`` messages, or when
+no message arrived for ``--idle-timeout`` s after the first one; the bag is always closed
+properly (storage index and ``metadata.yaml`` written), exit 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_TOPICS = ["/pae/pose", "/pae/pose_with_covariance", "/pae/apr_pose", "/ground_truth/pose"]
+RECORD_DEPTH = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output bag directory (must not exist unless --force)")
+    parser.add_argument("--topics", nargs="+", default=list(DEFAULT_TOPICS), metavar="TOPIC",
+                        help="topics to record")
+    parser.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"), help="rosbag2 storage plugin")
+    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--max-messages", type=int, default=None, metavar="N",
+                        help="stop after N messages (all topics together)")
+    parser.add_argument("--idle-timeout", type=float, default=None, metavar="S",
+                        help="stop when no message arrived for S seconds (counted from the first message)")
+    parser.add_argument("--discovery-period", type=float, default=0.1, metavar="S",
+                        help="how often to look for publishers of topics not yet subscribed")
+    parser.add_argument("--force", action="store_true", help="replace an existing bag at --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def qos_to_bag(profile):
+    """A ``rosbags`` Qos from an rclpy ``QoSProfile`` (enum values are the rmw ones in both)."""
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+
+    def dur(d) -> QosTime:
+        return QosTime(*divmod(int(d.nanoseconds), 1_000_000_000))
+
+    def enum(cls, value, unknown):
+        try:
+            return cls(int(value))
+        except ValueError:
+            return unknown
+
+    return Qos(
+        enum(QosHistory, profile.history, QosHistory.UNKNOWN), int(profile.depth),
+        enum(QosReliability, profile.reliability, QosReliability.UNKNOWN),
+        enum(QosDurability, profile.durability, QosDurability.UNKNOWN),
+        dur(profile.deadline), dur(profile.lifespan),
+        enum(QosLiveliness, profile.liveliness, QosLiveliness.UNKNOWN),
+        dur(profile.liveliness_lease_duration), bool(profile.avoid_ros_namespace_conventions))
+
+
+def request_qos(offered: list):
+    """Subscription QoS compatible with every offered profile (rclpy QoSProfile list)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    reliable = bool(offered) and all(p.reliability == ReliabilityPolicy.RELIABLE for p in offered)
+    latched = bool(offered) and all(p.durability == DurabilityPolicy.TRANSIENT_LOCAL for p in offered)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=RECORD_DEPTH,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+    import time
+    from pathlib import Path
+
+    from ..bags.io import BagError, BagWriter, prepare_target, typestore
+    from .bag_play import import_msg_class
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"pae bag record: {msg}", file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    topics = list(dict.fromkeys(args.topics))
+    try:
+        prepare_target(out, args.force)
+    except BagError as exc:
+        print(f"pae bag record: error: {exc}", file=sys.stderr)
+        return 1
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    try:
+        bag = BagWriter(out, args.storage)
+        bag.open()
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several types
+        print(f"pae bag record: error: cannot create {out}: {exc}", file=sys.stderr)
+        return 1
+
+    stop = {"reason": None}
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        stop["reason"] = signal.Signals(signum).name
+
+    # From here on SIGINT / SIGTERM only set the stop flag, and the bag is closed in `finally`.
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    rclpy = None
+    node = None
+    state = {"total": 0, "last": None}
+    subs = {}
+    skipped: set[str] = set()
+    try:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        node = rclpy.create_node("pae_bag_record")
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+
+        def make_callback(topic: str):
+            def callback(data, info):
+                t_ns = int(info.get("received_timestamp") or 0) if isinstance(info, dict) else 0
+                if t_ns <= 0:
+                    t_ns = time.time_ns()
+                bag.write(topic, t_ns, data)
+                state["total"] += 1
+                state["last"] = time.monotonic()
+            return callback
+
+        def discover() -> None:
+            pending = [t for t in topics if t not in subs and t not in skipped]
+            if not pending:
+                return
+            graph = dict(node.get_topic_names_and_types())
+            for topic in pending:
+                types = graph.get(topic)
+                if not types:
+                    continue
+                msgtype = types[0]
+                if len(types) > 1:
+                    log(f"{topic} has several types {types}; recording {msgtype}")
+                try:
+                    cls = import_msg_class(msgtype)
+                except (ImportError, AttributeError, ValueError):
+                    log(f"skipping {topic}: message type {msgtype} is not installed for rclpy")
+                    skipped.add(topic)
+                    continue
+                if msgtype not in typestore().types:
+                    log(f"skipping {topic}: message type {msgtype} is unknown to the rosbags Kilted store")
+                    skipped.add(topic)
+                    continue
+                infos = node.get_publishers_info_by_topic(topic)
+                offered = [i.qos_profile for i in infos]
+                if not offered:
+                    continue
+                hashes = {str(i.topic_type_hash) for i in infos} - {"", "None"}
+                if hashes and typestore().hash_rihs01(msgtype) not in hashes:
+                    log(f"warning: {topic}: publisher type hash {sorted(hashes)} differs from the Kilted "
+                        f"definition of {msgtype}; the bag stores the Kilted definition")
+                bag.add_topic(topic, msgtype, [qos_to_bag(p) for p in offered])
+                qos = request_qos(offered)
+                subs[topic] = node.create_subscription(cls, topic, make_callback(topic), qos, raw=True)
+                log(f"subscribed {topic} [{msgtype}] ({qos.reliability.name.lower()}, "
+                    f"{qos.durability.name.lower()})")
+
+        log(f"recording {', '.join(topics)} to {out}")
+        t0 = time.monotonic()
+        next_discovery = t0
+        while stop["reason"] is None:
+            now = time.monotonic()
+            if now >= next_discovery:
+                discover()
+                next_discovery = now + args.discovery_period
+            executor.spin_once(timeout_sec=min(0.05, args.discovery_period))
+            now = time.monotonic()
+            if args.duration is not None and now - t0 >= args.duration:
+                stop["reason"] = f"duration {args.duration:g} s"
+            elif args.max_messages is not None and state["total"] >= args.max_messages:
+                stop["reason"] = f"{state['total']} messages"
+            elif (args.idle_timeout is not None and state["last"] is not None
+                  and now - state["last"] >= args.idle_timeout):
+                stop["reason"] = f"idle for {args.idle_timeout:g} s"
+        for sub in subs.values():
+            node.destroy_subscription(sub)
+        return 0
+    except BagError as exc:
+        print(f"pae bag record: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # Always close the bag: index + metadata.yaml, so every message written stays readable.
+        try:
+            bag.close()
+        finally:
+            counts = ", ".join(f"{t}: {n}" for t, n in bag.counts.items()) or "no topics"
+            log(f"stopped ({stop['reason'] or 'error'}); wrote {out} with {state['total']} messages ({counts})")
+            if node is not None:
+                node.destroy_node()
+            if rclpy is not None:
+                rclpy.try_shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m pae_ros.ros.bag_record``), same as ``pae bag record``."""
+    parser = argparse.ArgumentParser(prog="pae bag record", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
