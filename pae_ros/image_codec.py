@@ -1,0 +1,345 @@
+"""ROS-free decoding of ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` fields.
+
+The node (:mod:`pae_ros.ros.localizer_node`) passes the message *fields* here, so this module
+imports no rclpy and can be tested (and reused by the bag tools) without ROS.
+
+Output everywhere: ``np.uint8`` arrays of shape ``(H, W, 3)`` in **RGB** order (the core's image
+convention, see :mod:`pae_ros`).
+
+Every rejected input raises :class:`ImageDecodeError` whose ``reason`` is one short, stable
+string, usable as a counter key in ``/diagnostics``:
+
+==================== =========================================================================
+reason               meaning
+==================== =========================================================================
+``empty``            zero width/height, or no data
+``too_large``        width or height above ``max_dim`` (default :data:`DEFAULT_MAX_DIM`)
+``bad_dimensions``   negative / non-integer width, height or step
+``unknown_encoding`` raw encoding not in :data:`SUPPORTED_ENCODINGS`
+``bad_step``         ``step`` smaller than ``width * bytes_per_pixel``
+``size_mismatch``    ``len(data) != step * height``
+``unsupported_format`` compressed format that is not JPEG or PNG (e.g. ``compressedDepth``)
+``corrupt_compressed`` compressed bytes that are not a complete, decodable JPEG or PNG
+==================== =========================================================================
+
+Raw decoding is zero-copy where possible: for ``rgb8`` (and ``rgba8`` / padded rows of it) the
+result is a (possibly read-only, possibly strided) *view* of ``data``; callers must not write
+into it. Other encodings produce one new contiguous array.
+
+Validation is split from decoding so that a subscriber can reject malformed messages cheaply in
+its callback (:func:`check_image`, :func:`check_compressed`: O(1), no pixel work) and do the
+pixel work elsewhere (:func:`decode_image`, :func:`decode_compressed`, which validate again).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+#: default limit on width and height, pixels (both raw and compressed images)
+DEFAULT_MAX_DIM = 8192
+
+#: encoding -> (channels, bytes per channel). ``8UC1``/``8UC3``/``16UC1`` are accepted as
+#: aliases of ``mono8`` / ``bgr8`` (OpenCV's default order) / ``mono16``.
+SUPPORTED_ENCODINGS: dict[str, tuple[int, int]] = {
+    "rgb8": (3, 1),
+    "bgr8": (3, 1),
+    "rgba8": (4, 1),
+    "bgra8": (4, 1),
+    "mono8": (1, 1),
+    "mono16": (1, 2),
+    "8UC1": (1, 1),
+    "8UC3": (3, 1),
+    "16UC1": (1, 2),
+}
+
+#: every reason string :class:`ImageDecodeError` can carry
+REASONS = ("empty", "too_large", "bad_dimensions", "unknown_encoding", "bad_step",
+           "size_mismatch", "unsupported_format", "corrupt_compressed")
+
+
+class ImageDecodeError(ValueError):
+    """A message that cannot be turned into an RGB image.
+
+    ``reason`` is one of :data:`REASONS` (a counter key); ``detail`` a human-readable sentence.
+    """
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail or reason
+        super().__init__(f"{reason}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """The fields of a ``sensor_msgs/Image`` (what :func:`encode_image` returns)."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: bytes
+
+
+def _nbytes(data) -> int:
+    if data is None:
+        return 0
+    if isinstance(data, np.ndarray):
+        return int(data.nbytes)
+    return memoryview(data).nbytes
+
+
+def _as_uint8(data) -> np.ndarray:
+    """Flat uint8 view of bytes / bytearray / memoryview / array.array / ndarray (no copy)."""
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return np.frombuffer(mv, dtype=np.uint8)
+
+
+def _check_dims(height, width, max_dim: int) -> tuple[int, int]:
+    try:
+        h, w = int(height), int(width)
+    except (TypeError, ValueError):
+        raise ImageDecodeError("bad_dimensions", f"width/height not integers: {width!r} x {height!r}") from None
+    if h < 0 or w < 0:
+        raise ImageDecodeError("bad_dimensions", f"negative size {w}x{h}")
+    if h == 0 or w == 0:
+        raise ImageDecodeError("empty", f"image is {w}x{h} pixels")
+    if h > max_dim or w > max_dim:
+        raise ImageDecodeError("too_large", f"image is {w}x{h} pixels, limit {max_dim}x{max_dim}")
+    return h, w
+
+
+def check_image(height: int, width: int, encoding: str, step: int, data_len: int,
+                max_dim: int = DEFAULT_MAX_DIM) -> tuple[int, int]:
+    """Validate raw ``sensor_msgs/Image`` fields without touching pixels.
+
+    ``data_len`` is ``len(msg.data)`` in bytes. Returns ``(channels, bytes_per_channel)``.
+    Raises :class:`ImageDecodeError`.
+    """
+    h, w = _check_dims(height, width, max_dim)
+    if data_len == 0:
+        raise ImageDecodeError("empty", "no pixel data")
+    enc = SUPPORTED_ENCODINGS.get(str(encoding))
+    if enc is None:
+        raise ImageDecodeError(
+            "unknown_encoding",
+            f"encoding {str(encoding)[:40]!r} not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+    ch, bpc = enc
+    try:
+        step = int(step)
+    except (TypeError, ValueError):
+        raise ImageDecodeError("bad_dimensions", f"step not an integer: {step!r}") from None
+    row = w * ch * bpc
+    if step < row:
+        raise ImageDecodeError("bad_step", f"step {step} < width*bytes_per_pixel = {row}")
+    if data_len != step * h:
+        raise ImageDecodeError("size_mismatch", f"data has {data_len} bytes, step*height = {step * h}")
+    return ch, bpc
+
+
+def decode_image(height: int, width: int, encoding: str, step: int, is_bigendian,
+                 data, max_dim: int = DEFAULT_MAX_DIM) -> np.ndarray:
+    """Decode raw ``sensor_msgs/Image`` fields into an RGB ``uint8`` array ``(H, W, 3)``.
+
+    Supports ``rgb8, bgr8, rgba8, bgra8, mono8, mono16`` (+ aliases, see
+    :data:`SUPPORTED_ENCODINGS`). ``step`` is the row length in bytes (rows may be padded);
+    ``is_bigendian`` is honoured for ``mono16``, which is scaled to 8 bit by ``v >> 8``
+    (full 16-bit range -> full 8-bit range, like cv_bridge's mono16 -> mono8).
+    ``data`` may be bytes, bytearray, memoryview, ``array.array`` (what rclpy gives) or ndarray.
+
+    ``rgb8`` returns a read-only view of ``data`` (no copy); everything else one new array.
+    Raises :class:`ImageDecodeError`.
+    """
+    ch, bpc = check_image(height, width, encoding, step, _nbytes(data), max_dim)
+    h, w, step = int(height), int(width), int(step)
+    rows = _as_uint8(data).reshape(h, step)[:, : w * ch * bpc]
+    enc = str(encoding)
+    if bpc == 2:  # mono16 / 16UC1
+        dt = np.dtype(">u2" if is_bigendian else "<u2")
+        if rows.flags.c_contiguous:
+            g16 = rows.view(dt)
+        else:
+            g16 = np.ascontiguousarray(rows).view(dt)
+        g = (g16 >> 8).astype(np.uint8)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    px = rows.reshape(h, w, ch)
+    if enc in ("mono8", "8UC1"):
+        return np.repeat(px, 3, axis=2)
+    if enc == "rgb8":
+        return px
+    if enc == "rgba8":
+        return np.ascontiguousarray(px[:, :, :3])
+    # bgr8, 8UC3, bgra8: reverse the first three channels
+    return np.ascontiguousarray(px[:, :, 2::-1])
+
+
+# --------------------------------------------------------------------------- compressed
+
+_JPEG_SOI = b"\xff\xd8"
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (carry the image size): C0-CF except DHT (C4), JPG (C8), DAC (CC)
+_SOF = {m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC)}
+
+
+def _format_kind(fmt: str) -> str | None:
+    """'jpeg' | 'png' | None (not stated) from a CompressedImage ``format`` string.
+
+    Accepts ``"jpeg"``, ``"jpg"``, ``"png"`` and image_transport's
+    ``"rgb8; jpeg compressed bgr8"``; raises ``unsupported_format`` for anything naming another
+    codec or ``compressedDepth``.
+    """
+    f = (fmt or "").strip().lower()
+    if not f:
+        return None
+    if "compresseddepth" in f:
+        raise ImageDecodeError("unsupported_format", f"format {fmt[:60]!r} is a depth image")
+    if "jpeg" in f or "jpg" in f:
+        return "jpeg"
+    if "png" in f:
+        return "png"
+    raise ImageDecodeError("unsupported_format", f"format {fmt[:60]!r} is neither jpeg nor png")
+
+
+def _jpeg_size(buf: bytes) -> tuple[int, int]:
+    """(width, height) from the first SOF segment of a JPEG; raises corrupt_compressed."""
+    i, n = 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise ImageDecodeError("corrupt_compressed", f"JPEG: no marker at byte {i}")
+        m = buf[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without length
+            i += 2
+            continue
+        if m in (0xD9, 0xDA):  # EOI / start of scan before any SOF
+            break
+        seg = (buf[i + 2] << 8) | buf[i + 3]
+        if seg < 2:
+            raise ImageDecodeError("corrupt_compressed", "JPEG: bad segment length")
+        if m in _SOF:
+            if i + 9 > n:
+                break
+            h = (buf[i + 5] << 8) | buf[i + 6]
+            w = (buf[i + 7] << 8) | buf[i + 8]
+            return w, h
+        i += 2 + seg
+    raise ImageDecodeError("corrupt_compressed", "JPEG: no frame header")
+
+
+def compressed_size(data) -> tuple[str, int, int]:
+    """Sniff ``(kind, width, height)`` of JPEG / PNG bytes from their headers (no decoding)."""
+    buf = data if isinstance(data, (bytes, bytearray)) else bytes(memoryview(data).cast("B")[:262144])
+    if buf[:2] == _JPEG_SOI:
+        w, h = _jpeg_size(buf)
+        return "jpeg", w, h
+    if buf[:8] == _PNG_SIG:
+        if len(buf) < 24 or buf[12:16] != b"IHDR":
+            raise ImageDecodeError("corrupt_compressed", "PNG: no IHDR chunk")
+        w, h = struct.unpack(">II", buf[16:24])
+        return "png", w, h
+    raise ImageDecodeError("corrupt_compressed", "data is neither JPEG nor PNG (bad signature)")
+
+
+def check_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM) -> tuple[str, int, int]:
+    """Validate a ``sensor_msgs/CompressedImage`` cheaply (format string, signature, the size in
+    the header, a JPEG's end marker) without decoding. Returns ``(kind, width, height)``."""
+    n = _nbytes(data)
+    if n == 0:
+        raise ImageDecodeError("empty", "no compressed data")
+    stated = _format_kind(fmt)
+    kind, w, h = compressed_size(data)
+    if stated is not None and stated != kind:
+        raise ImageDecodeError("corrupt_compressed", f"format says {stated} but the data is {kind}")
+    _check_dims(h, w, max_dim)
+    if kind == "jpeg":
+        if isinstance(data, (bytes, bytearray)):
+            tail = bytes(data[-64:])
+        else:
+            tail = bytes(memoryview(data).cast("B")[max(0, n - 64):])
+        if b"\xff\xd9" not in tail:
+            raise ImageDecodeError("corrupt_compressed", "JPEG: truncated (no end-of-image marker)")
+    return kind, w, h
+
+
+def decode_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (``format`` string, ``data`` bytes) into RGB
+    ``uint8`` ``(H, W, 3)``. JPEG and PNG (8 or 16 bit, grey or colour, alpha dropped).
+
+    The size in the header is checked against ``max_dim`` *before* decoding, so a small file
+    claiming a huge image cannot allocate gigabytes. Raises :class:`ImageDecodeError`.
+    """
+    import cv2
+
+    _, w, h = check_compressed(fmt, data, max_dim)
+    bgr = cv2.imdecode(_as_uint8(data), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise ImageDecodeError("corrupt_compressed", "the codec could not decode the data")
+    if bgr.shape[:2] != (h, w):
+        raise ImageDecodeError("corrupt_compressed", f"decoded {bgr.shape[1]}x{bgr.shape[0]}, header says {w}x{h}")
+    if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR gives 8 bit already
+        bgr = (bgr >> 8).astype(np.uint8)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# --------------------------------------------------------------------------- encoding (tests, bags)
+
+def encode_image(rgb: np.ndarray, encoding: str = "rgb8", row_padding: int = 0,
+                 bigendian: bool = False) -> ImageFields:
+    """Encode an RGB ``uint8`` ``(H, W, 3)`` array into ``sensor_msgs/Image`` fields.
+
+    ``encoding``: rgb8, bgr8, rgba8 (alpha 255), bgra8, mono8 (ITU-R 601 luma), mono16
+    (``mono8 * 257``, so that decoding round-trips mono8 exactly). ``row_padding`` extra bytes
+    at the end of every row (exercises ``step``).
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    alpha = np.full((h, w, 1), 255, np.uint8)
+    if encoding == "rgb8":
+        px = rgb
+    elif encoding == "bgr8":
+        px = rgb[:, :, ::-1]
+    elif encoding == "rgba8":
+        px = np.concatenate([rgb, alpha], axis=2)
+    elif encoding == "bgra8":
+        px = np.concatenate([rgb[:, :, ::-1], alpha], axis=2)
+    elif encoding in ("mono8", "mono16"):
+        g = np.round(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)
+        px = g if encoding == "mono8" else (g.astype(np.uint16) * 257).astype(">u2" if bigendian else "<u2")
+    else:
+        raise ValueError(f"cannot encode {encoding!r}")
+    rows = np.ascontiguousarray(px).reshape(h, -1).view(np.uint8)
+    if row_padding:
+        rows = np.concatenate([rows, np.zeros((h, row_padding), np.uint8)], axis=1)
+    return ImageFields(height=h, width=w, encoding=encoding,
+                       is_bigendian=int(bool(bigendian) and encoding == "mono16"),
+                       step=int(rows.shape[1]), data=rows.tobytes())
+
+
+def encode_compressed(rgb: np.ndarray, kind: str = "jpeg", quality: int = 95) -> tuple[str, bytes]:
+    """Encode RGB ``uint8`` ``(H, W, 3)`` as JPEG or PNG. Returns ``(format, data)`` with
+    image_transport's format string (``"rgb8; jpeg compressed bgr8"`` / ``"rgb8; png compressed bgr8"``).
+    """
+    import cv2
+
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    if kind in ("jpeg", "jpg"):
+        ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+        fmt = "rgb8; jpeg compressed bgr8"
+    elif kind == "png":
+        ok, buf = cv2.imencode(".png", bgr)
+        fmt = "rgb8; png compressed bgr8"
+    else:
+        raise ValueError(f"cannot encode {kind!r}")
+    if not ok:
+        raise ValueError("encoding failed")
+    return fmt, buf.tobytes()
