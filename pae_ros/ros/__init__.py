@@ -1,0 +1,11 @@
+"""The ROS 2 side of pae_ros: the only package that imports rclpy.
+
+* :mod:`pae_ros.ros.localizer_node` -- the ``localizer`` executable (node ``pae_localizer``);
+* :mod:`pae_ros.ros.conversions` -- message <-> numpy (the node's one quaternion-order helper);
+* :mod:`pae_ros.ros.tf` -- a small TF buffer fed from ``/tf`` and ``/tf_static`` (no tf2_ros);
+* :mod:`pae_ros.ros.qos` -- the QoS profiles (images, TF, outputs) and the ``image_qos`` choice;
+* :mod:`pae_ros.ros.diagnostics` -- the node's counters, latency and ``/diagnostics`` message;
+* bag play / record (``pae bag play`` / ``pae bag record``).
+
+Importing this package itself imports nothing heavy; every module imports what it needs.
+"""
