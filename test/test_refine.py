@@ -1,0 +1,396 @@
+"""Test-time refinement (pae_ros.refine): neighbours from the train table only, stateless per-query fit.
+
+These are the tests that "cannot pass by accident": a leaky implementation (neighbours from the
+test labels, like the reference code) or a stateful one (optimiser state carried between
+queries) fails them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pae_ros.datasets import load_rgb, read_dataset
+from pae_ros.geometry import average_quaternions, canonical_quat
+from pae_ros.models import PoseAutoEncoder
+from pae_ros.pipeline import Localizer
+from pae_ros.refine import PoseTableIndex, Refiner, fit_convex_weights, table_metric_scales
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _rand_quats(rng, n):
+    q = rng.normal(size=(n, 4))
+    return canonical_quat(q)
+
+
+def _pae(dim: int = 16, num_scenes: int = 1) -> PoseAutoEncoder:
+    torch.manual_seed(123)
+    return PoseAutoEncoder(dim, 4, [32], num_scenes).eval()
+
+
+@torch.no_grad()
+def _latents(pae, positions, quats, scene_idx=None) -> torch.Tensor:
+    s = None if scene_idx is None else torch.as_tensor(np.asarray(scene_idx), dtype=torch.long)
+    zx, zq = pae(torch.as_tensor(positions, dtype=torch.float32), torch.as_tensor(quats, dtype=torch.float32), s)
+    return torch.cat([zx, zq], -1)
+
+
+def _refiner(pae, positions, quats, scene_idx=None, metric="scaled") -> Refiner:
+    ps, os_ = table_metric_scales(positions, quats)
+    index = PoseTableIndex(positions, quats, scene_idx, metric, ps, os_)
+    return Refiner(index, _latents(pae, positions, quats, scene_idx), positions, quats)
+
+
+def _brute_force_knn(tp, tq, p, q, k, metric, pos_scale, ori_scale, t_scene=None, q_scene=None):
+    """Independent numpy reference of the neighbour metric."""
+    tq = tq / np.linalg.norm(tq, axis=1, keepdims=True)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    d_pos = np.linalg.norm(p[:, None, :] - tp[None, :, :], axis=-1)
+    d_ori = 2 * np.arccos(np.clip(np.abs(q @ tq.T), 0, 1))
+    if metric == "scaled":
+        d = d_pos / pos_scale + d_ori / ori_scale
+    else:
+        d = d_pos / d_pos.max(1, keepdims=True) + d_ori / d_ori.max(1, keepdims=True)
+    if t_scene is not None:
+        d = np.where(t_scene[None, :] == q_scene[:, None], d, np.inf)
+    return np.argsort(d, axis=1, kind="stable")[:, :k], d
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(0)
+    n = 150
+    pos = rng.uniform([0, 0, 1], [8, 6, 2], size=(n, 3))
+    quats = _rand_quats(rng, n)
+    return pos, quats
+
+
+@pytest.fixture(scope="module")
+def queries(table):
+    rng = np.random.default_rng(1)
+    pos, quats = table
+    idx = rng.choice(len(pos), size=12, replace=False)
+    p = pos[idx] + rng.normal(size=(12, 3)) * 0.3
+    q = canonical_quat(quats[idx] + rng.normal(size=(12, 4)) * 0.1)
+    return p, q
+
+
+@pytest.fixture(scope="module")
+def room_splits(tiny_dataset):
+    return read_dataset(tiny_dataset, "7scenes", "train"), read_dataset(tiny_dataset, "7scenes", "test")
+
+
+# ------------------------------------------------------------------ neighbours from the train table
+def _row_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """For each row of ``rows``, whether it equals some row of ``table`` exactly."""
+    return np.array([bool(np.any(np.all(table == r, axis=1))) for r in rows])
+
+
+def test_neighbours_only_from_train_table_never_return_test_ground_truth(room_splits):
+    """Query with the test frame's exact ground truth pose AND its exact PAE latent (maximally leak-
+    tempting input). A train-only table can never hand back the ground truth; a table that contains
+    it (the reference code's mistake) returns it exactly with k=1. The contrast shows the check bites."""
+    train, test = room_splits
+    tp, tq = train.positions, train.quaternions
+    gp, gq = test.positions, test.quaternions
+    assert not _row_in(gp, tp).any(), "fixture problem: a test pose is also a train pose"
+    pae = _pae()
+    z = _latents(pae, gp, gq)
+
+    ref = _refiner(pae, tp, tq)
+    for k in (1, 3, 5):
+        res = ref.refine(gp, gq, z, k=k, steps=30, lr=0.1)
+        assert not _row_in(res.position, gp).any(), f"k={k}: a refined position equals a test ground truth exactly"
+        assert res.neighbors.max() < len(tp) and res.neighbors.min() >= 0
+        # every neighbour position is a train position
+        assert _row_in(tp[res.neighbors.reshape(-1)], tp).all()
+        assert np.all(np.linalg.norm(res.position - gp, axis=1) > 0)
+    # k=1 with zero steps returns the nearest train pose, which is not the ground truth
+    res1 = ref.refine(gp, gq, z, k=1, steps=0, lr=0.1)
+    np.testing.assert_array_equal(res1.position, tp[res1.neighbors[:, 0]])
+
+    # leaky table (train + test): the same query gets its ground truth back exactly
+    leaky = _refiner(pae, np.concatenate([tp, gp]), np.concatenate([tq, gq]))
+    res_leak = leaky.refine(gp, gq, z, k=1, steps=30, lr=0.1)
+    np.testing.assert_array_equal(res_leak.position, gp)
+
+
+def test_localizer_table_is_the_train_split_and_refinement_never_returns_test_gt(tiny_bundle, room_splits):
+    train, test = room_splits
+    loc = Localizer.from_bundle(tiny_bundle, device="cpu")
+    table_p = loc.bundle.table_positions
+    # the pose table the refiner searches is exactly the train split (every frame, nothing else)
+    assert len(table_p) == len(train.frames)
+    assert _row_in(train.positions, table_p).all() and _row_in(table_p, train.positions).all()
+    assert not _row_in(test.positions, table_p).any()
+    np.testing.assert_array_equal(loc.refiner.table_positions_t.numpy(), table_p)
+    np.testing.assert_array_equal(loc.refiner.index.positions.numpy(), table_p.astype(np.float32))
+
+    images = [load_rgb(f.image_path) for f in test.frames]
+    ests = loc.localize_batch(images)
+    pos = np.stack([e.position for e in ests])
+    assert all(e.refined for e in ests)
+    assert not _row_in(pos, test.positions).any(), "refined position equals a test ground truth exactly"
+    for e in ests:
+        nb = np.asarray(e.extras["neighbors"])
+        assert len(nb) == loc.k and nb.min() >= 0 and nb.max() < len(table_p)
+        w = np.asarray(e.extras["weights"])
+        # refined position = convex combination of the neighbours' train positions
+        np.testing.assert_allclose(e.position, w @ table_p[nb], atol=1e-9)
+
+
+# ------------------------------------------------------------------------- statelessness / order
+def test_result_independent_of_order_history_and_batching(table, queries):
+    pos, quats = table
+    p, q = queries
+    pae = _pae()
+    ref = _refiner(pae, pos, quats)
+    z = _latents(pae, p, q) + 0.05 * torch.randn(len(p), 32, generator=torch.Generator().manual_seed(0))
+    kw = dict(k=4, steps=25, lr=0.1)
+
+    batch = ref.refine(p, q, z, **kw)
+    rev = ref.refine(p[::-1].copy(), q[::-1].copy(), z.flip(0), **kw)
+    one_by_one = [ref.refine(p[i:i + 1], q[i:i + 1], z[i:i + 1], **kw) for i in range(len(p))]
+    # A, B then B, A
+    ab = [ref.refine(p[i:i + 1], q[i:i + 1], z[i:i + 1], **kw) for i in (0, 1)]
+    ba = [ref.refine(p[i:i + 1], q[i:i + 1], z[i:i + 1], **kw) for i in (1, 0)]
+    # and A again after many unrelated queries
+    for _ in range(3):
+        ref.refine(p[::-1].copy(), q[::-1].copy(), z.flip(0) * 2.0, **kw)
+    a_again = ref.refine(p[:1], q[:1], z[:1], **kw)
+
+    np.testing.assert_array_equal(rev.neighbors[::-1], batch.neighbors)
+    np.testing.assert_allclose(rev.position[::-1], batch.position, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(rev.weights[::-1], batch.weights, rtol=0, atol=1e-6)
+    for i, r in enumerate(one_by_one):
+        np.testing.assert_array_equal(r.neighbors[0], batch.neighbors[i])
+        np.testing.assert_allclose(r.weights[0], batch.weights[i], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(r.position[0], batch.position[i], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(r.residual[0], batch.residual[i], rtol=1e-5, atol=1e-9)
+    for x, y in ((ab[0], ba[1]), (ab[1], ba[0]), (ab[0], a_again)):
+        np.testing.assert_array_equal(x.position, y.position)  # single queries: bit-identical
+        np.testing.assert_array_equal(x.weights, y.weights)
+
+
+def test_localizer_independent_of_query_history(tiny_bundle, room_splits):
+    _, test = room_splits
+    loc = Localizer.from_bundle(tiny_bundle, device="cpu")
+    a, b = load_rgb(test.frames[0].image_path), load_rgb(test.frames[-1].image_path)
+    e_a1, e_b1 = loc.localize(a), loc.localize(b)
+    e_b2, e_a2 = loc.localize(b), loc.localize(a)
+    np.testing.assert_array_equal(e_a1.position, e_a2.position)
+    np.testing.assert_array_equal(e_b1.position, e_b2.position)
+    assert e_a1.extras["weights"] == e_a2.extras["weights"]
+
+
+# -------------------------------------------------------------------------------- the kNN index
+@pytest.mark.parametrize("metric", ["scaled", "reference"])
+def test_index_matches_brute_force(table, queries, metric):
+    pos, quats = table
+    p, q = queries
+    ps, os_ = table_metric_scales(pos, quats)
+    index = PoseTableIndex(pos, quats, None, metric, ps, os_)
+    got = index.query(torch.as_tensor(p), torch.as_tensor(q), 5).numpy()
+    want, d = _brute_force_knn(pos, quats, p, q, 5, metric, ps, os_)
+    # same sets, nearest first (ties are impossible with random data)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.diff(np.take_along_axis(d, got, 1), axis=1) >= 0)
+
+
+def test_metrics_differ(table):
+    """The metric option is not ignored: scaled and reference rank some queries differently."""
+    pos, quats = table
+    rng = np.random.default_rng(5)
+    p = rng.uniform([0, 0, 1], [8, 6, 2], size=(50, 3))
+    q = _rand_quats(rng, 50)
+    ps, os_ = table_metric_scales(pos, quats)
+    a = PoseTableIndex(pos, quats, None, "scaled", ps, os_).query(torch.as_tensor(p), torch.as_tensor(q), 3)
+    b = PoseTableIndex(pos, quats, None, "reference", ps, os_).query(torch.as_tensor(p), torch.as_tensor(q), 3)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="metric"):
+        PoseTableIndex(pos, quats, metric="euclid")
+
+
+@pytest.mark.parametrize("metric", ["scaled", "reference"])
+def test_refiner_runs_with_both_metrics(table, queries, metric):
+    pos, quats = table
+    p, q = queries
+    pae = _pae()
+    ref = _refiner(pae, pos, quats, metric=metric)
+    res = ref.refine(p, q, _latents(pae, p, q), k=3, steps=20, lr=0.1)
+    ps, os_ = table_metric_scales(pos, quats)
+    want, _ = _brute_force_knn(pos, quats, p, q, 3, metric, ps, os_)
+    np.testing.assert_array_equal(res.neighbors, want)
+    assert np.all(np.isfinite(res.position))
+
+
+def test_k1_returns_nearest_train_position_exactly(table, queries):
+    pos, quats = table
+    p, q = queries
+    pae = _pae()
+    ref = _refiner(pae, pos, quats)
+    res = ref.refine(p, q, _latents(pae, p, q), k=1, steps=30, lr=0.1)
+    ps, os_ = table_metric_scales(pos, quats)
+    want, _ = _brute_force_knn(pos, quats, p, q, 1, "scaled", ps, os_)
+    np.testing.assert_array_equal(res.position, pos[want[:, 0]])  # float64 table, weight exactly 1
+    np.testing.assert_array_equal(res.weights, 1.0)
+    np.testing.assert_array_equal(res.spread_m, 0.0)
+
+
+def test_quaternion_sign_ambiguity(table, queries):
+    pos, quats = table
+    p, q = queries
+    ps, os_ = table_metric_scales(pos, quats)
+    index = PoseTableIndex(pos, quats, None, "scaled", ps, os_)
+    a = index.query(torch.as_tensor(p), torch.as_tensor(q), 5)
+    b = index.query(torch.as_tensor(p), torch.as_tensor(-q), 5)
+    assert torch.equal(a, b)
+    # a table stored with flipped signs is the same table
+    flip = np.where(np.arange(len(quats))[:, None] % 2 == 0, -quats, quats)
+    c = PoseTableIndex(pos, flip, None, "scaled", ps, os_).query(torch.as_tensor(p), torch.as_tensor(q), 5)
+    assert torch.equal(a, c)
+    # unnormalised query quaternions are normalised
+    d = index.query(torch.as_tensor(p), torch.as_tensor(3.0 * q), 5)
+    assert torch.equal(a, d)
+
+
+def test_k_larger_than_table():
+    pos = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+    quats = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    index = PoseTableIndex(pos, quats)
+    idx = index.query(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), 5)
+    assert idx.tolist() == [[0, 1]]
+
+
+def test_scene_masking(table):
+    pos, quats = table
+    n = len(pos)
+    # scene 1 is a copy of scene 0 shifted by 1 mm: without masking, neighbours mix the two scenes
+    tp = np.concatenate([pos, pos + 1e-3])
+    tq = np.concatenate([quats, quats])
+    ts = np.concatenate([np.zeros(n, int), np.ones(n, int)])
+    pae = _pae(num_scenes=2)
+    ps, os_ = table_metric_scales(tp, tq)
+    index = PoseTableIndex(tp, tq, ts, "scaled", ps, os_)
+    p, q = pos[:10] + 5e-4, quats[:10]
+    for s in (0, 1):
+        idx = index.query(torch.as_tensor(p), torch.as_tensor(q), 4, torch.full((10,), s)).numpy()
+        assert np.all(ts[idx] == s), f"neighbours from another scene than {s}"
+    mixed = index.query(torch.as_tensor(p), torch.as_tensor(q), 4).numpy()
+    assert len(np.unique(ts[mixed])) == 2  # the masking is what separates them
+    # per-query scenes in one batch, through the refiner
+    qs = np.array([0, 1] * 5)
+    ref = Refiner(index, _latents(pae, tp, tq, ts), tp, tq)
+    res = ref.refine(p, q, _latents(pae, p, q, qs), k=4, steps=10, lr=0.1, scene_idx=qs)
+    assert np.all(ts[res.neighbors] == qs[:, None])
+
+
+def test_orientation_modes(table, queries):
+    pos, quats = table
+    p, q = queries
+    pae = _pae()
+    ref = _refiner(pae, pos, quats)
+    z = _latents(pae, p, q)
+    r_apr = ref.refine(p, -q, z, k=3, steps=10, lr=0.1, orientation="apr")
+    np.testing.assert_allclose(r_apr.quaternion, canonical_quat(q), atol=1e-12)
+    r_avg = ref.refine(p, q, z, k=3, steps=10, lr=0.1, orientation="average")
+    np.testing.assert_allclose(r_avg.quaternion, average_quaternions(quats[r_avg.neighbors], r_avg.weights),
+                               atol=1e-12)
+    # spread: weighted RMS distance of the neighbours to the refined position
+    P = pos[r_avg.neighbors]
+    spread = np.sqrt((r_avg.weights * ((P - r_avg.position[:, None]) ** 2).sum(-1)).sum(-1))
+    np.testing.assert_allclose(r_avg.spread_m, spread, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- the convex fit
+def _reference_fit(z, Z, steps, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8):
+    """Autograd + a FRESH torch.optim.AdamW per query, logits started at 0."""
+    out = []
+    D = z.shape[-1]
+    for b in range(z.shape[0]):
+        a = torch.zeros(Z.shape[1], dtype=z.dtype, requires_grad=True)
+        opt = torch.optim.AdamW([a], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        for _ in range(steps):
+            opt.zero_grad()
+            w = torch.softmax(a, -1)
+            loss = ((z[b] - w @ Z[b]) ** 2).sum() / D
+            loss.backward()
+            opt.step()
+        out.append(torch.softmax(a.detach(), -1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps,lr,wd,betas,eps", [
+    (30, 0.1, 0.0, (0.9, 0.999), 1e-8),
+    (50, 0.05, 0.01, (0.8, 0.99), 1e-6),
+    (5, 0.5, 0.1, (0.9, 0.999), 1e-8),
+    (0, 0.1, 0.0, (0.9, 0.999), 1e-8),
+])
+def test_fit_matches_autograd_adamw_reference(dtype, steps, lr, wd, betas, eps):
+    g = torch.Generator().manual_seed(0)
+    B, k, D = 6, 4, 24
+    Z = torch.randn(B, k, D, generator=g, dtype=dtype)
+    w_true = torch.softmax(torch.randn(B, k, generator=g, dtype=dtype) * 2, -1)
+    z = torch.einsum("bk,bkd->bd", w_true, Z) + 0.1 * torch.randn(B, D, generator=g, dtype=dtype)
+    w, resid = fit_convex_weights(z, Z, steps, lr, wd, betas, eps)
+    w_ref = _reference_fit(z, Z, steps, lr, wd, betas, eps)
+    torch.testing.assert_close(w, w_ref, rtol=0, atol=1e-5)
+    # convex weights
+    assert torch.all(w >= 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, dtype=dtype), rtol=0, atol=1e-6)
+    # the reported residual is |z - Zw|^2 / |z|^2
+    direct = ((z - torch.einsum("bk,bkd->bd", w, Z)) ** 2).sum(-1) / (z ** 2).sum(-1)
+    torch.testing.assert_close(resid, direct, rtol=1e-4, atol=1e-6)
+    if steps == 0:
+        torch.testing.assert_close(w, torch.full_like(w, 1.0 / k))
+
+
+def test_fit_reduces_the_objective_and_is_per_query():
+    g = torch.Generator().manual_seed(1)
+    Z = torch.randn(8, 5, 32, generator=g)
+    z = torch.randn(8, 32, generator=g)
+    _, r0 = fit_convex_weights(z, Z, 0, 0.1)
+    _, r = fit_convex_weights(z, Z, 40, 0.1)
+    assert torch.all(r <= r0 + 1e-7)
+    # query i's result does not depend on the other queries of the batch
+    w_all, _ = fit_convex_weights(z, Z, 40, 0.1)
+    w_3, _ = fit_convex_weights(z[3:4], Z[3:4], 40, 0.1)
+    torch.testing.assert_close(w_all[3:4], w_3, rtol=0, atol=1e-6)
+
+
+def test_fit_moves_weight_to_the_matching_neighbour(table):
+    pos, quats = table
+    pae = _pae()
+    nb = np.array([3, 17, 42, 99])
+    Z = _latents(pae, pos[nb], quats[nb])[None]          # (1, 4, D)
+    for j in range(4):
+        z = Z[:, j].clone()                              # z is exactly neighbour j's latent
+        w, resid = fit_convex_weights(z, Z, 100, 0.1)
+        assert int(w.argmax()) == j and float(w[0, j]) > 0.5, f"weights {w.tolist()} do not favour neighbour {j}"
+        _, r0 = fit_convex_weights(z, Z, 0, 0.1)
+        assert float(resid) < float(r0)
+        # and through the refiner: the refined position moves towards neighbour j's position
+        ref = Refiner(PoseTableIndex(pos[nb], quats[nb]), Z[0], pos[nb], quats[nb])
+        r = ref.refine(pos[nb][j:j + 1], quats[nb][j:j + 1], z, k=4, steps=100, lr=0.1)
+        uniform = pos[nb].mean(0)
+        assert np.linalg.norm(r.position[0] - pos[nb][j]) < np.linalg.norm(uniform - pos[nb][j])
+
+
+# ---------------------------------------------------------------------- refinement switched off
+def test_refine_disabled_returns_apr_pose(tiny_bundle, room_splits):
+    _, test = room_splits
+    images = [load_rgb(f.image_path) for f in test.frames[:6]]
+    off = Localizer.from_bundle(tiny_bundle, device="cpu", refine=False)
+    on = Localizer.from_bundle(tiny_bundle, device="cpu", refine=True)
+    assert off.info["refine"] is False
+    for e_off, e_on in zip(off.localize_batch(images), on.localize_batch(images)):
+        assert e_off.refined is False
+        np.testing.assert_array_equal(e_off.position, e_off.apr_position)
+        np.testing.assert_array_equal(e_off.quaternion, e_off.apr_quaternion)
+        assert "neighbors" not in e_off.extras
+        # the APR part is the same with refinement on; refinement changes the position only
+        np.testing.assert_allclose(e_on.apr_position, e_off.apr_position, atol=1e-9)
+        assert e_on.refined is True
+        assert not np.array_equal(e_on.position, e_on.apr_position)
+        np.testing.assert_allclose(e_on.quaternion, e_on.apr_quaternion, atol=1e-12)  # orientation "apr"
