@@ -43,11 +43,11 @@ class ModelConfig:
         _check(self.type in ("posenet", "mstransformer"), f"{p}.type", f"must be posenet or mstransformer, got {self.type!r}")
         _check(self.backbone in ("efficientnet_lite0", "efficientnet_lite0_scratch", "tiny_cnn"), f"{p}.backbone",
                f"unknown backbone {self.backbone!r}")
+        _check(self.transformer_heads >= 1, f"{p}.transformer_heads", "must be >= 1")
         _check(self.latent_dim > 0 and self.latent_dim % self.transformer_heads == 0, f"{p}.latent_dim",
                "must be positive and divisible by transformer_heads")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)")
         _check(self.transformer_layers >= 1, f"{p}.transformer_layers", "must be >= 1")
-        _check(self.transformer_heads >= 1, f"{p}.transformer_heads", "must be >= 1")
         _check(self.orientation_stride in (8, 16), f"{p}.orientation_stride", "must be 8 or 16")
 
 
@@ -117,11 +117,11 @@ class PAETrainConfig:
         _check(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
         _check(1 <= self.fourier_levels <= 16, f"{p}.fourier_levels", "must be in [1, 16]")
-        _check(len(self.hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in self.hidden), f"{p}.hidden",
+        _check(len(self.hidden) >= 1 and all(type(h) is int and h > 0 for h in self.hidden), f"{p}.hidden",
                "must be a non-empty list of positive ints")
         _check(self.encode in ("gt", "apr"), f"{p}.encode", f"must be gt or apr, got {self.encode!r}")
-        _check(self.latent_loss_weight >= 0 and self.pose_loss_weight >= 0, f"{p}.pose_loss_weight",
-               "loss weights must be >= 0")
+        _check(self.latent_loss_weight >= 0, f"{p}.latent_loss_weight", "must be >= 0")
+        _check(self.pose_loss_weight >= 0, f"{p}.pose_loss_weight", "must be >= 0")
 
 
 @dataclass
@@ -137,8 +137,9 @@ class DecoderTrainConfig:
     def validate(self, p: str) -> None:
         _check(self.type in ("conv", "mlp"), f"{p}.type", f"must be conv or mlp, got {self.type!r}")
         _check(self.image_size in (32, 64, 128), f"{p}.image_size", "must be 32, 64 or 128")
-        _check(self.epochs >= 1 and self.batch_size >= 1 and self.lr > 0, f"{p}.epochs",
-               "epochs, batch_size and lr must be positive")
+        _check(self.epochs >= 1, f"{p}.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        _check(self.lr > 0, f"{p}.lr", "must be > 0")
 
 
 @dataclass
@@ -204,7 +205,7 @@ PRESETS: dict[str, dict] = {
         "apr": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_step_epochs": 15, "freeze_backbone": True,
                 "cache_features": True},
         "pae": {"epochs": 300, "batch_size": 64},
-        "decoder": {"epochs": 150},
+        "decoder": {"epochs": 60},
     },
     # better accuracy: the backbone is fine-tuned with augmentation (GPU recommended)
     "full": {
@@ -285,8 +286,15 @@ def parse_set_option(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key part")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+            node = nxt
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"--set {item!r}: {parts[-1]} is a section, not a value")
         node[parts[-1]] = yaml.safe_load(raw)
     return out
 

@@ -27,16 +27,24 @@ log = logging.getLogger("pae.train.apr")
 
 
 class _Trainable(nn.Module):
-    """Wraps the APR so DDP sees one forward for both image and cached-feature batches."""
+    """APR + learned pose loss in one module, so DDP averages the gradients of both (the
+    learned weights s_x, s_q too) and sees one forward for image and cached-feature batches."""
 
-    def __init__(self, apr):
+    def __init__(self, apr, loss_fn, multi_scene: bool):
         super().__init__()
         self.apr = apr
+        self.loss_fn = loss_fn
+        self.multi_scene = multi_scene
 
-    def forward(self, inputs, scene_idx):
+    def forward(self, inputs, x, q, scene_idx):
         if isinstance(inputs, dict):
-            return self.apr.forward_features(inputs, scene_idx)
-        return self.apr(inputs, scene_idx)
+            out = self.apr.forward_features(inputs, scene_idx)
+        else:
+            out = self.apr(inputs, scene_idx)
+        loss, parts = self.loss_fn(out["x"], out["q"], x, q)
+        if self.multi_scene:
+            loss = loss + nn.functional.nll_loss(out["scene_log_probs"], scene_idx)
+        return loss, parts
 
 
 @torch.no_grad()
@@ -93,7 +101,8 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
         feats = compute_features(apr, data, device, show_progress=show_progress and dist_info.is_main)
         cache_s = time.perf_counter() - t0
 
-    model = _Trainable(apr)
+    multi_scene = len(scenes) > 1
+    model = _Trainable(apr, loss_fn, multi_scene)
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -103,7 +112,6 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
 
         writer = SummaryWriter(str(workdir / "tb"))
 
-    multi_scene = len(scenes) > 1
     n_items, seconds, last = 0, 0.0, {}
     for epoch in range(start_epoch, ac.epochs):
         data.set_epoch(epoch)
@@ -136,10 +144,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
                 inputs = {k: v[idx.to(v.device)].float() for k, v in feats.items()}
                 x, q, s = data.x[idx], data.q[idx], data.scene_idx[idx]
             x, q, s = x.to(device), q.to(device), s.to(device)
-            out = model(inputs, s)
-            loss, parts = loss_fn(out["x"], out["q"], x, q)
-            if multi_scene:
-                loss = loss + nn.functional.nll_loss(out["scene_log_probs"], s)
+            loss, parts = model(inputs, x, q, s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -155,8 +160,8 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
         if dist_info.is_main:
             for k, v in last.items():
                 writer.add_scalar(f"apr/{k}", v, epoch)
-            writer.add_scalar("apr/s_x", float(loss_fn.s_x), epoch)
-            writer.add_scalar("apr/s_q", float(loss_fn.s_q), epoch)
+            writer.add_scalar("apr/s_x", loss_fn.s_x.item(), epoch)
+            writer.add_scalar("apr/s_q", loss_fn.s_q.item(), epoch)
             writer.add_scalar("apr/lr", opt.param_groups[0]["lr"], epoch)
             save_checkpoint(ckpt_path, {
                 "apr": apr.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),

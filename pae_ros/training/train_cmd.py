@@ -50,6 +50,10 @@ def run(args) -> int:
     run_stages = STAGES if "all" in stages else stages
     stats = train_all(cfg, train, out, workdir, args.device, run_stages, resume=args.resume,
                       show_progress=not args.quiet, bundle_in=Path(args.bundle) if args.bundle else None)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports (and writes the bundle)
     if "apr" in stats and stats["apr"].get("images_per_s"):
         print(f"APR training: {stats['apr']['images_per_s']:.1f} images/s "
               f"({'cached features' if stats['apr']['cached_features'] else 'end to end'})")

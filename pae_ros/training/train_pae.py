@@ -74,7 +74,7 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
     x_in, q_in = x_in.to(device), q_in.to(device)
     x_gt, q_gt, s_all = data.x.to(device), data.q.to(device), data.scene_idx.to(device)
     z_t = teacher["z"].to(device)
-    opt = torch.optim.Adam(pae.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+    opt = torch.optim.AdamW(pae.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=pc.epochs)
     n = len(data)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
