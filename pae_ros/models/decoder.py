@@ -1,6 +1,6 @@
 """Image decoder: PAE latents (B, 2*D) -> RGB image (B, 3, S, S) in [0, 1].
 
-``conv`` (default, ~1.5 M params) upsamples a 4x4 seed with transposed convolutions;
+``conv`` (default, ~1.2 M params) upsamples a 4x4 seed with nearest-neighbour upsampling and convolutions;
 ``mlp`` is the paper's MLP 512->512->1024->2048->3*S*S (much larger: ~27 M params at 64x64).
 """
 from __future__ import annotations
@@ -12,20 +12,27 @@ from torch import nn
 
 
 class ConvDecoder(nn.Module):
+    """Linear to a 4x4 seed, then (nearest x2 upsample, 3x3 conv, ReLU) blocks to S x S.
+
+    Upsample + conv instead of transposed convolutions and no BatchNorm: on a CPU both of
+    those made a training step 3-10x slower (measured 72 ms vs 180-1000 ms, batch 32, 64x64).
+    """
+
     def __init__(self, latent_dim: int = 512, image_size: int = 64):
         super().__init__()
         self.image_size = image_size
         n_up = int(math.log2(image_size // 4))
-        self.seed = nn.Sequential(nn.Linear(latent_dim, 256 * 16), nn.ReLU())
-        chans = [256, 128, 64, 48, 32, 32][: n_up + 1]
+        chans = [128, 96, 64, 32, 16, 16][: n_up + 1]
+        self.seed = nn.Linear(latent_dim, chans[0] * 16)
+        self.c0 = chans[0]
         ups: list[nn.Module] = []
         for i in range(n_up):
-            ups += [nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1), nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1), nn.ReLU()]
         self.up = nn.Sequential(*ups)
         self.to_rgb = nn.Conv2d(chans[n_up], 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.seed(z).view(-1, 256, 4, 4)
+        h = torch.relu(self.seed(z)).view(-1, self.c0, 4, 4)
         return torch.sigmoid(self.to_rgb(self.up(h)))
 
 
