@@ -22,7 +22,6 @@ setup(
     maintainer_email="maintainers@pae-ros.invalid",
     description="Camera Pose Auto-Encoder localization for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "localizer = pae_ros.ros.localizer_node:main",
