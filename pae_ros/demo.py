@@ -1,0 +1,220 @@
+"""``pae demo``: the end-to-end demo on the built-in scene.
+
+Renders (or reuses) the demo courtyard, trains the APR, PAE and decoder (``quick`` preset, or
+``--full``), evaluates offline, writes a rosbag2 of the test walk, starts the localizer node as
+its own process the way the launch file does (``--ros-args --params-file ... -p ... -r ...``),
+plays the bag into it, records ``/pae/pose`` and friends, evaluates the recording by header
+stamp, and prints APR vs PAE vs refined. Everything lands in one output folder.
+ROS runs in its own domain id on localhost only, so the demo never talks to other robots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "localize.yaml"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="out/demo", help="output folder (bundle, bags, reports, plots)")
+    p.add_argument("--scene-dir", default="data/demo_scene", help="where the rendered scene is kept (reused)")
+    p.add_argument("--full", action="store_true", help="the 'full' training preset (longer, better; GPU advised)")
+    p.add_argument("--retrain", action="store_true", help="train again even if the output folder has a bundle")
+    p.add_argument("--rate", type=float, default=5.0, help="frame rate (Hz) of the replayed test walk")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="scene and training seed")
+
+
+def _step(i: int, n: int, text: str) -> float:
+    print(f"\n[{i}/{n}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, extra: str = "") -> None:
+    print(f"      done in {time.perf_counter() - t0:.0f} s{(': ' + extra) if extra else ''}", flush=True)
+
+
+def _params_file() -> Path:
+    """The installed share/pae_ros/config/localize.yaml when present, else the repo's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        p = Path(get_package_share_directory("pae_ros")) / "config" / "localize.yaml"
+        if p.is_file():
+            return p
+    except Exception:  # not installed through colcon: use the source tree's file
+        pass
+    return REPO_CONFIG
+
+
+def _wait_for(path: Path, needle: bytes, proc: subprocess.Popen, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while needle not in path.read_bytes():
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting for {needle!r}:\n{path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: float = 1.0) -> Path:
+    """Node + recorder + player as separate processes on a private ROS domain; returns the recorded bag."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               ROS_DOMAIN_ID=str(os.environ.get("PAE_DEMO_DOMAIN_ID", 90 + os.getpid() % 10)))
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rec_bag = out / "recorded"
+    if rec_bag.exists():
+        shutil.rmtree(rec_bag)
+    py = sys.executable
+    node_log, rec_log, play_log = logs / "localizer.log", logs / "record.log", logs / "play.log"
+    node = rec = None
+    try:
+        # exactly how launch/localize.launch.py starts it: params file + overrides + remapping
+        with open(node_log, "wb") as f:
+            node = subprocess.Popen([py, "-m", "pae_ros.ros.localizer_node", "--ros-args", "-r", "__node:=pae_localizer",
+                                     "--params-file", str(_params_file()), "-p", f"bundle:={bundle}",
+                                     "-p", f"device:={device}", "-p", "tf_mode:=map->camera",
+                                     "-r", "/camera/image_raw:=/camera/image_raw"],
+                                    env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_for(node_log, b"ready:", node, 180)
+        print("      localizer node is ready (log: %s)" % node_log, flush=True)
+        with open(rec_log, "wb") as f:
+            rec = subprocess.Popen([py, "-m", "pae_ros.cli", "bag", "record", "--out", str(rec_bag), "--quiet",
+                                    "--topics", "/pae/pose", "/pae/pose_with_covariance", "/pae/apr_pose",
+                                    "/ground_truth/pose", "--idle-timeout", "10"],
+                                   env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        time.sleep(2.0)
+        with open(play_log, "wb") as f:
+            play = subprocess.run([py, "-m", "pae_ros.cli", "bag", "play", str(bag), "--rate", str(rate_factor),
+                                   "--wait-subscribers", "/camera/image_raw:1", "--start-delay", "1"],
+                                  env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
+        if play.returncode != 0:
+            raise RuntimeError(f"bag play failed ({play.returncode}), see {play_log}")
+        time.sleep(3.0)  # let the last poses arrive
+    finally:
+        rc_rec = _stop(rec)
+        rc_node = _stop(node)
+    if rc_node not in (0, None):
+        print(f"      warning: the node exited with {rc_node} (log: {node_log})", flush=True)
+    if rc_rec not in (0, None):
+        raise RuntimeError(f"bag record exited with {rc_rec}, see {rec_log}")
+    return rec_bag
+
+
+def run(args) -> int:
+    import torch
+
+    from .bundle import load_bundle
+    from .config import load_config
+    from .datasets import read_dataset
+    from .metrics import format_table
+    from .training.common_args import setup_logging
+
+    setup_logging()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    n = 7
+    t_start = time.perf_counter()
+    print(f"pae demo: output folder {out}", flush=True)
+
+    t0 = _step(1, n, f"rendering the demo scene into {args.scene_dir} (reused when already rendered)")
+    from .scene.render import render_scene
+
+    scene_dir = render_scene(args.scene_dir, seed=args.seed, workers=2, progress=True)
+    train = read_dataset(scene_dir, "7scenes", "train")
+    test = read_dataset(scene_dir, "7scenes", "test")
+    _done(t0, f"{len(train)} train / {len(test)} test frames in {scene_dir}")
+
+    preset = "full" if args.full else "quick"
+    bundle_path = out / "model.pae"
+    cfg = load_config(None, preset, {"seed": args.seed})
+    t0 = _step(2, n, f"training APR -> PAE -> decoder -> calibration ({preset} preset)")
+    reuse = False
+    if bundle_path.exists() and not args.retrain:
+        try:
+            reuse = load_bundle(bundle_path).header["config"] == cfg.to_dict()
+        except Exception:
+            reuse = False
+    if reuse:
+        print(f"      reusing {bundle_path} (same config; --retrain to train again)")
+    else:
+        from .training.run import train_all
+
+        stats = train_all(cfg, train, bundle_path, out / "train_work", args.device)
+        if stats.get("apr", {}).get("images_per_s"):
+            print(f"      APR training throughput {stats['apr']['images_per_s']:.0f} images/s", flush=True)
+    _done(t0, str(bundle_path))
+
+    t0 = _step(3, n, "offline evaluation on the test walk (pae eval)")
+    from .pipeline import Localizer
+    from .training.evaluate import evaluate, write_outputs
+
+    loc = Localizer.from_bundle(bundle_path, device=args.device)
+    report = evaluate(loc, test, train, k_sweep=(1, 5, 10))
+    files = write_outputs(report, out / "offline")
+    print(format_table(report["scenes"], ["apr", "pae", "refined", "refined_k1", "refined_k5", "refined_k10"]))
+    _done(t0, files["report"])
+    del loc
+
+    t0 = _step(4, n, f"writing a rosbag2 of the test walk at {args.rate:g} Hz (pae bag make)")
+    from .bags import make_cmd
+
+    bag = out / "test_walk"
+    rc = make_cmd.main(["--data", str(scene_dir), "--format", "7scenes", "--split", "test", "--out", str(bag),
+                        "--rate", str(args.rate), "--force"])
+    if rc != 0:
+        return rc
+    _done(t0, str(bag))
+
+    t0 = _step(5, n, "localizer node + pae bag play + pae bag record over real DDS")
+    rec_bag = run_online(bundle_path, bag, out, args.device)
+    _done(t0, str(rec_bag))
+
+    t0 = _step(6, n, "evaluating the recorded poses by header stamp (pae bag eval)")
+    from .bags import eval_cmd
+
+    rc = eval_cmd.main([str(rec_bag), "--gt-bag", str(bag), "--out", str(out / "online")])
+    if rc != 0:
+        return rc
+    online = json.loads((out / "online" / "report.json").read_text())
+    _done(t0)
+
+    _step(7, n, "summary")
+    print("offline (pae eval, every test frame):")
+    print(format_table(report["scenes"], ["apr", "pae", "refined"]))
+    print("\nonline (node over DDS, matched by header stamp):")
+    print(format_table(online["scenes"], ["apr", "refined"]))
+    cal = report.get("calibration")
+    if cal:
+        print(f"\ncalibration: {100 * cal['position']['within_1sigma']:.0f}% of position errors within the 1-sigma "
+              f"radius (expected 68%), {100 * cal['position']['within_2sigma']:.0f}% within 2 sigma (expected 95%)")
+    if "reconstruction_psnr_db" in report:
+        r = report["reconstruction_psnr_db"]
+        print("reconstruction PSNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in r.items()))
+    summary = {"offline": {s: {m: v for m, v in d.items() if m in ("apr", "pae", "refined")}
+                           for s, d in report["scenes"].items()},
+               "online": online["scenes"], "seconds": time.perf_counter() - t_start, "preset": preset}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nplots: {out / 'offline'} (error CDF, reconstruction grid), {out / 'online'} (top-down trajectory, CDF)")
+    print(f"all outputs: {out}   (total {time.perf_counter() - t_start:.0f} s)")
+    return 0
