@@ -23,7 +23,7 @@ TINY_CONFIG = {
     "pae": {"epochs": 60, "batch_size": 32, "hidden": [32, 64]},
     "decoder": {"epochs": 5, "image_size": 32},
     "refine": {"k": 3, "steps": 20, "lr": 0.1},
-    "calibration": {"holdout_fraction": 0.15},
+    "calibration": {"holdout_fraction": 0.15, "holdout_block": 4},
 }
 
 

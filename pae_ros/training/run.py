@@ -60,7 +60,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
     workdir.mkdir(parents=True, exist_ok=True)
     out = Path(out)
     scenes = scenes_of(train)
-    fit, held = holdout_split(train.frames, cfg.calibration.holdout_fraction)
+    fit, held = holdout_split(train.frames, cfg.calibration.holdout_fraction, cfg.calibration.holdout_block)
     stats: dict = {"device": str(dev), "scenes": scenes, "train_frames": len(train.frames),
                    "fit_frames": len(fit), "holdout_frames": len(held)}
     if dist_info.is_main:

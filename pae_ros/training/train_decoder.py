@@ -68,11 +68,21 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
                  "train_psnr_db": train_psnr, "parameters": n_params}
 
 
-def image_grid(rows: list[tuple[np.ndarray, np.ndarray]], cell: int = 96) -> np.ndarray:
-    """A uint8 RGB grid: each row is ``real | reconstruction`` resized to ``cell`` px."""
-    out = []
+def image_grid(rows: list[tuple[np.ndarray, np.ndarray]], cell: int = 96, per_row: int = 4) -> np.ndarray:
+    """A uint8 RGB grid of ``real | reconstruction`` pairs (each image resized to ``cell`` px),
+    ``per_row`` pairs side by side."""
+    gap = 4
+    pairs = []
     for real, rec in rows:
         a = cv2.resize(real, (cell, cell), interpolation=cv2.INTER_AREA)
         b = cv2.resize(rec, (cell, cell), interpolation=cv2.INTER_NEAREST)
-        out.append(np.concatenate([a, np.full((cell, 4, 3), 255, np.uint8), b], axis=1))
-    return np.concatenate(out, axis=0) if out else np.zeros((cell, 2 * cell + 4, 3), np.uint8)
+        pairs.append(np.concatenate([a, np.full((cell, gap, 3), 255, np.uint8), b,
+                                     np.full((cell, 3 * gap, 3), 255, np.uint8)], axis=1))
+    if not pairs:
+        return np.zeros((cell, 2 * cell + gap, 3), np.uint8)
+    blank = np.full_like(pairs[0], 255)
+    while len(pairs) % per_row:
+        pairs.append(blank)
+    lines = [np.concatenate(pairs[i:i + per_row], axis=1) for i in range(0, len(pairs), per_row)]
+    spacer = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([x for line in lines for x in (line, spacer)][:-1], axis=0)
