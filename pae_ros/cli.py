@@ -63,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def standalone_main(module_name: str, argv: list[str] | None = None) -> int:
+    """Run one subcommand module on its own (``python -m <module>``), exactly as ``pae`` would."""
+    module = importlib.import_module(module_name)
+    path = next(p for p, (m, _) in COMMANDS.items() if m == module_name)
+    help_text = COMMANDS[path][1]
+    parser = argparse.ArgumentParser(prog="pae " + " ".join(path), description=help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    try:
+        return int(module.run(parser.parse_args(argv)) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -122,7 +122,6 @@ def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: flo
 
 
 def run(args) -> int:
-    import torch
 
     from .bundle import load_bundle
     from .config import load_config
@@ -204,13 +203,11 @@ def run(args) -> int:
     print(format_table(report["scenes"], ["apr", "pae", "refined"]))
     print("\nonline (node over DDS, matched by header stamp):")
     print(format_table(online["scenes"], ["apr", "refined"]))
-    cal = report.get("calibration")
-    if cal:
-        print(f"\ncalibration: {100 * cal['position']['within_1sigma']:.0f}% of position errors within the 1-sigma "
-              f"radius (expected 68%), {100 * cal['position']['within_2sigma']:.0f}% within 2 sigma (expected 95%)")
-    if "reconstruction_psnr_db" in report:
-        r = report["reconstruction_psnr_db"]
-        print("reconstruction PSNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in r.items()))
+    from .training.evaluate import summary_lines
+
+    print()
+    for line in summary_lines(report):
+        print(line)
     summary = {"offline": {s: {m: v for m, v in d.items() if m in ("apr", "pae", "refined")}
                            for s, d in report["scenes"].items()},
                "online": online["scenes"], "seconds": time.perf_counter() - t_start, "preset": preset}

@@ -146,16 +146,19 @@ def test_learned_pose_loss_sign_invariant_and_learnable():
 
 
 # -------------------------------------------------------------------------------------- data
-def test_holdout_split_takes_a_contiguous_tail_per_sequence(train_split):
+def test_holdout_split_takes_blocks_spread_along_each_sequence(train_split):
     frames = train_split.frames
-    fit, held = holdout_split(frames, 0.15)
+    fit, held = holdout_split(frames, 0.15, block=4)
     assert len(fit) + len(held) == len(frames)
     assert {f.image_path for f in fit}.isdisjoint({f.image_path for f in held})
     for seq in {f.sequence for f in frames}:
         seq_frames = [f for f in frames if f.sequence == seq]
-        seq_held = [f for f in held if f.sequence == seq]
-        assert len(seq_held) == round(0.15 * len(seq_frames))
-        assert seq_held == seq_frames[len(seq_frames) - len(seq_held):]
+        held_idx = [i for i, f in enumerate(seq_frames) if any(f is h for h in held)]
+        n_hold = round(0.15 * len(seq_frames))
+        assert abs(len(held_idx) - n_hold) <= 3  # whole blocks of 4
+        runs = np.split(np.asarray(held_idx), np.where(np.diff(held_idx) != 1)[0] + 1)
+        assert len(runs) >= 2 and all(len(r) <= 4 for r in runs)   # several short blocks, not one tail
+        assert held_idx[0] > 0 and held_idx[-1] < len(seq_frames) - 1  # interior: train frames on both sides
     assert holdout_split(frames, 0.0) == (list(frames), [])
     assert scenes_of(train_split) == ["room"]
 

@@ -252,10 +252,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m pae_ros.bags.eval_cmd``), same as ``pae bag eval``."""
-    parser = argparse.ArgumentParser(prog="pae bag eval", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from ..cli import standalone_main
+
+    return standalone_main(__name__ if __name__ != "__main__" else __spec__.name, argv)
 
 
 if __name__ == "__main__":

@@ -232,14 +232,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m pae_ros.ros.bag_play``), same as ``pae bag play``."""
-    parser = argparse.ArgumentParser(prog="pae bag play", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    from ..cli import standalone_main
+
+    return standalone_main(__name__ if __name__ != "__main__" else __spec__.name, argv)
 
 
 if __name__ == "__main__":

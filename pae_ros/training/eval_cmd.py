@@ -29,7 +29,7 @@ def run(args) -> int:
     from ..datasets import DatasetError
     from ..metrics import format_table
     from ..pipeline import Localizer
-    from .evaluate import evaluate, write_outputs
+    from .evaluate import evaluate, summary_lines, write_outputs
 
     setup_logging()
     try:
@@ -47,12 +47,7 @@ def run(args) -> int:
     files = write_outputs(report, out_dir, json_path)
     methods = ["apr", "pae", "refined"] + [f"refined_k{k}" for k in args.k_sweep]
     print(format_table(report["scenes"], methods))
-    cal = report.get("calibration")
-    if cal:
-        print(f"calibration ({cal['method']}): {100 * cal['position']['within_1sigma']:.0f}% of position errors within "
-              f"the 1-sigma radius (expected 68%), {100 * cal['position']['within_2sigma']:.0f}% within 2 sigma (95%)")
-    if "reconstruction_psnr_db" in report:
-        r = report["reconstruction_psnr_db"]
-        print("reconstruction PSNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in r.items()))
+    for line in summary_lines(report):
+        print(line)
     print(f"report: {files['report']}")
     return 0

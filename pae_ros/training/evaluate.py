@@ -150,6 +150,23 @@ def _reconstruction(loc: Localizer, test: DatasetSplit, train: DatasetSplit | No
     return psnr, rows
 
 
+def summary_lines(report: dict) -> list[str]:
+    """Human-readable calibration and reconstruction lines of a report (printed by eval and demo)."""
+    lines = []
+    cal = report.get("calibration")
+    if cal:
+        lines.append(f"calibration ({cal['method']}): {100 * cal['position']['within_1sigma']:.0f}% of position errors "
+                     f"within the 1-sigma radius (expected 68%), {100 * cal['position']['within_2sigma']:.0f}% within "
+                     f"2 sigma (expected 95%); median error {cal['above_threshold']['median_position_m'] or float('nan'):.3f} m "
+                     f"above confidence {cal['confidence_threshold']:g} ({cal['above_threshold']['frames']} frames) vs "
+                     f"{cal['below_threshold']['median_position_m'] or float('nan'):.3f} m below "
+                     f"({cal['below_threshold']['frames']} frames)")
+    if "reconstruction_psnr_db" in report:
+        r = report["reconstruction_psnr_db"]
+        lines.append("reconstruction PSNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in r.items()))
+    return lines
+
+
 def write_outputs(report: dict, out_dir: Path, json_path: Path | None = None) -> dict[str, str]:
     """Write report.json, the error CDF PNGs and the reconstruction grid; returns written paths."""
     import json

@@ -19,7 +19,7 @@ from ..datasets import DatasetSplit
 from ..pipeline import Localizer, resolve_device
 from ..refine import table_metric_scales
 from .data import FrameImages, PoseNormalization, frames_positions, frames_quaternions, holdout_split, scenes_of
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import barrier, init_distributed
 
 log = logging.getLogger("pae.train")
 
