@@ -117,3 +117,95 @@ def test_make_play_node_record_eval(request, tmp_path):
     assert rep["scenes"][scene]["refined"]["frames"] == rep["matching"]["refined"]["matched"]
     for f in ("gt.tum", "refined.tum", "apr.tum", "error_cdf.png", "trajectory_topdown.png"):
         assert (out / f).stat().st_size > 0
+
+    # a slow bag: exactly one pose per frame, stamped like its image, equal to the offline pipeline
+    from pae_ros.bags.msgs import pose_from_msg
+    from pae_ros.datasets import load_rgb, read_dataset
+    from pae_ros.pipeline import Localizer
+
+    def poses(bag, topic):
+        with io.BagReader(bag) as r:
+            return [pose_from_msg(io.BagReader.decode(t, d)) for _, t, _, d in r.messages([topic])]
+
+    image_stamps = [s for s, _, _ in poses(made, GT_TOPIC)]
+    est = poses(rec_bag, "/pae/pose")
+    assert sorted(s for s, _, _ in est) == sorted(image_stamps), "one pose per image, with the image's stamp"
+    loc = Localizer.from_bundle(bundle, device="cpu")
+    frames = read_dataset(data, "7scenes", "test").frames[:N_FRAMES]
+    by_stamp = dict(zip(image_stamps, frames))
+    for stamp, p, q in est:
+        e = loc.localize(load_rgb(by_stamp[stamp].image_path))
+        assert abs(p - e.position).max() < 1e-4 and min(abs(q - e.quaternion).max(), abs(q + e.quaternion).max()) < 1e-4
+
+
+def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
+    """A bag replayed far faster than the node localizes: the node keeps only the newest frame.
+
+    Proof: fewer poses than frames, no stamp twice, stamps in order (no backlog re-ordering), the
+    last frame is localized (nothing stale is queued ahead of it), and /diagnostics counts drops.
+    """
+    bundle = _fixture(request, "tiny_bundle")
+    data = _fixture(request, "tiny_dataset")
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(100 + (os.getpid() * 7 + 51) % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    made = tmp_path / "fast"
+    # 40 frames 2 ms apart (500 Hz) while the node needs several ms per frame plus publishing
+    assert make_cmd.main(["--data", str(data), "--format", "7scenes", "--out", str(made), "--rate", "500",
+                          "--max-frames", "40"]) == 0
+    node_log = tmp_path / "node.log"
+    with open(node_log, "wb") as f:
+        node = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.localizer_node", "--ros-args",
+                                 "-p", f"bundle:={bundle}", "-p", "device:=cpu", "-p", "tf_mode:=none",
+                                 "-p", "image_qos:=reliable", "-p", "diagnostics_period:=0.2"],
+                                env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    rec_bag = tmp_path / "rec"
+    rec = None
+    try:
+        end = time.monotonic() + 90
+        while b"ready:" not in node_log.read_bytes():
+            assert node.poll() is None, node_log.read_text(errors="replace")
+            assert time.monotonic() < end, node_log.read_text(errors="replace")
+            time.sleep(0.1)
+        rec = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.bag_record", "--out", str(rec_bag),
+                                "--topics", "/pae/pose", "/diagnostics", "--idle-timeout", "3", "--duration", "60"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _lines_until(rec, ["subscribed /pae/pose ", "subscribed /diagnostics "], timeout=30)
+        play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(made), "--quiet",
+                               "--topics", "/camera/image_raw", "--wait-subscribers", "/camera/image_raw:1"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert play.returncode == 0, play.stderr
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        if rec is not None and rec.poll() is None:
+            rec.kill()
+        if node.poll() is None:
+            node.send_signal(signal.SIGINT)
+            try:
+                node.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+    from pae_ros.bags.msgs import pose_from_msg
+
+    with io.BagReader(made) as r:
+        image_stamps = [s for s, _, _ in (pose_from_msg(io.BagReader.decode(t, d))
+                                          for _, t, _, d in r.messages([GT_TOPIC]))]
+    with io.BagReader(rec_bag) as r:
+        msgs = list(r.messages(["/pae/pose", "/diagnostics"]))
+    pose_stamps = [pose_from_msg(io.BagReader.decode(t, d))[0] for topic, t, _, d in msgs if topic == "/pae/pose"]
+    assert 0 < len(pose_stamps) < len(image_stamps), (len(pose_stamps), len(image_stamps))
+    assert len(set(pose_stamps)) == len(pose_stamps)
+    assert pose_stamps == sorted(pose_stamps)
+    assert set(pose_stamps) <= set(image_stamps)
+    assert pose_stamps[-1] == image_stamps[-1], "the newest frame must be localized, not a stale queued one"
+    dropped = 0
+    for topic, t, _, d in msgs:
+        if topic == "/diagnostics":
+            for status in io.BagReader.decode(t, d).status:
+                for kv in status.values:
+                    if kv.key == "frames_dropped":
+                        dropped = max(dropped, int(kv.value))
+    assert dropped > 0 and dropped + len(pose_stamps) <= len(image_stamps)
