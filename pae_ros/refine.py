@@ -88,29 +88,33 @@ def fit_convex_weights(z: torch.Tensor, Z: torch.Tensor, steps: int, lr: float,
     """Convex weights minimising ``|z - sum_i w_i Z_i|^2 / D`` with ``w = softmax(a)``.
 
     AdamW on the logits ``a`` (B, k), started at zero for every call (stateless), closed-form
-    gradients. z: (B, D), Z: (B, k, D). Returns (w (B, k), relative residual (B,)).
+    gradients through the Gram matrix. z: (B, D), Z: (B, k, D). The D-sized products run in
+    torch on the tensors' device; the k-sized iteration runs in numpy float64 (on tiny arrays a
+    torch op costs more in dispatch than in arithmetic: 0.4 ms vs 1.5 ms for 30 steps, k = 3).
+    Returns (w (B, k), relative residual (B,)) as CPU tensors of ``z``'s dtype.
     """
     D = z.shape[-1]
-    G = torch.einsum("bkd,bjd->bkj", Z, Z) / D      # (B, k, k)
-    b = torch.einsum("bkd,bd->bk", Z, z) / D         # (B, k)
-    c = (z * z).sum(-1) / D                          # (B,)
-    a = torch.zeros_like(b)
-    m = torch.zeros_like(b)
-    v = torch.zeros_like(b)
+    G = (torch.einsum("bkd,bjd->bkj", Z, Z) / D).double().cpu().numpy()   # (B, k, k)
+    b = (torch.einsum("bkd,bd->bk", Z, z) / D).double().cpu().numpy()      # (B, k)
+    c = ((z * z).sum(-1) / D).double().cpu().numpy()                       # (B,)
+    a = np.zeros_like(b)
+    m = np.zeros_like(b)
+    v = np.zeros_like(b)
     b1, b2 = betas
     for t in range(1, steps + 1):
-        w = torch.softmax(a, dim=-1)
-        g_w = 2.0 * (torch.einsum("bkj,bj->bk", G, w) - b)
-        g_a = w * (g_w - (w * g_w).sum(-1, keepdim=True))
+        e = np.exp(a - a.max(-1, keepdims=True))
+        w = e / e.sum(-1, keepdims=True)
+        g_w = 2.0 * (np.einsum("bkj,bj->bk", G, w) - b)
+        g_a = w * (g_w - (w * g_w).sum(-1, keepdims=True))
         a = a * (1.0 - lr * weight_decay)
         m = b1 * m + (1 - b1) * g_a
         v = b2 * v + (1 - b2) * g_a * g_a
-        m_hat = m / (1 - b1 ** t)
-        v_hat = v / (1 - b2 ** t)
-        a = a - lr * m_hat / (v_hat.sqrt() + eps)
-    w = torch.softmax(a, dim=-1)
-    loss = c - 2.0 * (w * b).sum(-1) + torch.einsum("bk,bkj,bj->b", w, G, w)
-    return w, loss.clamp_min(0.0) / c.clamp_min(1e-12)
+        a = a - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    e = np.exp(a - a.max(-1, keepdims=True))
+    w = e / e.sum(-1, keepdims=True)
+    loss = c - 2.0 * (w * b).sum(-1) + np.einsum("bk,bkj,bj->b", w, G, w)
+    resid = np.maximum(loss, 0.0) / np.maximum(c, 1e-12)
+    return torch.from_numpy(w).to(z.dtype), torch.from_numpy(resid).to(z.dtype)
 
 
 class Refiner:
@@ -120,7 +124,7 @@ class Refiner:
                  table_quaternions: np.ndarray):
         self.index = index
         self.table_latents = table_latents                      # (N, 2D) on the index device
-        self.table_positions_t = torch.as_tensor(np.asarray(table_positions), dtype=torch.float64, device=index.device)
+        self.table_positions = np.asarray(table_positions, dtype=np.float64)
         self.table_quaternions = canonical_quat(table_quaternions)
 
     def refine(self, apr_positions, apr_quaternions, latents: torch.Tensor, k: int, steps: int, lr: float,
@@ -131,15 +135,14 @@ class Refiner:
         q0 = torch.as_tensor(np.asarray(apr_quaternions), dtype=torch.float32, device=dev)
         idx = self.index.query(p0, q0, k, None if scene_idx is None else torch.as_tensor(scene_idx, device=dev))
         Z = self.table_latents[idx]                                     # (B, k, 2D)
-        w, resid = fit_convex_weights(latents.to(dev, torch.float32), Z, steps, lr, weight_decay)
-        P = self.table_positions_t[idx]                                  # (B, k, 3) float64
-        w64 = w.to(torch.float64)
-        pos = (w64[..., None] * P).sum(1)
-        spread = ((w64 * ((P - pos[:, None]) ** 2).sum(-1)).sum(-1)).sqrt()
-        idx_np, w_np = idx.cpu().numpy(), w64.cpu().numpy()
+        w_t, resid_t = fit_convex_weights(latents.to(dev, torch.float32), Z, steps, lr, weight_decay)
+        w, resid = w_t.double().numpy(), resid_t.double().numpy()
+        idx_np = idx.cpu().numpy()
+        P = self.table_positions[idx_np]                                 # (B, k, 3) float64 m
+        pos = (w[..., None] * P).sum(1)
+        spread = np.sqrt((w * ((P - pos[:, None]) ** 2).sum(-1)).sum(-1))
         if orientation == "average":
-            quat = average_quaternions(self.table_quaternions[idx_np], w_np)
+            quat = average_quaternions(self.table_quaternions[idx_np], w)
         else:
             quat = canonical_quat(np.asarray(apr_quaternions, np.float64))
-        return RefineResult(pos.cpu().numpy(), quat, w_np, idx_np, resid.cpu().numpy().astype(np.float64),
-                            spread.cpu().numpy())
+        return RefineResult(pos, quat, w, idx_np, resid, spread)

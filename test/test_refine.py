@@ -123,7 +123,7 @@ def test_localizer_table_is_the_train_split_and_refinement_never_returns_test_gt
     assert len(table_p) == len(train.frames)
     assert _row_in(train.positions, table_p).all() and _row_in(table_p, train.positions).all()
     assert not _row_in(test.positions, table_p).any()
-    np.testing.assert_array_equal(loc.refiner.table_positions_t.numpy(), table_p)
+    np.testing.assert_array_equal(loc.refiner.table_positions, table_p)
     np.testing.assert_array_equal(loc.refiner.index.positions.numpy(), table_p.astype(np.float32))
 
     images = [load_rgb(f.image_path) for f in test.frames]
