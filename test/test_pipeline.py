@@ -174,3 +174,28 @@ def test_bundle_without_pae_or_decoder(tiny_bundle, tmp_path, images):
     e = apr_only.localize(images[0])
     assert e.refined is False and e.confidence == 0.0
     np.testing.assert_array_equal(e.position, e.apr_position)
+
+
+def test_onnx_backend_matches_torch_and_recovers_from_a_damaged_cache(tiny_bundle, tiny_dataset, tmp_path,
+                                                                      monkeypatch):
+    """backend=onnx (and auto on the CPU) gives the torch pipeline's estimates; the exported graph
+    is cached per bundle id, and a damaged cache file is exported again instead of failing."""
+    from pae_ros.datasets import load_rgb, read_dataset
+
+    monkeypatch.setenv("PAE_ROS_CACHE", str(tmp_path / "cache"))
+    images = [load_rgb(f.image_path) for f in read_dataset(tiny_dataset, "7scenes", "test").frames[:6]]
+    ref = Localizer.from_bundle(tiny_bundle, device="cpu", backend="torch").localize_batch(images)
+    onnx = Localizer.from_bundle(tiny_bundle, device="cpu", backend="auto")
+    assert onnx.info["backend"] == "onnx"
+    cached = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(cached) == 1 and onnx.bundle.bundle_id in cached[0].name
+    for a, b in zip(ref, onnx.localize_batch(images)):
+        np.testing.assert_allclose(b.apr_position, a.apr_position, atol=1e-4)
+        np.testing.assert_allclose(b.position, a.position, atol=1e-4)
+        assert min(np.abs(b.quaternion - a.quaternion).max(), np.abs(b.quaternion + a.quaternion).max()) < 1e-4
+        assert b.sigma_position_m == pytest.approx(a.sigma_position_m, rel=1e-3)
+    cached[0].write_bytes(b"not an onnx file")
+    again = Localizer.from_bundle(tiny_bundle, device="cpu", backend="onnx")
+    np.testing.assert_allclose(again.localize(images[0]).position, ref[0].position, atol=1e-4)
+    with pytest.raises(ValueError, match="backend"):
+        Localizer.from_bundle(tiny_bundle, device="cpu", backend="tensorrt")

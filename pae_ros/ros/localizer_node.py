@@ -123,6 +123,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "inference device: auto (first GPU when present, else CPU), cpu, cuda, cuda:N",
               "auto | cpu | cuda | cuda:N",
               lambda v: None if DEVICE_RE.match(v) else "must be auto, cpu, cuda or cuda:N"),
+    ParamSpec("backend", "auto",
+              "APR inference engine: auto (ONNX Runtime on the CPU, torch on a GPU), torch, onnx (CPU only)",
+              "auto | torch | onnx", _one_of(("auto", "torch", "onnx"))),
+    ParamSpec("threads", 1,
+              "CPU threads for inference (torch intra-op and ONNX Runtime); 1 was fastest for one frame at a "
+              "time on a small CPU and leaves cores to DDS; 0 = the libraries' default", ">= 0",
+              lambda v: None if v >= 0 else "must be >= 0 (0 = library default)", int_range=(0, 256)),
     ParamSpec("refine", True, "refine the APR pose with the PAE (kNN + latent fit); false = APR alone"),
     ParamSpec("k", -1, "refinement neighbours; -1 = the bundle's value", ">= 1, or -1",
               lambda v: None if v == -1 or v >= 1 else "must be >= 1, or -1 for the bundle's value",
@@ -318,7 +325,8 @@ class LocalizerNode(Node):
         try:
             localizer = Localizer.from_bundle(
                 str(bundle), device=p["device"], refine=p["refine"],
-                k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"])
+                k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"],
+                backend=p["backend"], threads=p["threads"] or None)
             warm_s = localizer.warmup()
         except BundleError as e:
             raise StartupError(f"cannot start: bad bundle: {e}") from None
@@ -372,7 +380,7 @@ class LocalizerNode(Node):
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         kind = "CompressedImage" if p["compressed"] else "Image"
         self.get_logger().info(
-            f"ready: bundle {self.info['bundle_id']} on {self.info['device']} "
+            f"ready: bundle {self.info['bundle_id']} on {self.info['device']} ({info.get('backend', 'torch')}) "
             f"(refine={info.get('refine')}, load+warm-up {load_s:.1f} s, {warm_s * 1000:.0f} ms/frame), "
             f"listening on {self.image_topic} [{kind}, {self._reliability}], tf_mode={self.tf_mode}, "
             f"confidence_gate={self.gate}")

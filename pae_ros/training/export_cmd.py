@@ -20,44 +20,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime agreement check")
 
 
-
-
-def build_export_module(loc):
-    """torch.nn.Module wrapping the APR with position denormalisation and quaternion normalisation."""
-    import torch
-    from torch import nn
-
-    class APRExport(nn.Module):
-        def __init__(self, apr, mean, scale):
-            super().__init__()
-            self.apr = apr
-            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-            self.scale = float(scale)
-
-        def forward(self, image):
-            out = self.apr(image)
-            q = out["q"] / out["q"].norm(dim=-1, keepdim=True).clamp_min(1e-9)
-            q = torch.where(q[:, :1] < 0, -q, q)
-            return out["x"] * self.scale + self.mean, q, torch.cat([out["z_x"], out["z_q"]], -1), out["scene_idx"]
-
-    return APRExport(loc.apr.cpu().eval(), loc.position_mean, loc.position_scale).eval()
-
-
 def export_onnx(bundle_path, out_path, opset: int = 17) -> Path:
-    import torch
-
+    """Export a bundle's APR to ``out_path`` (see :mod:`pae_ros.onnx_apr` for the graph)."""
+    from ..onnx_apr import export_apr
     from ..pipeline import Localizer
 
     loc = Localizer.from_bundle(bundle_path, device="cpu", refine=False)
-    module = build_export_module(loc)
-    dummy = torch.zeros(1, 3, loc.crop, loc.crop)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(module, (dummy,), str(out_path), dynamo=False, opset_version=opset,
-                      input_names=["image"], output_names=["position", "quaternion", "latent", "scene"],
-                      dynamic_axes={"image": {0: "batch"}, "position": {0: "batch"}, "quaternion": {0: "batch"},
-                                    "latent": {0: "batch"}, "scene": {0: "batch"}})
-    return out_path
+    return export_apr(loc.apr, loc.position_mean, loc.position_scale, loc.crop, out_path, opset)
+
+
+def build_export_module(loc):
+    """The exported module (APR + denormalisation + quaternion normalisation) of a Localizer."""
+    from ..onnx_apr import APRExport
+
+    return APRExport(loc.apr, loc.position_mean, loc.position_scale).eval()
 
 
 def check_agreement(bundle_path, onnx_path, n: int = 4, seed: int = 0) -> float:
