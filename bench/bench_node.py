@@ -71,10 +71,14 @@ def _kill_leftovers() -> None:
                 pass
 
 
-def start_node(bundle: Path, device: str, log: Path, threads: int | None = None) -> subprocess.Popen:
+def start_node(bundle: Path, device: str, log: Path, threads: int | None = None,
+               backend: str = "auto") -> subprocess.Popen:
+    """The node as the launch file starts it, with the same inference settings as the in-process
+    pipeline it is compared with (``backend``, ``threads``; the node's own default is 1 thread)."""
     cmd = [sys.executable, "-m", "pae_ros.ros.localizer_node", "--ros-args",
            "--params-file", str(common.REPO / "config" / "localize.yaml"),
            "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map->camera",
+           "-p", f"backend:={backend}", "-p", f"threads:={threads or 1}",
            "-p", "diagnostics_period:=0.5", "-r", f"/camera/image_raw:={IMAGE_TOPIC}"]
     env = dict(os.environ)
     if threads:  # torch reads OMP_NUM_THREADS at start-up: the node gets what this process uses
@@ -216,11 +220,11 @@ def run_device(bundle: Path, dev: str, rate: float, args, rgb, tmp: Path) -> Non
     from pae_ros.image_codec import encode_image
     from pae_ros.pipeline import Localizer
 
-    loc = Localizer.from_bundle(bundle, device=dev)
+    loc = Localizer.from_bundle(bundle, device=dev, backend=args.backend, threads=args.threads or 1)
     loc.warmup()
     pipe_before = pipeline_ms(loc, rgb, args.pipeline_repeats)
     log = tmp / f"node_{dev}_{rate:g}.log"
-    node = start_node(bundle, dev, log, args.threads)
+    node = start_node(bundle, dev, log, args.threads, args.backend)
     probe = None
     try:
         wait_for_log(node, log, "ready:", args.ready_timeout)
@@ -308,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--pipeline-repeats", type=int, default=30)
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the node to log ready")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="APR engine of both the node and the in-process pipeline (auto: ONNX Runtime on the CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of both the node (OMP_NUM_THREADS) and the in-process pipeline "
                         "(default: torch's, = CPU count)")
