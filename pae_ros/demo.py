@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-dir", default="data/demo_scene", help="where the rendered scene is kept (reused)")
     p.add_argument("--full", action="store_true", help="the 'full' training preset (longer, better; GPU advised)")
     p.add_argument("--retrain", action="store_true", help="train again even if the output folder has a bundle")
-    p.add_argument("--rate", type=float, default=5.0, help="frame rate (Hz) of the replayed test walk")
+    p.add_argument("--rate", type=float, default=10.0, help="frame rate (Hz) of the replayed test walk")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="scene and training seed")
 

@@ -50,7 +50,7 @@ def summarize_errors(pos_err_m: Iterable[float], ori_err_deg: Iterable[float]) -
 
 def format_table(report_scenes: dict, methods: list[str]) -> str:
     """Plain-text table: one row per (scene, method) with median position/orientation errors."""
-    header = f"{'scene':<16} {'method':<10} {'frames':>6} {'median pos [m]':>15} {'median ori [deg]':>17} {'mean pos [m]':>13} {'<=(0.5m,5deg)':>14}"
+    header = f"{'scene':<16} {'method':<12} {'frames':>6} {'median pos [m]':>15} {'median ori [deg]':>17} {'mean pos [m]':>13} {'<=(0.5m,5deg)':>14}"
     lines = [header, "-" * len(header)]
     for scene, by_method in report_scenes.items():
         for m in methods:
@@ -58,7 +58,7 @@ def format_table(report_scenes: dict, methods: list[str]) -> str:
             if not s or s.get("frames", 0) == 0:
                 continue
             lines.append(
-                f"{scene:<16} {m:<10} {s['frames']:>6d} {s['median_position_m']:>15.3f} "
+                f"{scene:<16} {m:<12} {s['frames']:>6d} {s['median_position_m']:>15.3f} "
                 f"{s['median_orientation_deg']:>17.2f} {s['mean_position_m']:>13.3f} "
                 f"{100 * s[threshold_key(0.5, 5.0)]:>13.1f}%")
     return "\n".join(lines)
