@@ -64,6 +64,19 @@ def format_table(report_scenes: dict, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _finish(fig, ax, path, title: str) -> None:
+    """Grid, legend, optional title; write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_error_cdf(errors_by_method: dict[str, np.ndarray], path, title: str = "",
                    xlabel: str = "position error [m]") -> None:
     """Write a PNG with the empirical CDF of each method's errors."""
@@ -80,13 +93,7 @@ def plot_error_cdf(errors_by_method: dict[str, np.ndarray], path, title: str = "
     ax.set_xlabel(xlabel)
     ax.set_ylabel("share of frames")
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, title)
 
 
 def plot_topdown(trajectories: dict[str, np.ndarray], path, title: str = "",
@@ -107,10 +114,4 @@ def plot_topdown(trajectories: dict[str, np.ndarray], path, title: str = "",
     ax.set_xlabel(f"{'xyz'[axes[0]]} [m]")
     ax.set_ylabel(f"{'xyz'[axes[1]]} [m]")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, title)

@@ -55,13 +55,19 @@ def _payloads(bag: Path, topic: str) -> list[bytes]:
         return [d for _, _, _, d in r.messages([topic])]
 
 
+def _ros_env(offset: int) -> dict:
+    """Environment of this test's processes: its own ROS domain (100-199), localhost only."""
+    env = dict(os.environ)
+    env.update(ROS_DOMAIN_ID=str(100 + (os.getpid() * 7 + offset) % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    env.pop("ROS_LOCALHOST_ONLY", None)
+    return env
+
+
 def test_make_play_node_record_eval(request, tmp_path):
     bundle = _fixture(request, "tiny_bundle")
     data = _fixture(request, "tiny_dataset")
-    env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(100 + (os.getpid() * 7 + 50) % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
-    env.pop("ROS_LOCALHOST_ONLY", None)
+    env = _ros_env(50)
 
     made = tmp_path / "made"
     assert make_cmd.main(["--data", str(data), "--format", "7scenes", "--out", str(made), "--rate", "2",
@@ -146,10 +152,7 @@ def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
     """
     bundle = _fixture(request, "tiny_bundle")
     data = _fixture(request, "tiny_dataset")
-    env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(100 + (os.getpid() * 7 + 51) % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
-    env.pop("ROS_LOCALHOST_ONLY", None)
+    env = _ros_env(51)
     made = tmp_path / "fast"
     # 40 frames 2 ms apart (500 Hz) while the node needs several ms per frame plus publishing
     assert make_cmd.main(["--data", str(data), "--format", "7scenes", "--out", str(made), "--rate", "500",
