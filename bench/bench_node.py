@@ -294,6 +294,10 @@ def run_device(bundle: Path, dev: str, rate: float, args, rgb, tmp: Path) -> Non
                 f"{float(d1['latency_p95_ms']):.1f} ms) vs Localizer.localize {pipe:.1f} ms in-process "
                 f"(before {pipe_before:.1f}, after {pipe_after:.1f}); target <= {TARGET_OVERHEAD_PCT:g} %: "
                 f"{common.verdict(over <= TARGET_OVERHEAD_PCT)}; node exit code {rc}{noisy}")
+    stages = {k: float(d1.get(f"stage_{k}_p50_ms", "nan")) for k in ("wait", "decode", "inference", "publish")}
+    common.line("node_stages", base, sum(stages.values()), "ms",
+                "p50 per stage inside the node (/diagnostics): " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items())
+                + f"; inference inside the node vs in-process {pipe:.1f} ms")
     common.line("node_pipeline", {"device": dev, "rate_hz": f"{rate:g}", "image": base["image"],
                                   "threads": base["threads"]}, pipe, "ms/frame",
                 "Localizer.localize in-process, mean of the medians before and after the node run")

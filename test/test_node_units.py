@@ -252,3 +252,21 @@ def test_worker_survives_nan_and_exceptions_and_counts_them():
         if node is not None:
             node.close()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_stage_times_reach_the_diagnostics():
+    """Where latency goes (wait / decode / inference / publish) is published per stage, in ms."""
+    from pae_ros.ros.diagnostics import NodeStats, diagnostic_array, diagnostic_values
+    from builtin_interfaces.msg import Time
+
+    stats = NodeStats()
+    for inf in (0.004, 0.006, 0.005):
+        stats.frame_in(False)
+        stats.localized(0.010, 0.7, False, {"wait": 0.001, "decode": 0.0001, "inference": inf, "publish": 0.002})
+    snap = stats.snapshot()
+    assert snap["stage_inference_p50_ms"] == pytest.approx(5.0)
+    assert snap["stage_publish_p50_ms"] == pytest.approx(2.0)
+    values = diagnostic_values(diagnostic_array(Time(), "/pae_localizer", snap, {"device": "cpu"}))
+    assert float(values["stage_inference_p50_ms"]) == pytest.approx(5.0)
+    assert set(k for k in values if k.startswith("stage_")) == {
+        "stage_wait_p50_ms", "stage_decode_p50_ms", "stage_inference_p50_ms", "stage_publish_p50_ms"}

@@ -10,6 +10,9 @@ Keys published (all values strings, as DiagnosticStatus requires):
 * ``rate_hz`` (poses per second over the last period), ``input_rate_hz`` (frames received)
 * ``latency_p50_ms`` / ``latency_p95_ms`` / ``latency_max_ms``: receive-to-publish latency of the
   last :data:`LATENCY_WINDOW` localized frames, milliseconds (wall clock)
+* ``stage_<name>_p50_ms``: where that latency goes, per localized frame: ``wait`` (queued until
+  the worker took it), ``decode`` (message to RGB array), ``inference`` (``Localizer.localize``),
+  ``publish`` (messages and TF)
 * ``frames_in``, ``frames_localized``, ``frames_dropped`` (replaced by a newer frame before
   inference: keep-latest), ``frames_below_gate`` (pose published, no TF), ``tf_missing``
   (map->odom wanted but no odom->camera chain on /tf)
@@ -26,6 +29,7 @@ from collections import deque
 import numpy as np
 
 LATENCY_WINDOW = 300
+STAGES = ("wait", "decode", "inference", "publish")
 
 
 class NodeStats:
@@ -40,6 +44,7 @@ class NodeStats:
         self.tf_missing = 0
         self.bad: dict[str, int] = {}
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.stages_s: dict[str, deque[float]] = {k: deque(maxlen=LATENCY_WINDOW) for k in STAGES}
         self.last_confidence = float("nan")
         self._last_report = (time.monotonic(), 0, 0, 0, 0)  # t, in, localized, bad, errors
 
@@ -56,10 +61,15 @@ class NodeStats:
             self.bad[reason] = n
             return n
 
-    def localized(self, latency_s: float, confidence: float, below_gate: bool) -> None:
+    def localized(self, latency_s: float, confidence: float, below_gate: bool,
+                  stages_s: dict[str, float] | None = None) -> None:
+        """One published frame: receive-to-publish latency (s) and, optionally, its stage times (s)."""
         with self._lock:
             self.frames_localized += 1
             self.latencies_s.append(float(latency_s))
+            for k, v in (stages_s or {}).items():
+                if k in self.stages_s:
+                    self.stages_s[k].append(float(v))
             self.last_confidence = float(confidence)
             if below_gate:
                 self.frames_below_gate += 1
@@ -96,6 +106,8 @@ class NodeStats:
                 "latency_max_ms": float(lat.max()) if lat.size else float("nan"),
                 "last_confidence": self.last_confidence,
             }
+            for k, d in self.stages_s.items():
+                snap[f"stage_{k}_p50_ms"] = float(np.median(d)) * 1000.0 if d else float("nan")
             self._last_report = (now, self.frames_in, self.frames_localized, bad_total, errors)
         return snap
 
@@ -136,7 +148,7 @@ def diagnostic_array(stamp, node_name: str, snap: dict, info: dict, tf_chain_mis
     values = {"state": state}
     for key in ("rate_hz", "input_rate_hz", "latency_p50_ms", "latency_p95_ms", "latency_max_ms",
                 "frames_in", "frames_localized", "frames_dropped", "frames_below_gate", "tf_missing",
-                "bad_inputs", "last_confidence"):
+                "bad_inputs", "last_confidence", *(f"stage_{k}_p50_ms" for k in STAGES)):
         values[key] = _fmt(snap[key])
     for reason, n in sorted(snap["bad"].items()):
         values[f"bad_input.{reason}"] = str(n)

@@ -484,11 +484,13 @@ class LocalizerNode(Node):
     def _process(self, msg, t_recv: float) -> None:
         from pae_ros.ros import conversions as cv
 
+        t_start = time.monotonic()
         try:
             rgb = cv.image_to_rgb(msg, self.max_dim)
         except ImageDecodeError as e:
             self._bad(e.reason, f"bad image dropped: {e.detail}")
             return
+        t_decoded = time.monotonic()
         try:
             est = self.localizer.localize(rgb)
         except Exception as e:
@@ -499,6 +501,7 @@ class LocalizerNode(Node):
                 or not math.isfinite(est.confidence):
             self._bad("nonfinite_estimate", "non-finite estimate: nothing published for this frame")
             return
+        t_inferred = time.monotonic()
         stamp = msg.header.stamp
         hdr = cv.header(stamp, self.map_frame)
         below = est.confidence < self.gate
@@ -512,7 +515,10 @@ class LocalizerNode(Node):
             img = self.localizer.reconstruct(est.position, est.quaternion, getattr(est, "scene", None))
             if img is not None:
                 self.pub_recon.publish(cv.rgb_to_image(cv.header(stamp, camera_frame), img))
-        self.stats.localized(time.monotonic() - t_recv, est.confidence, below)
+        t_done = time.monotonic()
+        self.stats.localized(t_done - t_recv, est.confidence, below,
+                             {"wait": t_start - t_recv, "decode": t_decoded - t_start,
+                              "inference": t_inferred - t_decoded, "publish": t_done - t_inferred})
         if below:
             self._log_throttled("gate", f"confidence {est.confidence:.3f} < confidence_gate {self.gate}: "
                                         "pose published, no TF", level="info")
