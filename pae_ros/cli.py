@@ -26,6 +26,18 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 GROUP_HELP = {"scene": "the built-in demo scene", "bag": "rosbag2 tools (make, play, record, eval)"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is a meaningful one (not None, False or empty) and the
+    help text does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" in text.lower() or d is None or d is False or d is argparse.SUPPRESS or d == []:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Unavailable:
     """Stands in for a subcommand whose module could not be imported."""
 
@@ -45,13 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     for path, (module_name, help_text) in COMMANDS.items():
         if len(path) == 1:
             sub = top.add_parser(path[0], help=help_text, description=help_text,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
         else:
             if path[0] not in groups:
                 gp = top.add_parser(path[0], help=GROUP_HELP.get(path[0], ""))
                 groups[path[0]] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
             sub = groups[path[0]].add_parser(path[1], help=help_text, description=help_text,
-                                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                             formatter_class=HelpFormatter)
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:  # an optional dependency is missing: only this subcommand fails
@@ -69,7 +81,7 @@ def standalone_main(module_name: str, argv: list[str] | None = None) -> int:
     path = next(p for p, (m, _) in COMMANDS.items() if m == module_name)
     help_text = COMMANDS[path][1]
     parser = argparse.ArgumentParser(prog="pae " + " ".join(path), description=help_text,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     module.add_arguments(parser)
     try:
         return int(module.run(parser.parse_args(argv)) or 0)
