@@ -64,6 +64,18 @@ def _ros_env(offset: int) -> dict:
     return env
 
 
+def _stop(recorder: subprocess.Popen | None, node: subprocess.Popen) -> None:
+    """Kill a recorder still running (the test failed), then SIGINT the node as launch would."""
+    if recorder is not None and recorder.poll() is None:
+        recorder.kill()
+    if node.poll() is None:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            node.kill()
+
+
 def test_make_play_node_record_eval(request, tmp_path):
     bundle = _fixture(request, "tiny_bundle")
     data = _fixture(request, "tiny_dataset")
@@ -98,15 +110,7 @@ def test_make_play_node_record_eval(request, tmp_path):
         _, err = rec.communicate(timeout=60)
         assert rec.returncode == 0, err
     finally:
-        for p in (rec,):
-            if p is not None and p.poll() is None:
-                p.kill()
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        _stop(rec, node)
         node_log.close()
         os.unlink(node_log.name)
 
@@ -182,14 +186,7 @@ def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
         _, err = rec.communicate(timeout=60)
         assert rec.returncode == 0, err
     finally:
-        if rec is not None and rec.poll() is None:
-            rec.kill()
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        _stop(rec, node)
 
     from pae_ros.bags.msgs import pose_from_msg
 
