@@ -1,7 +1,7 @@
 """Launch the pae_ros localizer (node ``pae_localizer``, executable ``localizer``).
 
-    ros2 launch pae_ros localize.launch.py bundle:=/path/scene.safetensors
-    ros2 launch pae_ros localize.launch.py bundle:=scene.safetensors image_topic:=/my/cam/image_raw \\
+    ros2 launch pae_ros localize.launch.py bundle:=/path/scene.pae
+    ros2 launch pae_ros localize.launch.py bundle:=scene.pae image_topic:=/my/cam/image_raw \\
         device:=cuda:0 namespace:=robot1 use_sim_time:=true
 
 The parameters come from ``params_file`` (default: the installed ``config/localize.yaml``); the
@@ -32,7 +32,7 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "localize.yaml")
     args = [
-        DeclareLaunchArgument("bundle", description="model bundle (.safetensors) written by `pae train`"),
+        DeclareLaunchArgument("bundle", description="model bundle (.pae, a safetensors file) written by `pae train`"),
         DeclareLaunchArgument("image_topic", default_value=DEFAULT_IMAGE_TOPIC,
                               description="sensor_msgs/Image topic to localize (remaps /camera/image_raw)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),

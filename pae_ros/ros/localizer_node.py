@@ -2,8 +2,8 @@
 
 Run::
 
-    ros2 run pae_ros localizer --ros-args --params-file config/localize.yaml -p bundle:=scene.safetensors
-    python -m pae_ros.ros.localizer_node --ros-args -p bundle:=scene.safetensors -r /camera/image_raw:=/my/cam
+    ros2 run pae_ros localizer --ros-args --params-file config/localize.yaml -p bundle:=scene.pae
+    python -m pae_ros.ros.localizer_node --ros-args -p bundle:=scene.pae -r /camera/image_raw:=/my/cam
 
 Data flow
 ---------
@@ -118,7 +118,7 @@ def _frame(v):
 
 
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("bundle", "", "path of the model bundle (.safetensors) written by `pae train`",
+    ParamSpec("bundle", "", "path of the model bundle (.pae, a safetensors file) written by `pae train`",
               "required", lambda v: None if v.strip() else "is required: the path of a bundle written by `pae train`"),
     ParamSpec("device", "auto", "inference device: auto (first GPU when present, else CPU), cpu, cuda, cuda:N",
               "auto | cpu | cuda | cuda:N",
