@@ -85,3 +85,29 @@ def test_parser_builds_without_heavy_imports():
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", "pae --help must not import torch or rclpy"
+
+
+def test_train_later_stage_with_a_bundle_of_other_scenes_is_one_clear_error(tiny_bundle, tmp_path):
+    """--stage pae on data whose scenes differ from the bundle's: one line, exit 2, bundle untouched."""
+    from pae_ros.datasets.synthetic import write_room_dataset
+
+    other = tmp_path / "other"
+    write_room_dataset(other, "hall", train_walks=1, test_walks=1, frames=8, seed=5)
+    before = tiny_bundle.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "pae_ros.cli", "train", "--data", str(other), "--format", "7scenes",
+                        "--out", str(tmp_path / "x.pae"), "--bundle", str(tiny_bundle), "--stage", "pae",
+                        "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "differ" in r.stderr and "Traceback" not in r.stderr
+    assert tiny_bundle.read_bytes() == before
+
+
+def test_eval_on_scenes_the_bundle_does_not_know_is_one_clear_error(tiny_bundle, tmp_path, capsys):
+    from pae_ros.datasets.synthetic import write_room_dataset
+
+    other = tmp_path / "other"
+    write_room_dataset(other, "hall", train_walks=1, test_walks=1, frames=8, seed=5)
+    rc = main(["eval", "--bundle", str(tiny_bundle), "--data", str(other), "--format", "7scenes", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "hall" in err and "room" in err

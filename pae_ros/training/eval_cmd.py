@@ -40,8 +40,12 @@ def run(args) -> int:
     except (BundleError, DatasetError, ValueError) as e:
         print(f"pae eval: {e}", file=sys.stderr)
         return 2
-    report = evaluate(loc, test, train, k_sweep=args.k_sweep, confidence_threshold=args.confidence_threshold,
-                      show_progress=not args.quiet)
+    try:
+        report = evaluate(loc, test, train, k_sweep=args.k_sweep, confidence_threshold=args.confidence_threshold,
+                          show_progress=not args.quiet)
+    except (DatasetError, ValueError) as e:  # an unreadable image, test scenes the bundle does not know
+        print(f"pae eval: {e}", file=sys.stderr)
+        return 2
     json_path = Path(args.json) if args.json else None
     out_dir = Path(args.out_dir) if args.out_dir else (json_path.parent if json_path else Path("eval_out"))
     files = write_outputs(report, out_dir, json_path)

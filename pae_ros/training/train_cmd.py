@@ -48,8 +48,21 @@ def run(args) -> int:
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out.with_name(out.name + ".work")
     run_stages = STAGES if "all" in stages else stages
-    stats = train_all(cfg, train, out, workdir, args.device, run_stages, resume=args.resume,
-                      show_progress=not args.quiet, bundle_in=Path(args.bundle) if args.bundle else None)
+    from ..bundle import BundleError
+
+    try:
+        stats = train_all(cfg, train, out, workdir, args.device, run_stages, resume=args.resume,
+                          show_progress=not args.quiet, bundle_in=Path(args.bundle) if args.bundle else None)
+    except (BundleError, DatasetError, ValueError) as e:
+        # a missing/mismatched input bundle, an unreadable image, a bad device: one line;
+        # whatever earlier stages wrote stays on disk
+        print(f"pae train: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if not str(e).startswith("cannot resume"):
+            raise  # a genuine failure keeps its traceback
+        print(f"pae train: {e}", file=sys.stderr)
+        return 2
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
