@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from pae_ros.bags import GT_TOPIC, io, eval_cmd, make_cmd  # noqa: E402
+from proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -31,23 +32,6 @@ def _fixture(request, name: str):
         return request.getfixturevalue(name)
     except pytest.FixtureLookupError:
         pytest.skip(f"needs the {name!r} fixture (test/conftest.py)")
-
-
-def _lines_until(proc: subprocess.Popen, needles: list[str], timeout: float) -> str:
-    """Read proc's stderr until every needle was seen (in any order)."""
-    seen, todo = "", set(needles)
-    end = time.monotonic() + timeout
-    while todo and time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen += line
-        todo = {n for n in todo if n not in seen}
-    if todo:
-        raise AssertionError(f"never saw {sorted(todo)} within {timeout} s:\n{seen}")
-    return seen
 
 
 def _payloads(bag: Path, topic: str) -> list[bytes]:
@@ -102,7 +86,7 @@ def test_make_play_node_record_eval(request, tmp_path):
                                 "--topics", "/pae/pose", "/pae/apr_pose", GT_TOPIC,
                                 "--idle-timeout", "4", "--duration", "90"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _lines_until(rec, ["subscribed /pae/pose ", "subscribed /pae/apr_pose "], timeout=30)
+        stderr_until(rec, ["subscribed /pae/pose ", "subscribed /pae/apr_pose "], timeout=30)
         play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(made), "--quiet",
                                "--wait-subscribers", "/camera/image_raw:1", "--wait-subscribers", f"{GT_TOPIC}:1"],
                               env=env, capture_output=True, text=True, timeout=60)
@@ -178,7 +162,7 @@ def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
         rec = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.bag_record", "--out", str(rec_bag),
                                 "--topics", "/pae/pose", "/diagnostics", "--idle-timeout", "3", "--duration", "60"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _lines_until(rec, ["subscribed /pae/pose ", "subscribed /diagnostics "], timeout=30)
+        stderr_until(rec, ["subscribed /pae/pose ", "subscribed /diagnostics "], timeout=30)
         play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(made), "--quiet",
                                "--topics", "/camera/image_raw", "--wait-subscribers", "/camera/image_raw:1"],
                               env=env, capture_output=True, text=True, timeout=60)

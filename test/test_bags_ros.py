@@ -20,6 +20,7 @@ pytest.importorskip("rclpy")
 
 from pae_ros import datasets, geometry  # noqa: E402
 from pae_ros.bags import CAMERA_INFO_TOPIC, GT_TOPIC, IMAGE_TOPIC, io, make_cmd, msgs  # noqa: E402
+from proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,22 +61,6 @@ def _payloads(bag: Path) -> dict[str, list[bytes]]:
         for topic, _mt, _t, data in r.messages():
             out.setdefault(topic, []).append(data)
     return out
-
-
-def _wait_line(proc: subprocess.Popen, needle: str, timeout: float) -> str:
-    """Read proc's stderr until a line containing ``needle`` (returns all text read)."""
-    seen = ""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        seen += line
-        if needle in line:
-            return seen
-    raise AssertionError(f"no {needle!r} within {timeout} s; got:\n{seen}")
 
 
 def test_play_record_roundtrip_is_byte_identical(made_bag, tmp_path, ros_env):
@@ -122,7 +107,7 @@ def test_record_stops_on_sigint_and_keeps_what_it_got(made_bag, tmp_path, ros_en
     rec = subprocess.Popen(_cmd("pae_ros.ros.bag_record", "--out", str(rec_bag), "--topics", GT_TOPIC, "/nobody"),
                            env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_line(rec, f"subscribed {GT_TOPIC}", timeout=20)
+        stderr_until(rec, [f"subscribed {GT_TOPIC}"], timeout=20)
         time.sleep(1.0)  # ~ 80 messages at 4x 20 Hz
         rec.send_signal(signal.SIGINT)
         _, err = rec.communicate(timeout=15)
