@@ -16,7 +16,7 @@ import torch
 from .bundle import Bundle, BundleError, build_models, load_bundle
 from .confidence import SigmaModel, covariance_6x6
 from .geometry import canonical_quat
-from .preprocess import normalize, prepare
+from .preprocess import to_batch
 from .refine import PoseTableIndex, Refiner, RefineResult
 
 
@@ -142,7 +142,7 @@ class Localizer:
         return np.asarray(x, np.float64) * self.position_scale + self.position_mean
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        return normalize(np.stack([prepare(im, self.resize, self.crop) for im in images]))
+        return to_batch(images, self.resize, self.crop)
 
     @torch.inference_mode()
     def predict_apr(self, batch: torch.Tensor) -> AprOutput:

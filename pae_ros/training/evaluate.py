@@ -77,7 +77,6 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         for k in k_sweep:
             r = loc.refine(apr, k=k)
             est[f"refined_k{k}"] = (r.position, r.quaternion)
-        report["refine"]["neighbor_is_in_train_table"] = True
     scenes = [s for s in loc.scenes if any(f.scene == s for f in frames)]
     names = [str(f.image_path) for f in frames]
     for s in scenes:
