@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                              random_crop=cfg.input.random_crop, jitter=cfg.input.color_jitter, seed=cfg.seed)
             load_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            _, _, st = train_apr(cfg, ds, scenes, tmp / f"work_{name}", dev, show_progress=False,
+            _, _, st, _ = train_apr(cfg, ds, scenes, tmp / f"work_{name}", dev, show_progress=False,
                                  pretrained_weights=not args.tiny)
             wall = time.perf_counter() - t0
             st["wall_s"], st["load_s"] = wall, load_s

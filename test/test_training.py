@@ -275,10 +275,10 @@ _DDP_SCRIPT = textwrap.dedent("""
     import pae_ros.training.train_apr as ta
     real = ta.train_apr
     def spy(*a, **k):
-        apr, loss_fn, stats = real(*a, **k)
+        apr, loss_fn, stats, feats = real(*a, **k)
         torch.save({"apr": apr.state_dict(), "loss": loss_fn.state_dict()},
                    os.path.join(out_dir, "rank%s.pt" % os.environ["RANK"]))
-        return apr, loss_fn, stats
+        return apr, loss_fn, stats, feats
     ta.train_apr = spy
     sys.argv = ["pae_ros.cli"] + sys.argv[2:]
     runpy.run_module("pae_ros.cli", run_name="__main__")

@@ -75,6 +75,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
 
     t_all = time.perf_counter()
     data = None
+    feats = None  # backbone features of the fit frames, when the APR stage cached them
     bundle: Bundle | None = None
     if "apr" in stages:
         from .train_apr import train_apr
@@ -83,7 +84,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         data = FrameImages(fit, scenes, norm, cfg.input.resize, cfg.input.crop, train=True,
                            random_crop=cfg.input.random_crop, jitter=cfg.input.color_jitter, seed=cfg.seed,
                            show_progress=show_progress and dist_info.is_main)
-        apr, pose_loss, stats["apr"] = train_apr(cfg, data, scenes, workdir, dev, dist_info, resume, show_progress)
+        apr, pose_loss, stats["apr"], feats = train_apr(cfg, data, scenes, workdir, dev, dist_info, resume,
+                                                        show_progress)
         header = _header(cfg, scenes, norm, fit, train.intrinsics,
                          {"pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())}})
         tensors = {**_prefixed("apr", apr), **_table_tensors(fit, scenes)}
@@ -110,7 +112,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         from .train_pae import teacher_outputs, train_pae
 
         pl = LearnedPoseLoss(header["pose_loss"]["s_x"], header["pose_loss"]["s_q"], learnable=False)
-        feats = compute_features(apr, data, dev, show_progress=show_progress) if cfg.apr.cache_features else None
+        if feats is None and cfg.apr.cache_features:  # a PAE-only run: the APR stage did not run here
+            feats = compute_features(apr, data, dev, show_progress=show_progress)
         teacher = teacher_outputs(apr, data, dev, feats=feats, show_progress=show_progress)
         pae, stats["pae"] = train_pae(cfg, apr, pl, data, teacher, len(scenes), dev, show_progress, writer)
         tensors = {k: v for k, v in tensors.items() if not k.startswith(("pae.", "decoder."))}

@@ -65,7 +65,11 @@ def compute_features(apr, data: FrameImages, device, batch_size: int = 64, show_
 def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, device: torch.device,
               dist_info: DistInfo = DistInfo(), resume: bool = False, show_progress: bool = True,
               pretrained_weights: bool = True):
-    """Train and return ``(apr (eval mode, unwrapped), pose_loss, stats)``."""
+    """Train and return ``(apr (eval mode, unwrapped), pose_loss, stats, features)``.
+
+    ``features``: the cached backbone features (centre crops, frozen backbone) when
+    ``apr.cache_features`` is on, else None; the PAE stage reuses them instead of computing
+    them again."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -176,4 +180,4 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
              "feature_cache_s": cache_s if feats is not None else None,
              "cached_features": feats is not None, "final_loss": last}
-    return apr, loss_fn, stats
+    return apr, loss_fn, stats, feats
