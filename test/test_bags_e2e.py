@@ -48,6 +48,27 @@ def _ros_env(offset: int) -> dict:
     return env
 
 
+def _record_while_playing(env: dict, bag: Path, rec_bag: Path, topics: list[str], idle_s: float,
+                          duration_s: float, play_args: list[str]) -> subprocess.Popen:
+    """``pae bag record`` ``topics`` (waiting until it subscribed to the pae ones), ``pae bag play``
+    ``bag`` with ``play_args``, then let the recorder stop on idle; both must exit 0.
+    Returns the finished recorder process."""
+    rec = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.bag_record", "--out", str(rec_bag), "--topics", *topics,
+                            "--idle-timeout", str(idle_s), "--duration", str(duration_s)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        stderr_until(rec, [f"subscribed {t} " for t in topics if t != GT_TOPIC], timeout=30)
+        play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--quiet", *play_args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert play.returncode == 0, play.stderr
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+    return rec
+
+
 def _stop(recorder: subprocess.Popen | None, node: subprocess.Popen) -> None:
     """Kill a recorder still running (the test failed), then SIGINT the node as launch would."""
     if recorder is not None and recorder.poll() is None:
@@ -74,7 +95,7 @@ def test_make_play_node_record_eval(request, tmp_path):
                              "-p", f"bundle:={bundle}", "-p", "device:=cpu", "-p", "tf_mode:=none",
                              "-p", "image_qos:=reliable"],
                             env=env, stdout=node_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    rec = play = None
+    rec = None
     rec_bag = tmp_path / "rec"
     try:
         end = time.monotonic() + 90
@@ -82,17 +103,8 @@ def test_make_play_node_record_eval(request, tmp_path):
             assert node.poll() is None, Path(node_log.name).read_text(errors="replace")
             assert time.monotonic() < end, "node not ready:\n" + Path(node_log.name).read_text(errors="replace")
             time.sleep(0.1)
-        rec = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.bag_record", "--out", str(rec_bag),
-                                "--topics", "/pae/pose", "/pae/apr_pose", GT_TOPIC,
-                                "--idle-timeout", "4", "--duration", "90"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stderr_until(rec, ["subscribed /pae/pose ", "subscribed /pae/apr_pose "], timeout=30)
-        play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(made), "--quiet",
-                               "--wait-subscribers", "/camera/image_raw:1", "--wait-subscribers", f"{GT_TOPIC}:1"],
-                              env=env, capture_output=True, text=True, timeout=60)
-        assert play.returncode == 0, play.stderr
-        _, err = rec.communicate(timeout=60)
-        assert rec.returncode == 0, err
+        rec = _record_while_playing(env, made, rec_bag, ["/pae/pose", "/pae/apr_pose", GT_TOPIC], 4.0, 90.0,
+                                    ["--wait-subscribers", "/camera/image_raw:1", "--wait-subscribers", f"{GT_TOPIC}:1"])
     finally:
         _stop(rec, node)
         node_log.close()
@@ -159,16 +171,8 @@ def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
             assert node.poll() is None, node_log.read_text(errors="replace")
             assert time.monotonic() < end, node_log.read_text(errors="replace")
             time.sleep(0.1)
-        rec = subprocess.Popen([sys.executable, "-m", "pae_ros.ros.bag_record", "--out", str(rec_bag),
-                                "--topics", "/pae/pose", "/diagnostics", "--idle-timeout", "3", "--duration", "60"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stderr_until(rec, ["subscribed /pae/pose ", "subscribed /diagnostics "], timeout=30)
-        play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(made), "--quiet",
-                               "--topics", "/camera/image_raw", "--wait-subscribers", "/camera/image_raw:1"],
-                              env=env, capture_output=True, text=True, timeout=60)
-        assert play.returncode == 0, play.stderr
-        _, err = rec.communicate(timeout=60)
-        assert rec.returncode == 0, err
+        rec = _record_while_playing(env, made, rec_bag, ["/pae/pose", "/diagnostics"], 3.0, 60.0,
+                                    ["--topics", "/camera/image_raw", "--wait-subscribers", "/camera/image_raw:1"])
     finally:
         _stop(rec, node)
 
