@@ -82,8 +82,16 @@ class APRTrainConfig:
     s_q_init: float = -3.0
     #: freeze the pretrained backbone and train only the rest
     freeze_backbone: bool = False
-    #: with a frozen backbone: compute backbone features once (centre crop, no augmentation)
+    #: with freeze_backbone: still train the backbone's last this many blocks and its head conv
+    #: (partial fine-tuning; with cache_features the features *before* them are cached)
+    train_blocks: int = 0
+    #: learning rate of those backbone blocks, as a factor of apr.lr
+    train_blocks_lr_scale: float = 0.1
+    #: with a frozen backbone: compute backbone features once and train the rest from them
     cache_features: bool = False
+    #: views cached per frame: the centre crop plus cache_views - 1 augmented ones (random crop
+    #: when input.random_crop, colour jitter input.color_jitter); each epoch draws one per frame
+    cache_views: int = 1
     num_workers: int = 0
 
     def validate(self, p: str) -> None:
@@ -94,6 +102,11 @@ class APRTrainConfig:
         _check(0 < self.lr_gamma <= 1, f"{p}.lr_gamma", "must be in (0, 1]")
         _check(not self.cache_features or self.freeze_backbone, f"{p}.cache_features",
                "needs freeze_backbone: true (features of a training backbone change)")
+        _check(self.train_blocks >= 0, f"{p}.train_blocks", "must be >= 0")
+        _check(self.train_blocks == 0 or self.freeze_backbone, f"{p}.train_blocks",
+               "needs freeze_backbone: true (without it the whole backbone trains)")
+        _check(self.train_blocks_lr_scale > 0, f"{p}.train_blocks_lr_scale", "must be > 0")
+        _check(self.cache_views >= 1, f"{p}.cache_views", "must be >= 1")
         _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
 
 
