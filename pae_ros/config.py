@@ -82,8 +82,9 @@ class APRTrainConfig:
     s_q_init: float = -3.0
     #: freeze the pretrained backbone and train only the rest
     freeze_backbone: bool = False
-    #: with freeze_backbone: still train the backbone's last this many blocks and its head conv
-    #: (partial fine-tuning; with cache_features the features *before* them are cached)
+    #: with freeze_backbone: still train the last this many backbone blocks that the model uses
+    #: (posenet: the last blocks and the head conv; mstransformer: those before its stride-16 /
+    #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached
     train_blocks: int = 0
     #: learning rate of those backbone blocks, as a factor of apr.lr
     train_blocks_lr_scale: float = 0.1

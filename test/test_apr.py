@@ -77,14 +77,20 @@ def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
     torch.testing.assert_close(feats["pooled"].float(), direct["pooled"], atol=2e-2, rtol=2e-2)
 
 
-def test_train_blocks_that_feed_nothing_the_model_uses_is_an_error():
+def test_train_blocks_count_the_blocks_the_model_uses():
     cfg = _cfg(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
     apr = build_apr(cfg.model, 1)
-    assert tail_start_of(apr, 2) == 3  # to_s16 (the s16 tap) and to_s32
-    with pytest.raises(ValueError, match="only uses backbone outputs"):
-        tail_start_of(apr, 1)  # to_s32 only: the transformer reads s16
-    with pytest.raises(ValueError, match="has only 5 blocks"):
-        tail_start_of(apr, 6)
+    assert tail_start_of(apr, 1) == 3  # to_s16 (the s16 tap); to_s32 is never run
+    assert tail_start_of(apr, 4) == 0
+    with pytest.raises(ValueError, match="come from the first 4 blocks"):
+        tail_start_of(apr, 5)
+    assert tail_start_of(build_apr(_cfg().model, 1), 5) == 0  # posenet: every block and the head
+    # the transformer's tail stops at the s16 tap, and training it changes only that block
+    bb = apr.backbone
+    x = torch.randn(2, 3, 48, 48)
+    out = bb.run_tail(bb.run_trunk(x, 3), 3, apr.feature_keys)
+    assert "s16" in out and "pooled" not in out
+    assert bb.tail_modules(3, apr.feature_keys) == [bb.to_s16]
     with pytest.raises(ConfigError, match="apr.train_blocks: needs freeze_backbone"):
         _cfg(apr={"train_blocks": 2, "freeze_backbone": False})
 
@@ -150,3 +156,31 @@ def test_full_preset_runs_one_epoch_end_to_end(train_split, tmp_path):
     assert feats is None and not stats["cached_features"] and np.isfinite(stats["final_loss"]["loss"])
     after = apr.backbone.state_dict()
     assert not torch.equal(before["to_s8.0.0.weight"], after["to_s8.0.0.weight"])  # the first layer trained
+
+
+@pytest.mark.parametrize("model", [
+    {"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1, "transformer_ffn_dim": 64},
+    {"type": "mstransformer", "orientation_stride": 8, "transformer_layers": 1, "transformer_ffn_dim": 64},
+    {"type": "posenet"},
+])
+def test_onnx_export_of_each_apr_variant_agrees_with_torch(model, tmp_path):
+    """``pae export`` / the Localizer's onnx backend go through onnx_apr.export_apr: every APR
+    variant the presets use must export and agree with eager torch."""
+    import onnxruntime as ort
+
+    from pae_ros.onnx_apr import export_apr
+
+    cfg = _cfg(model={**model, "head_hidden_dim": 64})
+    torch.manual_seed(0)
+    apr = build_apr(cfg.model, 1).eval()
+    path = export_apr(apr, [1.0, 2.0, 3.0], 2.5, 48, tmp_path / "apr.onnx")
+    x = torch.randn(3, 3, 48, 48)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    p, q, z, s = sess.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        ref = apr(x)
+    np.testing.assert_allclose(p, ref["x"].numpy() * 2.5 + np.array([1.0, 2.0, 3.0]), atol=1e-4)
+    np.testing.assert_allclose(z, torch.cat([ref["z_x"], ref["z_q"]], -1).numpy(), atol=1e-4)
+    qn = ref["q"] / ref["q"].norm(dim=-1, keepdim=True)
+    qn = torch.where(qn[:, :1] < 0, -qn, qn)
+    np.testing.assert_allclose(q, qn.numpy(), atol=1e-4)

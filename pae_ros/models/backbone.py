@@ -39,10 +39,19 @@ class _BlockBackbone(nn.Module):
     def _block(self, i: int, x):
         return self._units[i](x)
 
-    def tail_modules(self, start: int) -> list[nn.Module]:
-        """The modules :meth:`run_tail` runs from block ``start`` (blocks and head): what partial
-        fine-tuning trains."""
-        return list(self._units[start:]) + [self._head_module()]
+    def _tail_stop(self, keys) -> int:
+        """Blocks needed for the outputs ``keys`` (None: all): up to the last tap asked for, or
+        every block and the head when ``"pooled"`` is asked for."""
+        if keys is None or "pooled" in keys:
+            return self.num_blocks
+        taps = {v: k for k, v in self._tap_index.items()}
+        return max(taps[k] for k in keys) + 1
+
+    def tail_modules(self, start: int, keys=None) -> list[nn.Module]:
+        """The modules :meth:`run_tail` runs from block ``start`` for the outputs ``keys`` (blocks,
+        and the head when "pooled" is needed): what partial fine-tuning trains."""
+        stop = self._tail_stop(keys)
+        return list(self._units[start:stop]) + ([self._head_module()] if stop == self.num_blocks else [])
 
     def _head_module(self) -> nn.Module:
         raise NotImplementedError
@@ -62,15 +71,19 @@ class _BlockBackbone(nn.Module):
         out["cut"] = x
         return out
 
-    def run_tail(self, trunk: dict[str, torch.Tensor], start: int) -> dict[str, torch.Tensor]:
+    def run_tail(self, trunk: dict[str, torch.Tensor], start: int, keys=None) -> dict[str, torch.Tensor]:
+        """Blocks ``start..`` from ``trunk["cut"]``; with ``keys`` (e.g. ``("s16",)``) it stops
+        once those outputs exist (no "pooled": the head and the later blocks are skipped)."""
         self._check_index(start)
         out = {k: v for k, v in trunk.items() if k != "cut"}
         x = trunk["cut"]
-        for i in range(start, self.num_blocks):
+        stop = self._tail_stop(keys)
+        for i in range(start, stop):
             x = self._block(i, x)
             if i in self._tap_index:
                 out[self._tap_index[i]] = x
-        out["pooled"] = self._head(x).mean(dim=(2, 3))
+        if stop == self.num_blocks:
+            out["pooled"] = self._head(x).mean(dim=(2, 3))
         return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

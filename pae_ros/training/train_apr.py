@@ -42,7 +42,7 @@ class _Trainable(nn.Module):
     def forward(self, inputs, x, q, scene_idx):
         if isinstance(inputs, dict):
             if self.tail_start is not None:
-                full = self.apr.backbone.run_tail(inputs, self.tail_start)
+                full = self.apr.backbone.run_tail(inputs, self.tail_start, self.apr.feature_keys)
                 inputs = {k: full[k] for k in self.apr.feature_keys}
             out = self.apr.forward_features(inputs, scene_idx)
         else:
@@ -72,21 +72,18 @@ def compute_features(apr, data: FrameImages, device, batch_size: int = 64, show_
 def tail_start_of(apr, train_blocks: int) -> int | None:
     """Index of the first trained backbone block for ``apr.train_blocks`` (None: none trains).
 
-    Raises ValueError when the backbone has fewer blocks, or when the model uses no backbone
-    output computed in those blocks (they would train nothing)."""
+    The trained blocks are the last ``train_blocks`` of those the model's outputs need: for
+    PoseNet (pooled features) the backbone's last blocks and its head conv; for an
+    MS-Transformer on stride-16 maps the blocks just before the stride-16 tap (the later ones
+    are never run). ValueError when fewer blocks exist."""
     if train_blocks <= 0:
         return None
     bb = apr.backbone
-    if train_blocks > bb.num_blocks:
-        raise ValueError(f"apr.train_blocks {train_blocks}: the {type(bb).__name__} backbone has only "
-                         f"{bb.num_blocks} blocks")
-    start = bb.num_blocks - train_blocks
-    taps = {v: k for k, v in bb._tap_index.items()}
-    used = [bb.num_blocks if k == "pooled" else taps[k] for k in apr.feature_keys]
-    if max(used) < start:
-        raise ValueError(f"apr.train_blocks {train_blocks} trains blocks {start}..{bb.num_blocks - 1}, but this "
-                         f"model only uses backbone outputs {list(apr.feature_keys)} computed before them")
-    return start
+    stop = bb._tail_stop(apr.feature_keys)
+    if train_blocks > stop:
+        raise ValueError(f"apr.train_blocks {train_blocks}: the model's outputs {list(apr.feature_keys)} come from "
+                         f"the first {stop} blocks of the {type(bb).__name__} backbone")
+    return stop - train_blocks
 
 
 def _view_images(data: FrameImages, indices, view: int, seed: int) -> torch.Tensor:
@@ -149,7 +146,8 @@ def _features_after_tail(apr, trunk: dict[str, torch.Tensor], start: int, batch_
     n = len(trunk["cut"])
     out: dict[str, list] = {}
     for i in range(0, n, batch_size):
-        full = apr.backbone.run_tail({k: v[i:i + batch_size].float() for k, v in trunk.items()}, start)
+        full = apr.backbone.run_tail({k: v[i:i + batch_size].float() for k, v in trunk.items()}, start,
+                                     apr.feature_keys)
         for k in apr.feature_keys:
             out.setdefault(k, []).append(full[k].to(dtype))
     return {k: torch.cat(v) for k, v in out.items()}
@@ -176,7 +174,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     if ac.freeze_backbone:
         apr.backbone.requires_grad_(False)
         if tail_start is not None:
-            for m in apr.backbone.tail_modules(tail_start):
+            for m in apr.backbone.tail_modules(tail_start, apr.feature_keys):
                 m.requires_grad_(True)
                 tail_params += list(m.parameters())
     if ac.cache_views > 1 and not (data.random_crop or data.jitter > 0):
