@@ -111,11 +111,12 @@ def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_sp
     assert torch.equal(again["pooled"], f["pooled"])  # seeded
 
 
-def test_cache_views_without_any_augmentation_is_refused(train_split, tmp_path):
-    cfg = _cfg(apr={"freeze_backbone": True, "cache_features": True, "cache_views": 3})
-    with pytest.raises(ValueError, match="cache_views > 1 needs an augmentation"):
-        train_apr(cfg, _data(train_split, cfg), scenes_of(train_split), tmp_path, torch.device("cpu"),
-                  show_progress=False)
+def test_cache_views_without_any_augmentation_caches_one_view_and_says_so(train_split, tmp_path, caplog):
+    cfg = _cfg(apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "cache_views": 3})
+    _, _, stats, _ = train_apr(cfg, _data(train_split, cfg), scenes_of(train_split), tmp_path, torch.device("cpu"),
+                               show_progress=False)
+    assert stats["cache_views"] == 1
+    assert "no augmentation is configured" in caplog.text
 
 
 def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):

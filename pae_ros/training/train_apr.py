@@ -177,8 +177,11 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
             for m in apr.backbone.tail_modules(tail_start, apr.feature_keys):
                 m.requires_grad_(True)
                 tail_params += list(m.parameters())
-    if ac.cache_views > 1 and not (data.random_crop or data.jitter > 0):
-        raise ValueError("apr.cache_views > 1 needs an augmentation: input.random_crop true or input.color_jitter > 0")
+    n_views = ac.cache_views
+    if n_views > 1 and not (data.random_crop or data.jitter > 0):
+        log.warning("apr.cache_views %d: no augmentation is configured (input.random_crop false, "
+                    "input.color_jitter 0), so every view would be the centre crop: caching one view", n_views)
+        n_views = 1
     tail_ids = {id(p) for p in tail_params}
     params = [p for p in apr.parameters() if p.requires_grad and id(p) not in tail_ids] + list(loss_fn.parameters())
     groups = [{"params": params}]
@@ -204,7 +207,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     cache_s = 0.0
     if ac.cache_features:
         t0 = time.perf_counter()
-        feats = cache_views(apr, data, device, views=ac.cache_views, start=tail_start, seed=cfg.seed,
+        feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
                             show_progress=show_progress and dist_info.is_main)
         cache_s = time.perf_counter() - t0
 
@@ -237,7 +240,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
         else:
             order = list(sampler)
             loader = [order[i:i + ac.batch_size] for i in range(0, len(order), ac.batch_size)]
-            view_of = torch.randint(ac.cache_views, (len(data),),
+            view_of = torch.randint(n_views, (len(data),),
                                     generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
         bar = tqdm(loader, desc=f"APR epoch {epoch + 1}/{ac.epochs}", unit="batch", leave=False,
                    disable=not (show_progress and dist_info.is_main))
@@ -289,6 +292,6 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     stats = {"epochs": ac.epochs, "images": len(data), "world_size": dist_info.world_size,
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
              "feature_cache_s": cache_s if feats is not None else None,
-             "cached_features": feats is not None, "cache_views": ac.cache_views if feats is not None else None,
+             "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
              "trained_backbone_blocks": ac.train_blocks if tail_start is not None else 0, "final_loss": last}
     return apr, loss_fn, stats, feats
