@@ -6,7 +6,7 @@ same frames:
 
 * ``end_to_end``: ``apr.freeze_backbone = false``, random crop + colour jitter 0.3 (as ``full``);
 * ``cached``: the quick preset as is: frozen backbone front, features computed once (the centre
-  crop plus the preset's augmented views, ``apr.cache_views``), and with ``apr.train_blocks`` the
+  crop plus the preset's augmented views, ``apr.cache_views``), and with ``apr.finetune_blocks`` the
   backbone's last blocks trained on top of the cache (partial fine-tuning).
 
 Printed: images/s of each (training loop only, as ``train_apr`` reports it), the feature-cache
@@ -33,8 +33,8 @@ import common  # noqa: E402
 def _backbone_mode(cfg) -> str:
     if not cfg.apr.freeze_backbone:
         return "fine-tuned"
-    if cfg.apr.train_blocks:
-        return f"frozen but its last {cfg.apr.train_blocks} blocks"
+    if cfg.apr.finetune_blocks:
+        return f"frozen but its last {cfg.apr.finetune_blocks} blocks"
     return "frozen"
 
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                                      f"model {base_cfg.model.type}/{base_cfg.model.backbone} "
                                      f"{base_cfg.input.crop}px")
         runs = {
-            "end_to_end": ({"apr": {"freeze_backbone": False, "cache_features": False, "train_blocks": 0,
+            "end_to_end": ({"apr": {"freeze_backbone": False, "cache_features": False, "finetune_blocks": 0,
                                     "cache_views": 1, "epochs": args.epochs, "batch_size": bs},
                             "input": {"random_crop": True, "color_jitter": 0.3}}, True),
             "cached": ({"apr": {"freeze_backbone": True, "cache_features": True, "epochs": args.cached_epochs,

@@ -84,10 +84,11 @@ class APRTrainConfig:
     freeze_backbone: bool = False
     #: with freeze_backbone: still train the last this many backbone blocks that the model uses
     #: (posenet: the last blocks and the head conv; mstransformer: those before its stride-16 /
-    #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached
-    train_blocks: int = 0
+    #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached.
+    #: The backbone is then no longer the ImageNet one: retrieval needs its own describer.
+    finetune_blocks: int = 0
     #: learning rate of those backbone blocks, as a factor of apr.lr
-    train_blocks_lr_scale: float = 0.1
+    tail_lr_scale: float = 0.1
     #: with a frozen backbone: compute backbone features once and train the rest from them
     cache_features: bool = False
     #: views cached per frame: the centre crop plus cache_views - 1 augmented ones (random crop
@@ -103,10 +104,10 @@ class APRTrainConfig:
         _check(0 < self.lr_gamma <= 1, f"{p}.lr_gamma", "must be in (0, 1]")
         _check(not self.cache_features or self.freeze_backbone, f"{p}.cache_features",
                "needs freeze_backbone: true (features of a training backbone change)")
-        _check(self.train_blocks >= 0, f"{p}.train_blocks", "must be >= 0")
-        _check(self.train_blocks == 0 or self.freeze_backbone, f"{p}.train_blocks",
+        _check(self.finetune_blocks >= 0, f"{p}.finetune_blocks", "must be >= 0")
+        _check(self.finetune_blocks == 0 or self.freeze_backbone, f"{p}.finetune_blocks",
                "needs freeze_backbone: true (without it the whole backbone trains)")
-        _check(self.train_blocks_lr_scale > 0, f"{p}.train_blocks_lr_scale", "must be > 0")
+        _check(self.tail_lr_scale > 0, f"{p}.tail_lr_scale", "must be > 0")
         _check(self.cache_views >= 1, f"{p}.cache_views", "must be >= 1")
         _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
 

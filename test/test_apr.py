@@ -55,8 +55,8 @@ def test_trunk_then_tail_equals_the_full_forward_at_every_cut():
 
 
 def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
-    cfg = _cfg(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "train_blocks": 2,
-                    "train_blocks_lr_scale": 1.0})
+    cfg = _cfg(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
+                    "tail_lr_scale": 1.0})
     data = _data(train_split, cfg)
     torch.manual_seed(cfg.seed)
     before = build_apr(cfg.model, 1).backbone.state_dict()  # same seed -> the initial weights train_apr starts from
@@ -77,7 +77,7 @@ def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
     torch.testing.assert_close(feats["pooled"].float(), direct["pooled"], atol=2e-2, rtol=2e-2)
 
 
-def test_train_blocks_count_the_blocks_the_model_uses():
+def test_finetune_blocks_count_the_blocks_the_model_uses():
     cfg = _cfg(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
     apr = build_apr(cfg.model, 1)
     assert tail_start_of(apr, 1) == 3  # to_s16 (the s16 tap); to_s32 is never run
@@ -91,8 +91,8 @@ def test_train_blocks_count_the_blocks_the_model_uses():
     out = bb.run_tail(bb.run_trunk(x, 3), 3, apr.feature_keys)
     assert "s16" in out and "pooled" not in out
     assert bb.tail_modules(3, apr.feature_keys) == [bb.to_s16]
-    with pytest.raises(ConfigError, match="apr.train_blocks: needs freeze_backbone"):
-        _cfg(apr={"train_blocks": 2, "freeze_backbone": False})
+    with pytest.raises(ConfigError, match="apr.finetune_blocks: needs freeze_backbone"):
+        _cfg(apr={"finetune_blocks": 2, "freeze_backbone": False})
 
 
 def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_split):
@@ -125,7 +125,7 @@ def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     from pae_ros.pipeline import Localizer
 
     cfg = _cfg(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
-               apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "train_blocks": 2,
+               apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
                     "cache_views": 2})
     out = tmp_path / "b.pae"
     stats = train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae"),

@@ -5,7 +5,7 @@ TensorBoard event files (``<workdir>/tb``), shows progress bars, and scales out 
 ``torchrun`` (DistributedDataParallel, gloo on CPU / nccl on GPU). With a frozen backbone it can
 cache backbone features once and train the rest from them: of the centre crop and optionally of
 ``apr.cache_views - 1`` augmented views per frame (one drawn per frame each epoch), and, with
-``apr.train_blocks = N``, the features *before* the backbone's last N blocks, which then train
+``apr.finetune_blocks = N``, the features *before* the backbone's last N blocks, which then train
 with the heads (partial fine-tuning; BatchNorm statistics stay frozen).
 """
 from __future__ import annotations
@@ -69,21 +69,21 @@ def compute_features(apr, data: FrameImages, device, batch_size: int = 64, show_
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def tail_start_of(apr, train_blocks: int) -> int | None:
-    """Index of the first trained backbone block for ``apr.train_blocks`` (None: none trains).
+def tail_start_of(apr, finetune_blocks: int) -> int | None:
+    """Index of the first trained backbone block for ``apr.finetune_blocks`` (None: none trains).
 
-    The trained blocks are the last ``train_blocks`` of those the model's outputs need: for
+    The trained blocks are the last ``finetune_blocks`` of those the model's outputs need: for
     PoseNet (pooled features) the backbone's last blocks and its head conv; for an
     MS-Transformer on stride-16 maps the blocks just before the stride-16 tap (the later ones
     are never run). ValueError when fewer blocks exist."""
-    if train_blocks <= 0:
+    if finetune_blocks <= 0:
         return None
     bb = apr.backbone
     stop = bb._tail_stop(apr.feature_keys)
-    if train_blocks > stop:
-        raise ValueError(f"apr.train_blocks {train_blocks}: the model's outputs {list(apr.feature_keys)} come from "
+    if finetune_blocks > stop:
+        raise ValueError(f"apr.finetune_blocks {finetune_blocks}: the model's outputs {list(apr.feature_keys)} come from "
                          f"the first {stop} blocks of the {type(bb).__name__} backbone")
-    return stop - train_blocks
+    return stop - finetune_blocks
 
 
 def _view_images(data: FrameImages, indices, view: int, seed: int) -> torch.Tensor:
@@ -169,7 +169,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     ckpt_path = workdir / "apr_last.ckpt"
     apr = build_apr(cfg.model, len(scenes), pretrained_weights=pretrained_weights).to(device)
     loss_fn = LearnedPoseLoss(ac.s_x_init, ac.s_q_init).to(device)
-    tail_start = tail_start_of(apr, ac.train_blocks) if ac.freeze_backbone else None
+    tail_start = tail_start_of(apr, ac.finetune_blocks) if ac.freeze_backbone else None
     tail_params: list = []
     if ac.freeze_backbone:
         apr.backbone.requires_grad_(False)
@@ -186,7 +186,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     params = [p for p in apr.parameters() if p.requires_grad and id(p) not in tail_ids] + list(loss_fn.parameters())
     groups = [{"params": params}]
     if tail_params:
-        groups.append({"params": tail_params, "lr": ac.lr * ac.train_blocks_lr_scale})
+        groups.append({"params": tail_params, "lr": ac.lr * ac.tail_lr_scale})
     opt = torch.optim.Adam(groups, lr=ac.lr, weight_decay=ac.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=ac.lr_step_epochs, gamma=ac.lr_gamma)
     start_epoch = 0
@@ -293,5 +293,5 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
              "feature_cache_s": cache_s if feats is not None else None,
              "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
-             "trained_backbone_blocks": ac.train_blocks if tail_start is not None else 0, "final_loss": last}
+             "trained_backbone_blocks": ac.finetune_blocks if tail_start is not None else 0, "final_loss": last}
     return apr, loss_fn, stats, feats
