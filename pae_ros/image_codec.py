@@ -347,18 +347,20 @@ _JPEG_CORRUPT = re.compile(r"Corrupt JPEG data(?!: bad ICC marker)|Premature end
                            r"Inconsistent progression|Application transferred too few")
 
 _capture_lock = threading.Lock()
-_capture_file = None
+_capture_fd_num: int | None = None  # a process-lifetime anonymous file (raw fd: nothing to close)
 _last_logged: dict[str, float] = {}
 
 
 def _capture_fd() -> int:
-    global _capture_file
-    if _capture_file is None:
+    global _capture_fd_num
+    if _capture_fd_num is None:
         try:
-            _capture_file = os.fdopen(os.memfd_create("pae_ros_codec_stderr", os.MFD_CLOEXEC), "w+b", buffering=0)
+            _capture_fd_num = os.memfd_create("pae_ros_codec_stderr", os.MFD_CLOEXEC)
         except (AttributeError, OSError):
-            _capture_file = tempfile.TemporaryFile(buffering=0)
-    return _capture_file.fileno()
+            fd, name = tempfile.mkstemp(prefix="pae_ros_codec_stderr.")
+            os.unlink(name)
+            _capture_fd_num = fd
+    return _capture_fd_num
 
 
 def _log_throttled(message: str) -> None:
