@@ -333,7 +333,8 @@ def check_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM, max_pixels:
     check_size(h, w, max_dim, max_pixels, max_aspect)
     if kind == "jpeg":
         buf = data if isinstance(data, (bytes, bytearray)) else _as_uint8(data).tobytes()
-        if buf.rfind(b"\xff\xd9", 4) < 0:
+        sos = buf.find(b"\xff\xda", 2)  # the end marker must follow the (first) start of scan
+        if sos < 0 or buf.rfind(b"\xff\xd9", sos) < 0:
             raise ImageDecodeError("corrupt_compressed", "JPEG: truncated (no end-of-image marker)")
     return kind, w, h
 
