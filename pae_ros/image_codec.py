@@ -375,7 +375,8 @@ def _log_throttled(message: str) -> None:
 def capture_stderr(fn):
     """Run ``fn()`` with file descriptor 2 redirected into a private buffer; returns
     ``(result, codec_lines)``. Lines that are not codec messages (another thread's) are written
-    back to the real stderr. One capture at a time (a lock); without a usable fd 2 it just runs."""
+    back to the real stderr, also when ``fn`` raises. One capture at a time (a lock); without a
+    usable fd 2 it just runs ``fn``."""
     with _capture_lock:
         try:
             fd = _capture_fd()
@@ -386,6 +387,7 @@ def capture_stderr(fn):
             saved = os.dup(2)
         except OSError:
             return fn(), []
+        text = ""
         try:
             os.dup2(fd, 2)
             try:
@@ -394,12 +396,17 @@ def capture_stderr(fn):
                 os.dup2(saved, 2)
         finally:
             os.close(saved)
-        size = os.lseek(fd, 0, os.SEEK_CUR)
-        if not size:
-            return result, []
-        text = os.pread(fd, size, 0).decode("utf-8", "replace")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
+            size = os.lseek(fd, 0, os.SEEK_CUR)
+            if size:
+                text = os.pread(fd, size, 0).decode("utf-8", "replace")
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            lines = _pass_on_others(text)
+    return result, lines
+
+
+def _pass_on_others(text: str) -> list[str]:
+    """Split captured text into codec lines (returned) and others (written to the real stderr)."""
     lines, other = [], []
     for line in text.splitlines():
         if _CODEC_LINE.match(line.strip()):
@@ -411,7 +418,7 @@ def capture_stderr(fn):
             os.write(2, ("\n".join(other) + "\n").encode())
         except OSError:
             pass
-    return result, lines
+    return lines
 
 
 def imdecode(data, flags=None):

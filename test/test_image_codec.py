@@ -352,3 +352,14 @@ def test_yuv422_decodes_to_rgb(encoding):
 def test_module_imports_no_ros():
     code = "import sys, pae_ros.image_codec; assert not any(m.startswith('rclpy') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_capture_is_clean_after_an_exception(capfd):
+    def fails():
+        os.write(2, b"Corrupt JPEG data: bad Huffman code\nunrelated line\n")
+        raise RuntimeError("decoder blew up")
+
+    with pytest.raises(RuntimeError):
+        capture_stderr(fails)
+    assert capfd.readouterr().err == "unrelated line\n"
+    assert capture_stderr(lambda: 1) == (1, [])  # nothing left over for the next decode
