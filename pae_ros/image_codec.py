@@ -171,7 +171,6 @@ def check_size(height, width, max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = 
     return h, w
 
 
-
 def check_image(height: int, width: int, encoding: str, step: int, data_len: int,
                 max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[int, int]:

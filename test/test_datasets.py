@@ -487,7 +487,8 @@ def test_load_rgb_bounds_the_size_before_decoding(tmp_path):
     img = cv2.resize(rgb_image(0), (64, 48))
     jpg = cv2.imencode(".jpg", img)[1].tobytes()
     (tmp_path / "padded.jpg").write_bytes(jpg + b"\0" * 200)
-    np.testing.assert_array_equal(load_rgb(tmp_path / "padded.jpg"), cv2.imdecode(np.frombuffer(jpg, np.uint8), 1)[:, :, ::-1])
+    ref = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    np.testing.assert_array_equal(load_rgb(tmp_path / "padded.jpg"), ref)
     (tmp_path / "adir.png").mkdir()
     with pytest.raises(DatasetError, match="is a directory"):
         load_rgb(tmp_path / "adir.png")

@@ -37,7 +37,8 @@ def load_checkpoint(path: Path) -> dict:
             g = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
             what = f" ({g.group(1)})" if g else ""
             why = (f"it holds Python objects a pae_ros checkpoint never contains{what}, so it was not written by "
-                   f"pae_ros or was modified; it was not loaded (nothing in it ran). Delete it to start the stage afresh")
+                   f"pae_ros or was modified; it was not loaded (nothing in it ran). "
+                   f"Delete it to start the stage afresh")
         else:
             why = " ".join(text.split(". ")[0].split()) or type(e).__name__
         raise RuntimeError(f"cannot resume from {path}: {why}") from None
