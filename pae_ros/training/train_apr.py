@@ -119,7 +119,7 @@ def cache_views(apr, data: FrameImages, device, views: int = 1, start: int | Non
 
     ``start`` None: the model's feature keys; else the trunk outputs up to block ``start``
     (``"cut"`` plus the taps before it that the model uses), for :meth:`run_tail`."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     apr.backbone.eval()
     out: dict[str, list] = {}
