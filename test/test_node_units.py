@@ -175,6 +175,9 @@ class _Stub:
     def publish(self, msg):
         self.msgs.append(msg)
 
+    def get_subscription_count(self):
+        return 1
+
 
 class _FakeLocalizer:
     info = {"bundle_id": "fake", "device": "cpu", "refine": True, "k": 3, "steps": 30, "decoder": True}
@@ -225,6 +228,7 @@ def test_worker_survives_nan_and_exceptions_and_counts_them():
         stubs = {k: _Stub() for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf", "pub_recon")}
         for k, v in stubs.items():
             setattr(node, k, v)
+        node.tf_out._pub = stubs["pub_tf"]
         rgb = np.zeros((6, 8, 3), np.uint8)
         msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(42_000_000_123), "cam"), rgb)
         for mode in ("nan", "raise", "ok", "low"):
