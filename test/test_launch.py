@@ -180,3 +180,172 @@ def test_launched_node_localizes_on_the_remapped_topic(launched, probe, tiny_dat
         except AssertionError:
             continue
     raise AssertionError(f"no pose from the launched node:\n{launched.text()}")
+
+
+# --------------------------------------------------------------------------- the real `ros2 launch`
+# From a colcon install of the package (what registers it in the ament index), with the `ros2`
+# command of the environment (../shared/ros2-cli installed by scripts/setup.sh, or a ROS 2 install).
+
+PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "pae_ros", "launch", "config"]
+
+
+def _ros2_exe():
+    import shutil
+    import sys
+
+    exe = Path(sys.prefix) / "bin" / "ros2"
+    if exe.exists():
+        return str(exe)
+    return shutil.which("ros2")
+
+
+@pytest.fixture(scope="module")
+def colcon_install(tmp_path_factory):
+    """``colcon build`` of a copy of the package; returns the environment that sees it (like
+    sourcing ``install/local_setup.bash`` with the venv kept on AMENT_PREFIX_PATH)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    ros2 = _ros2_exe()
+    venv = Path(sys.prefix)
+    colcon = venv / "bin" / "colcon"
+    if ros2 is None or not colcon.exists():
+        pytest.skip("no `ros2` command / colcon here (scripts/setup.sh installs ../shared/ros2-cli and colcon)")
+    try:
+        import launch_ros  # noqa: F401
+    except ImportError:
+        pytest.skip("launch_ros is not importable")
+    ws = tmp_path_factory.mktemp("ros2_ws")
+    src = ws / "src" / "pae_ros"
+    src.mkdir(parents=True)
+    for name in PACKAGE_FILES:
+        p = REPO / name
+        if p.is_dir():
+            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(p, src / name)
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
+    r = subprocess.run([str(colcon), "build", "--base-paths", "src"], cwd=ws, env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    install = ws / "install" / "pae_ros"
+    site = next((install / "lib").glob("python3*/site-packages"))
+    prefix = os.environ.get("AMENT_PREFIX_PATH", "")
+    return dict(env, AMENT_PREFIX_PATH=":".join(x for x in (str(install), str(venv), prefix) if x),
+                PYTHONPATH=str(site), PYTHONUNBUFFERED="1", ws=str(ws))
+
+
+def _ros2(env, *args, timeout=40.0, tries=4, ok=lambda out: True):
+    """Run ``ros2 <args>`` (no daemon; a few tries: discovery on a busy 2-core machine is slow);
+    returns stdout of the first run that exits 0 and satisfies ``ok``."""
+    import subprocess
+
+    cli = [a for a in args]
+    verb = cli[:2]
+    if verb[0] in ("param", "lifecycle") or verb == ["node", "list"]:
+        cli[2:2] = ["--no-daemon", "--spin-time", "2"]
+    last = None
+    for _ in range(tries):
+        last = subprocess.run([_ros2_exe(), *cli], env={k: v for k, v in env.items() if k != "ws"},
+                              capture_output=True, text=True, timeout=timeout)
+        if last.returncode == 0 and ok(last.stdout):
+            return last.stdout
+        time.sleep(1.0)
+    raise AssertionError(f"ros2 {' '.join(args)}: rc {last.returncode}\n{last.stdout}\n{last.stderr}")
+
+
+@pytest.fixture(scope="module")
+def ros2_launched(colcon_install, tiny_bundle, tiny_dataset, tmp_path_factory):
+    """``ros2 launch pae_ros localize.launch.py bundle:=... autostart:=false ...`` with a params
+    file of our own (it sets what the launch arguments do not)."""
+    import signal
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("ros2_launch")
+    params = _yaml_params()
+    params.update(image_topic="/from_file/image_raw", fov_tolerance=0.2, tf_mode="map_odom")
+    pfile = tmp / "params.yaml"
+    pfile.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    log = open(tmp / "launch.log", "w+b")
+    cmd = [_ros2_exe(), "launch", "pae_ros", "localize.launch.py", f"bundle:={tiny_bundle}", "device:=cpu",
+           f"params_file:={pfile}", "autostart:=false", "tf_mode:=map_camera", "image_topic:=/camera/image_raw",
+           "initial_pose_confidence:=0.0", "log_level:=info"]
+    proc = subprocess.Popen(cmd, env={k: v for k, v in colcon_install.items() if k != "ws"}, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc.log_path = tmp / "launch.log"
+    proc.tmp = tmp
+    try:
+        H.wait_until(lambda: b"autostart is false" in proc.log_path.read_bytes() or proc.poll() is not None, 90,
+                     what="the launched node")
+        assert proc.poll() is None, proc.log_path.read_text(errors="replace")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os_killpg = __import__("os").killpg
+            os_killpg(proc.pid, signal.SIGINT)  # the launch process group: launch and its node
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os_killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+        subprocess.run([_ros2_exe(), "daemon", "stop"], env={k: v for k, v in colcon_install.items() if k != "ws"},
+                       capture_output=True, timeout=30)
+
+
+def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, colcon_install, tiny_dataset, probe):
+    """The literal ``ros2 launch pae_ros localize.launch.py bundle:=...`` from a colcon install:
+    the managed node waits unconfigured (autostart:=false); ``ros2 lifecycle set configure`` and
+    ``activate`` bring it up; over a replayed bag ``ros2 topic echo /pae/pose --once`` receives a
+    pose (transient local: the last one, after the bag ended); ``ros2 param get`` shows a launch
+    argument (tf_mode, given) and a params-file value (fov_tolerance, not given); and
+    ``ros2 service call /pae_localizer/relocalize std_srvs/srv/Trigger`` makes it publish the next
+    pose on /initialpose."""
+    import subprocess
+    import sys
+
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+
+    from pae_ros.bags import make_cmd
+
+    env = colcon_install
+    node = "/pae_localizer"
+    assert _ros2(env, "lifecycle", "get", node, ok=lambda o: "unconfigured" in o).strip().startswith("unconfigured")
+    assert "Transitioning successful" in _ros2(env, "lifecycle", "set", node, "configure", timeout=120)
+    assert "Transitioning successful" in _ros2(env, "lifecycle", "set", node, "activate")
+    assert _ros2(env, "lifecycle", "get", node).strip().startswith("active")
+    assert "String value is: map_camera" in _ros2(env, "param", "get", node, "tf_mode")
+    assert "Double value is: 0.2" in _ros2(env, "param", "get", node, "fov_tolerance")
+    assert "String value is: /camera/image_raw" in _ros2(env, "param", "get", node, "image_topic")
+
+    bag = ros2_launched.tmp / "walk"
+    assert make_cmd.main(["--data", str(tiny_dataset), "--format", "7scenes", "--out", str(bag), "--rate", "5",
+                          "--max-frames", "4"]) == 0
+    run_env = {k: v for k, v in env.items() if k != "ws"}
+    play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--quiet",
+                           "--wait-subscribers", "/camera/image_raw:1"], env=run_env, capture_output=True,
+                          text=True, timeout=90)
+    assert play.returncode == 0, play.stderr
+    out = _ros2(env, "topic", "echo", "/pae/pose", "--once", timeout=60, ok=lambda o: "frame_id: map" in o)
+    assert "position:" in out and "orientation:" in out
+
+    # relocalization: armed by the service, the next confident pose goes to /initialpose
+    init = probe.collect("/initialpose", PoseWithCovarianceStamped)
+    reply = _ros2(env, "service", "call", f"{node}/relocalize", "std_srvs/srv/Trigger", timeout=60)
+    assert "success=True" in reply, reply
+    n_before = len(init.msgs())
+    play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--quiet",
+                           "--topics", "/camera/image_raw"], env=run_env, capture_output=True, text=True, timeout=90)
+    assert play.returncode == 0, play.stderr
+    H.wait_until(lambda: len(init.msgs()) > n_before, 30, what="/initialpose after ~/relocalize")
+    time.sleep(1.0)
+    assert len(init.msgs()) == n_before + 1, "one-shot: exactly one /initialpose per ~/relocalize"
+    m = init.msgs()[-1]
+    assert m.header.frame_id == "map" and any(abs(v) > 0 for v in m.pose.covariance)
+    # deactivate: nothing more is published
+    assert "Transitioning successful" in _ros2(env, "lifecycle", "set", node, "deactivate")
+    assert _ros2(env, "lifecycle", "get", node).strip().startswith("inactive")
+    log = ros2_launched.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log

@@ -311,7 +311,10 @@ def check_command_line(argv: list[str], fqn: str) -> None:
     """Raise :class:`ConfigError` naming every wrong-typed, out-of-range or unknown parameter the
     command line gives node ``fqn`` (what rcl would drop or ignore silently)."""
     errors = []
+    last: dict[str, tuple[Any, str]] = {}
     for name, value, source in command_line_parameters(argv, fqn):
+        last[name] = (value, source)  # later sources override earlier ones, as in rcl
+    for name, (value, source) in last.items():
         msg = check_value(name, value, source)
         if msg and msg not in errors:
             errors.append(msg)
