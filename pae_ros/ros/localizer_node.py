@@ -174,6 +174,7 @@ class LocalizerNode(LifecycleNode):
         self._cuda = False
         self._camera_warning: str | None = None
         self._startup_error = None
+        self._base_seen = False
         self._camera_checked: tuple | None = None
         self._train_camera = None
         self.pub_pose = self.pub_pose_cov = self.pub_apr = self.pub_diag = self.pub_recon = None
@@ -579,11 +580,18 @@ class LocalizerNode(LifecycleNode):
         mode = self.params["pose_frame"]
         if mode == "camera":
             return est.position, est.quaternion, est.covariance
+        if mode == "auto" and self._base_seen:
+            mode = "base"  # once the mount was seen, never switch back to camera poses on the same topic
         try:
             if not camera_frame:
                 raise TfLookupError("unconnected", "the image header has no frame_id and camera_frame is empty")
-            t_cb, q_cb = self._tf_buffer.wait_for(camera_frame, self.base_frame, s_ns,
-                                                  self.tf_wait if mode == "base" else 0.0)
+            try:
+                t_cb, q_cb = self._tf_buffer.lookup_or_raise(camera_frame, self.base_frame, s_ns)
+            except TfLookupError as e:
+                if e.reason == "unconnected" and mode == "auto":
+                    raise
+                t_cb, q_cb = self._tf_buffer.wait_for(camera_frame, self.base_frame, s_ns, self.tf_wait)
+            self._base_seen = True
         except TfLookupError as e:
             n = self.stats.count("base_tf_missing")
             if mode == "base":
