@@ -571,3 +571,52 @@ def test_out_of_scene_or_low_confidence_moves_no_tf_and_no_initial_pose():
     finally:
         node.close()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_set_enabled_jump_seeding_and_camera_info_warning():
+    """~/set_enabled false ignores images (counted as paused) and true resumes; publish_initial_pose
+    seeds /initialpose on the first confident pose and again only after a jump > initial_pose_jump;
+    a camera_info whose field of view differs > 5 % from the bundle's training camera raises WARN in
+    /diagnostics with both values."""
+    import rclpy
+    from sensor_msgs.msg import CameraInfo
+    from std_srvs.srv import SetBool
+
+    ctx, node = _in_process_node({"tf_mode": "none", "pose_frame": "camera", "publish_initial_pose": True,
+                                  "initial_pose_jump": 1.0, "initial_pose_confidence": 0.5})
+    try:
+        fake = _PoseLocalizer()
+        fake.bundle = type("B", (), {"header": {"intrinsics": {"room": {"width": 640, "height": 480, "fx": 585.0,
+                                                                           "fy": 585.0, "cx": 320, "cy": 240}}}})()
+        fake.info = dict(fake.info, scenes=["room"])
+        node.setup(fake)
+        for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_diag"):
+            setattr(node, k, _Stub())
+        init = node.reloc._pub = _Stub()
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(7), "cam"), rgb)
+        # pause / resume
+        resp = node.reloc._on_set_enabled(SetBool.Request(data=False), SetBool.Response())
+        assert resp.success and "paused" in resp.message
+        node._on_image(msg)
+        assert node.stats.snapshot()["counters"]["paused"] == 1 and node.stats.frames_in == 0
+        node.reloc._on_set_enabled(SetBool.Request(data=True), SetBool.Response())
+        node._on_image(msg)
+        assert node.stats.frames_in == 1
+        # jump rule
+        for x in (0.0, 0.5, 0.9, 2.0, 2.5):
+            fake.pose = (np.array([x, 0.0, 0.0]), np.array([1.0, 0, 0, 0]))
+            node._process(msg, time.monotonic())
+        assert [cv.pose_from_msg(m)[0][0] for m in init.msgs] == [0.0, 2.0]
+        # camera_info: same camera at half resolution is fine, a wider lens warns
+        node._on_camera_info(CameraInfo(width=320, height=240, k=[292.5, 0, 160, 0, 292.5, 120, 0, 0, 1]))
+        node._publish_diagnostics()
+        st = node.pub_diag.msgs[-1].status[0]
+        assert st.level == bytes([0]), st.message
+        node._on_camera_info(CameraInfo(width=640, height=480, k=[400.0, 0, 320, 0, 400.0, 240, 0, 0, 1]))
+        node._publish_diagnostics()
+        st = node.pub_diag.msgs[-1].status[0]
+        assert st.level == bytes([1]) and "77.3 deg vs training 57.4 deg" in st.message, st.message
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)

@@ -7,7 +7,9 @@
   large frames that travel as fragmented UDP; a reliable one receives them all but does not match
   a best-effort publisher. ``auto`` therefore matches the publishers' reliability
   (``get_publishers_info_by_topic``): best effort if any publisher is best effort, else reliable.
-* Outputs (poses, diagnostics, reconstruction): reliable, volatile, depth 10 (the rclpy default).
+* Poses: reliable, transient local, depth 1 (as AMCL's ``amcl_pose``: a late joiner gets the last
+  pose; :func:`pose_qos`, parameter ``pose_transient_local``), or volatile depth 10.
+* Other outputs (diagnostics, reconstruction, ``/initialpose``): reliable, volatile, depth 10.
 """
 from __future__ import annotations
 
