@@ -84,7 +84,7 @@ def start_node(bundle: Path, device: str, log: Path, threads: int | None = None,
     pipeline it is compared with (``backend``, ``threads``; the node's own default is 1 thread)."""
     cmd = [sys.executable, "-m", "pae_ros.ros.localizer_node", "--ros-args",
            "--params-file", str(common.REPO / "config" / "localize.yaml"),
-           "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map->camera",
+           "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map_camera", "-p", "pose_frame:=camera",
            "-p", f"backend:={backend}", "-p", f"threads:={threads or 1}",
            "-p", "diagnostics_period:=0.5", "-r", f"/camera/image_raw:={IMAGE_TOPIC}"]
     env = dict(os.environ)

@@ -316,11 +316,15 @@ class LocalizerNode(LifecycleNode):
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._run_worker, name="pae_inference", daemon=True)
         self._worker.start()
-        self._subs = [
-            self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.TF_QOS),
-            self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), qos.TF_STATIC_SUB_QOS),
-            self.create_subscription(CameraInfo, self.camera_info_topic, self._on_camera_info, qos.image_profile("best_effort")),
-        ]
+        self._subs = []
+        if self.tf_mode == "map_odom" or p["pose_frame"] != "camera":  # else no TF is ever looked up
+            self._subs += [
+                self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.TF_QOS),
+                self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True),
+                                         qos.TF_STATIC_SUB_QOS)]
+        if self._train_camera is not None:
+            self._subs.append(self.create_subscription(CameraInfo, self.camera_info_topic, self._on_camera_info,
+                                                       qos.image_profile("best_effort")))
         self._active = True
         self._subscribe(initial=True)
         if p["image_qos"] == "auto":
