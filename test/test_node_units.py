@@ -620,3 +620,42 @@ def test_set_enabled_jump_seeding_and_camera_info_warning():
     finally:
         node.close()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_two_d_mode_flattens_map_to_odom_and_the_base_pose():
+    """two_d_mode: a tilted, lifted estimate gives a map -> odom and a base pose with z = 0 and
+    no roll / pitch (yaw kept)."""
+    import rclpy
+    from tf2_msgs.msg import TFMessage
+
+    from pae_ros.ros.conversions import stamp_from_ns, transform_from_msg, transform_stamped
+    from pae_ros.ros.frames import yaw_of
+
+    ctx, node = _in_process_node({"tf_mode": "map_odom", "two_d_mode": True, "tf_wait": 0.0})
+    try:
+        fake = _PoseLocalizer()
+        node.setup(fake)
+        for k in ("pub_pose", "pub_pose_cov", "pub_apr"):
+            setattr(node, k, _Stub())
+        tf_stub = node.tf_out._pub = _Stub()
+        t_bc, q_bc = _mount()
+        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
+                                                            t_bc, q_bc)]), True)
+        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "odom", "base_link",
+                                                            [1.0, 0, 0], [1.0, 0, 0, 0])]), True)
+        tilt = G.quat_multiply(np.array([np.cos(0.3), 0, 0, np.sin(0.3)]),      # yaw 0.6 rad
+                               np.array([np.cos(0.05), np.sin(0.05), 0, 0]))    # roll 0.1 rad
+        fake.pose = G.compose_poses(np.array([3.0, 2.0, 0.4]), tilt, t_bc, q_bc)
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(9), "camera_optical"),
+                                      np.zeros((6, 8, 3), np.uint8)), time.monotonic())
+        _, _, t_mo, q_mo, _ = transform_from_msg(tf_stub.msgs[0].transforms[0])
+        p, q = cv.pose_from_msg(node.pub_pose.msgs[0])
+        for t_, q_ in ((t_mo, q_mo), (p, q)):
+            assert t_[2] == 0.0
+            np.testing.assert_allclose(G.quat_to_rotmat(q_)[:, 2], [0, 0, 1], atol=1e-12)
+        assert yaw_of(q) == pytest.approx(yaw_of(tilt), abs=0.02) and p[0] == pytest.approx(3.0, abs=0.05)
+        cov = np.asarray(node.pub_pose_cov.msgs[0].pose.covariance).reshape(6, 6)
+        assert cov[2, 2] == 0 and cov[3, 3] == 0 and cov[5, 5] > 0
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)

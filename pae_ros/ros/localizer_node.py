@@ -548,6 +548,8 @@ class LocalizerNode(LifecycleNode):
         confident = in_scene and not below
         if not in_scene:
             self.stats.count("out_of_scene")
+        # which stage produced the pose (the pipeline's Estimate.method when it has one)
+        self.info["last_method"] = getattr(est, "method", "refined" if getattr(est, "refined", False) else "apr")
         camera_frame = self.params["camera_frame"] or msg.header.frame_id.lstrip("/")
         hdr = cv.header(stamp, self.map_frame)
         out = self._output_pose(s_ns, camera_frame, est)
