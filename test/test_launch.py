@@ -292,6 +292,18 @@ def colcon_install(tmp_path_factory):
                 PYTHONPATH=str(site), PYTHONUNBUFFERED="1", ws=str(ws))
 
 
+def _launch_domain() -> int:
+    """A ROS domain of its own for the ``ros2 launch`` test (200-232, not the session's): the
+    session's other node is also called /pae_localizer."""
+    import os
+
+    return 200 + (int(os.environ["ROS_DOMAIN_ID"]) - 200 + 11) % 33
+
+
+def _env(env: dict) -> dict:
+    return dict({k: v for k, v in env.items() if k != "ws"}, ROS_DOMAIN_ID=str(_launch_domain()))
+
+
 def _ros2(env, *args, timeout=40.0, tries=4, ok=lambda out: True):
     """Run ``ros2 <args>`` (no daemon; a few tries: discovery on a busy 2-core machine is slow);
     returns stdout of the first run that exits 0 and satisfies ``ok``."""
@@ -303,8 +315,7 @@ def _ros2(env, *args, timeout=40.0, tries=4, ok=lambda out: True):
         cli[2:2] = ["--no-daemon", "--spin-time", "2"]
     last = None
     for _ in range(tries):
-        last = subprocess.run([_ros2_exe(), *cli], env={k: v for k, v in env.items() if k != "ws"},
-                              capture_output=True, text=True, timeout=timeout)
+        last = subprocess.run([_ros2_exe(), *cli], env=_env(env), capture_output=True, text=True, timeout=timeout)
         if last.returncode == 0 and ok(last.stdout):
             return last.stdout
         time.sleep(1.0)
@@ -327,7 +338,7 @@ def ros2_launched(colcon_install, tiny_bundle, tiny_dataset, tmp_path_factory):
     cmd = [_ros2_exe(), "launch", "pae_ros", "localize.launch.py", f"bundle:={tiny_bundle}", "device:=cpu",
            f"params_file:={pfile}", "autostart:=false", "tf_mode:=map_camera", "image_topic:=/camera/image_raw",
            "initial_pose_confidence:=0.0", "log_level:=info"]
-    proc = subprocess.Popen(cmd, env={k: v for k, v in colcon_install.items() if k != "ws"}, stdout=log,
+    proc = subprocess.Popen(cmd, env=_env(colcon_install), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     proc.log_path = tmp / "launch.log"
     proc.tmp = tmp
@@ -346,11 +357,19 @@ def ros2_launched(colcon_install, tiny_bundle, tiny_dataset, tmp_path_factory):
                 os_killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         log.close()
-        subprocess.run([_ros2_exe(), "daemon", "stop"], env={k: v for k, v in colcon_install.items() if k != "ws"},
-                       capture_output=True, timeout=30)
+        subprocess.run([_ros2_exe(), "daemon", "stop"], env=_env(colcon_install), capture_output=True, timeout=30)
 
 
-def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, colcon_install, tiny_dataset, probe):
+@pytest.fixture(scope="module")
+def launch_probe():
+    """An rclpy probe in the ``ros2 launch`` test's own domain."""
+    p = H.Probe("pae_launch_probe", domain_id=_launch_domain())
+    yield p
+    p.close()
+
+
+def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, colcon_install, tiny_dataset,
+                                                              launch_probe):
     """The literal ``ros2 launch pae_ros localize.launch.py bundle:=...`` from a colcon install:
     the managed node waits unconfigured (autostart:=false); ``ros2 lifecycle set configure`` and
     ``activate`` bring it up; over a replayed bag ``ros2 topic echo /pae/pose --once`` receives a
@@ -378,7 +397,7 @@ def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, col
     bag = ros2_launched.tmp / "walk"
     assert make_cmd.main(["--data", str(tiny_dataset), "--format", "7scenes", "--out", str(bag), "--rate", "5",
                           "--max-frames", "4"]) == 0
-    run_env = {k: v for k, v in env.items() if k != "ws"}
+    run_env = _env(env)
     play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--quiet",
                            "--wait-subscribers", "/camera/image_raw:1"], env=run_env, capture_output=True,
                           text=True, timeout=90)
@@ -387,7 +406,7 @@ def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, col
     assert "position:" in out and "orientation:" in out
 
     # relocalization: armed by the service, the next confident pose goes to /initialpose
-    init = probe.collect("/initialpose", PoseWithCovarianceStamped)
+    init = launch_probe.collect("/initialpose", PoseWithCovarianceStamped)
     reply = _ros2(env, "service", "call", f"{node}/relocalize", "std_srvs/srv/Trigger", timeout=60)
     assert "success=True" in reply, reply
     n_before = len(init.msgs())
