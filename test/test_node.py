@@ -3,10 +3,15 @@
 Two node processes serve most tests (a node start costs seconds here):
 
 * ``launched``: started the way launch/localize.launch.py starts it (``--params-file
-  config/localize.yaml -p bundle:=... -r /camera/image_raw:=/test/cam``; tf_mode map->odom from
-  the YAML), shared with test_launch.py;
+  config/localize.yaml -p bundle:=... -r /camera/image_raw:=/test/cam``; tf_mode map_odom and
+  pose_frame auto from the YAML), shared with test_launch.py;
 * ``gated``: in namespace ``/gate``, ``compressed:=true``, ``confidence_gate:=1.0``,
-  ``tf_mode:=map->camera``, image_qos auto facing a best-effort publisher.
+  ``tf_mode:=map->camera`` (the old spelling, still accepted), image_qos auto facing a best-effort
+  publisher.
+
+The real ``ros2 launch`` / ``ros2 lifecycle`` / ``ros2 service call`` run in test_launch.py; the
+TF timing with a moving robot, the base-frame maths and the services in-process in
+test_node_units.py.
 
 Reference poses come from ``Localizer.localize`` in this process on the same images (CPU).
 """
