@@ -386,6 +386,7 @@ def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, col
 
     env = colcon_install
     node = "/pae_localizer"
+    init = launch_probe.collect("/initialpose", PoseWithCovarianceStamped)  # early: discovery takes a while
     assert _ros2(env, "lifecycle", "get", node, ok=lambda o: "unconfigured" in o).strip().startswith("unconfigured")
     assert "Transitioning successful" in _ros2(env, "lifecycle", "set", node, "configure", timeout=120)
     assert "Transitioning successful" in _ros2(env, "lifecycle", "set", node, "activate")
@@ -406,12 +407,14 @@ def test_ros2_launch_lifecycle_bag_pose_params_and_relocalize(ros2_launched, col
     assert "position:" in out and "orientation:" in out
 
     # relocalization: armed by the service, the next confident pose goes to /initialpose
-    init = launch_probe.collect("/initialpose", PoseWithCovarianceStamped)
+    H.wait_until(lambda: launch_probe.node.count_publishers("/initialpose") >= 1, 30,
+                 what="the node's /initialpose publisher")
+    time.sleep(1.0)  # let the node's side of the match settle too
     reply = _ros2(env, "service", "call", f"{node}/relocalize", "std_srvs/srv/Trigger", timeout=60)
     assert "success=True" in reply, reply
     n_before = len(init.msgs())
     play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--quiet",
-                           "--topics", "/camera/image_raw"], env=run_env, capture_output=True, text=True, timeout=90)
+                           "--topics", "/camera/image_raw", "--wait-subscribers", "/camera/image_raw:1"], env=run_env, capture_output=True, text=True, timeout=90)
     assert play.returncode == 0, play.stderr
     H.wait_until(lambda: len(init.msgs()) > n_before, 30, what="/initialpose after ~/relocalize")
     time.sleep(1.0)
