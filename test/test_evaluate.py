@@ -310,3 +310,24 @@ def test_eval_cli_rejects_a_bad_pair(tiny_bundle, tiny_dataset, capsys):
         main(["eval", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--format", "7scenes",
               "--pairs", "published"])
     assert "ROW_A:ROW_B" in capsys.readouterr().err
+
+
+def test_bench_accuracy_prints_every_row_side_by_side(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("_bench_accuracy", REPO / "bench" / "bench_accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "acc.md"
+    assert mod.main(["--pair", str(tiny_bundle), str(tiny_dataset), "--bootstrap", "50", "--threads", "2",
+                     "--markdown", str(md), "--json", str(tmp_path / "acc.json")]) == 0
+    out = capsys.readouterr().out
+    assert "bench accuracy scene=room row=published:" in out and "bench accuracy scene=room row=retrieval_top1:" in out
+    table = md.read_text().splitlines()
+    assert table[0] == "| row | room |"
+    assert any(ln.startswith("| oracle_nearest_train (oracle) |") for ln in table)
+    assert any(ln.startswith("| published |") for ln in table)
+    rep = json.loads((tmp_path / "acc.json").read_text())
+    assert list(rep.values())[0]["scenes"]["room"]["mean_pose"]["frames"] == 40

@@ -56,10 +56,10 @@ def build_ood(test, args) -> list | None:
     if not (args.ood or args.ood_scene):
         return None
     from ..datasets import load_rgb
-    from .ood_images import load_other_scene, out_of_scene_images, _pick
+    from .ood_images import load_other_scene, out_of_scene_images, pick_evenly
 
     frames = test.frames
-    src = [load_rgb(frames[i].image_path) for i in _pick(len(frames), args.ood_per_kind)]
+    src = [load_rgb(frames[i].image_path) for i in pick_evenly(len(frames), args.ood_per_kind)]
     other = (load_other_scene(args.ood_scene, args.ood_scene_format or args.fmt, "test", args.ood_per_kind)
              if args.ood_scene else None)
     return out_of_scene_images(src, args.ood_per_kind, args.seed, other)

@@ -20,7 +20,7 @@ import numpy as np
 KINDS = ("black", "white", "noise", "flipped", "rotated", "other_scene")
 
 
-def _pick(n_total: int, n: int) -> np.ndarray:
+def pick_evenly(n_total: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, max(n_total - 1, 0), min(n, n_total)).astype(int))
 
 
@@ -36,7 +36,7 @@ def out_of_scene_images(test_images: list[np.ndarray], per_kind: int = 16, seed:
         raise ValueError(f"unknown out-of-scene kinds {unknown} (known: {', '.join(KINDS)})")
     rng = np.random.default_rng(seed)
     out: list[tuple[str, np.ndarray]] = []
-    src = [np.asarray(test_images[i]) for i in _pick(len(test_images), per_kind)]
+    src = [np.asarray(test_images[i]) for i in pick_evenly(len(test_images), per_kind)]
     shape = src[0].shape
     for kind in kinds:
         if kind == "black":
@@ -50,7 +50,7 @@ def out_of_scene_images(test_images: list[np.ndarray], per_kind: int = 16, seed:
         elif kind == "rotated":
             out += [(kind, np.ascontiguousarray(np.rot90(im))) for im in src]
         elif kind == "other_scene" and other_scene_images:
-            out += [(kind, np.asarray(other_scene_images[i])) for i in _pick(len(other_scene_images), per_kind)]
+            out += [(kind, np.asarray(other_scene_images[i])) for i in pick_evenly(len(other_scene_images), per_kind)]
     return out
 
 
@@ -61,4 +61,4 @@ def load_other_scene(root: str | Path, fmt: str, split: str = "test", limit: int
     frames = read_dataset(root, fmt, split).frames
     if not frames:
         raise ValueError(f"{root}: no {split} frames for the out-of-scene images")
-    return [load_rgb(frames[i].image_path) for i in _pick(len(frames), limit)]
+    return [load_rgb(frames[i].image_path) for i in pick_evenly(len(frames), limit)]
