@@ -331,3 +331,10 @@ def test_bench_accuracy_prints_every_row_side_by_side(tiny_bundle, tiny_dataset,
     assert any(ln.startswith("| published |") for ln in table)
     rep = json.loads((tmp_path / "acc.json").read_text())
     assert list(rep.values())[0]["scenes"]["room"]["mean_pose"]["frames"] == 40
+
+
+def test_published_errors_are_split_by_the_method_each_frame_used(report):
+    by = report["published"]["by_method"]
+    assert set(by) == set(report["published"]["methods"])
+    assert sum(v["frames"] for v in by.values()) == 40
+    assert by["refined"]["median_position_m"] == pytest.approx(np.median(_errors(report, "published")))

@@ -269,6 +269,10 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
     if same in est and same != "published":
         d = np.linalg.norm(est["published"][0] - est[same][0], axis=1)
         pub["max_position_difference_to_row_m"] = {same: float(np.nanmax(d)) if np.isfinite(d).any() else None}
+    per_method = np.array([_method_of(e) for e in published])
+    pe_pub = position_error(est["published"][0], gt_p)
+    oe_pub = orientation_error_deg(est["published"][1], gt_q)
+    pub["by_method"] = {m: summarize_errors(pe_pub[per_method == m], oe_pub[per_method == m]) for m in methods}
     in_scene = [getattr(e, "in_scene", None) for e in published]
     pub["in_scene_share"] = (float(np.mean([bool(v) for v in in_scene])) if all(v is not None for v in in_scene)
                              else None)
