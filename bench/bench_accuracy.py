@@ -41,7 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--retrieval-k", type=int, default=3)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--k-sweep", type=int, nargs="*", default=[])
-    p.add_argument("--ood", action="store_true", help="also the out-of-scene gating report")
+    p.add_argument("--ood", action="store_true",
+                   help="also the out-of-scene gating report (with several pairs, each other pair's test frames "
+                        "count as another scene)")
     p.add_argument("--markdown", default=None, help="write the side-by-side table as Markdown here")
     p.add_argument("--json", default=None, help="write {scene: report} here")
     args = p.parse_args(argv)
@@ -102,21 +104,26 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from pae_ros.datasets import load_rgb, read_dataset
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import bootstrap_lines, evaluate, json_clean
-    from pae_ros.training.ood_images import pick_evenly, out_of_scene_images
+    from pae_ros.training.evaluate import bootstrap_lines, evaluate, gating_lines, json_clean
+    from pae_ros.training.ood_images import load_other_scene, out_of_scene_images, pick_evenly
 
     reports: dict[str, dict] = {}
-    for bundle, data, fmt in args.pairs:
+    for n_pair, (bundle, data, fmt) in enumerate(args.pairs):
         t0 = time.perf_counter()
         loc = Localizer.from_bundle(bundle, device=args.device)
         test, train = read_dataset(data, fmt, "test"), read_dataset(data, fmt, "train")
         ood = None
         if args.ood:
-            ood = out_of_scene_images([load_rgb(test.frames[i].image_path) for i in pick_evenly(len(test.frames), 16)])
+            other = None
+            if len(args.pairs) > 1:
+                _, o_data, o_fmt = args.pairs[(n_pair + 1) % len(args.pairs)]
+                other = load_other_scene(o_data, o_fmt, "test", 16)
+            ood = out_of_scene_images([load_rgb(test.frames[i].image_path) for i in pick_evenly(len(test.frames), 16)],
+                                      16, 0, other)
         rep = evaluate(loc, test, train, k_sweep=args.k_sweep, show_progress=False, retrieval_k=args.retrieval_k,
                        n_boot=args.bootstrap, ood=ood)
         rep["_bundle"], rep["_data"], rep["_seconds"] = str(bundle), str(data), time.perf_counter() - t0
-        reports[f"{bundle}"] = rep
+        reports[f"{bundle} on {data}"] = rep
         print(f"# {bundle} on {data} ({fmt}): {len(test.frames)} test / {len(train.frames)} train frames, "
               f"{rep['_seconds']:.0f} s", flush=True)
         for s, by_row in rep["scenes"].items():
@@ -138,6 +145,8 @@ def main(argv=None) -> int:
                   f"{100 * cal['position']['within_1sigma']:.0f}% / {100 * cal['position']['within_2sigma']:.0f}% of "
                   f"position errors within 1 / 2 sigma (68 / 95 expected), orientation "
                   f"{100 * cal['orientation']['within_1sigma']:.0f}% / {100 * cal['orientation']['within_2sigma']:.0f}%")
+        for line in gating_lines(rep):
+            print(f"{', '.join(rep['scenes'])}: {line.strip()}")
         for s, c in rep["coverage"].items():
             print(f"{s}: coverage median {c['median_m']:.2f} m, {100 * c['share_beyond_2m']:.0f}% of test frames beyond "
                   f"2 m; frames per bin {c['frames_per_bin']}")
