@@ -124,6 +124,23 @@ def _table_neighbors(loc: Localizer, apr: AprOutput, chunk: int = 256):
     return query
 
 
+def concat_apr_outputs(outs: list[AprOutput]) -> AprOutput:
+    """One :class:`AprOutput` of batches, field by field (tensors cat, arrays concatenate; a field
+    that is None in any batch stays None), so fields the Localizer adds travel along."""
+    import dataclasses
+
+    merged = {}
+    for f in dataclasses.fields(AprOutput):
+        vals = [getattr(o, f.name) for o in outs]
+        if any(v is None for v in vals):
+            merged[f.name] = None
+        elif isinstance(vals[0], torch.Tensor):
+            merged[f.name] = torch.cat(vals)
+        else:
+            merged[f.name] = np.concatenate([np.asarray(v) for v in vals])
+    return AprOutput(**merged)
+
+
 def _split_poses(split: DatasetSplit, scenes: list[str], source: str) -> tuple[PoseSet, list]:
     """The split's poses of the bundle's scenes, and those frames."""
     keep = [f for f in split.frames if f.scene in scenes]
@@ -166,7 +183,7 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         missing = sorted({f.scene for f in frames if f.scene not in loc.scenes})
         raise ValueError(f"test scenes {missing} are not in the bundle (it knows {loc.scenes})")
     describe, desc_source = make_describer(loc)
-    apr_p, apr_q, lat, sidx, descs, published = [], [], [], [], [], []
+    apr_outs, descs, published = [], [], []
     t_apr = t_pub = t_desc = 0.0
     for i in tqdm(range(0, len(frames), batch), desc="test", unit="batch", disable=not show_progress, leave=False):
         imgs = [load_rgb(f.image_path) for f in frames[i:i + batch]]
@@ -174,18 +191,16 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         t0 = time.perf_counter()
         out = loc.predict_apr(b)
         t_apr += time.perf_counter() - t0
-        apr_p.append(out.positions)
-        apr_q.append(out.quaternions)
-        lat.append(out.latents)
-        sidx.append(out.scene_idx)
+        apr_outs.append(out)
         t0 = time.perf_counter()
-        descs.append(describe(imgs, b))
+        d = getattr(out, "descriptors", None)  # a Localizer whose APR pass also describes the image
+        descs.append(np.asarray(d, np.float32) if d is not None else describe(imgs, b))
         t_desc += time.perf_counter() - t0
         t0 = time.perf_counter()
         published += loc.localize_batch(imgs)
         t_pub += time.perf_counter() - t0
     n = len(frames)
-    apr = AprOutput(np.concatenate(apr_p), np.concatenate(apr_q), torch.cat(lat), np.concatenate(sidx))
+    apr = concat_apr_outputs(apr_outs)
     report: dict = {"bundle_id": loc.bundle.bundle_id, "frames": n, "rows": {}, "scenes": {}, "per_frame": {},
                     "refine": {"k": loc.k, "steps": loc.steps, "lr": loc.lr, "orientation": loc.orientation,
                                "metric": loc.cfg.refine.metric, "enabled": loc.refine_enabled},
