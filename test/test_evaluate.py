@@ -216,8 +216,14 @@ def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits
     from pae_ros.training.evaluate import gating_report
 
     class Gated:
+        ood_gate = {"rules": {"constant image": None}}
+
         def __init__(self, inner):
             self.inner = inner
+
+        @property
+        def info(self):
+            return {"ood_gate": ["constant image"]}
 
         def localize_batch(self, images):
             out = self.inner.localize_batch(images)
@@ -233,7 +239,7 @@ def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits
     g = Gated(loc)
     in_scene = g.localize_batch(imgs)
     rep = gating_report(g, out_of_scene_images(imgs, per_kind=2, kinds=("black", "white", "flipped")), in_scene)
-    assert rep["gate_available"] is True
+    assert rep["gate_available"] is True and rep["gate"] == ["constant image"]
     assert rep["kinds"]["black"]["gated_share"] == 1.0 and rep["kinds"]["flipped"]["gated_share"] == 0.0
     assert rep["out_of_scene"]["gated_share"] == pytest.approx(4 / 6) and rep["in_scene"]["gated_share"] == 0.0
 

@@ -384,7 +384,10 @@ def gating_report(loc: Localizer, ood: list[tuple[str, np.ndarray]], in_scene_es
         ests[kind] = []
         for i in range(0, len(imgs), batch):
             ests[kind] += loc.localize_batch(imgs[i:i + batch])
-    gate_available = all(hasattr(e, "in_scene") for e in in_scene_estimates)
+    # a gate exists when the estimates carry a verdict and the Localizer has a gate configured
+    # (Localizers that always fill in_scene expose the gate as ``ood_gate``; None = no gate)
+    gate = getattr(loc, "ood_gate", True)
+    gate_available = bool(gate) and all(hasattr(e, "in_scene") for e in in_scene_estimates)
 
     def gated(es) -> float | None:
         return float(np.mean([not bool(e.in_scene) for e in es])) if gate_available and es else None
@@ -396,7 +399,8 @@ def gating_report(loc: Localizer, ood: list[tuple[str, np.ndarray]], in_scene_es
         kinds[kind] = {"frames": len(es), "gated_share": gated(es), "median_confidence": float(np.median(c)),
                        "auroc_confidence_in_scene_vs_this": auroc(conf_in, c)}
     all_ood = [e for es in ests.values() for e in es]
-    return {"gate_available": gate_available, "kinds": kinds,
+    rules = loc.info.get("ood_gate") if gate_available and hasattr(loc, "info") else None
+    return {"gate_available": gate_available, "gate": rules, "kinds": kinds,
             "out_of_scene": {"frames": len(all_ood), "gated_share": gated(all_ood),
                              "auroc_confidence": auroc(conf_in, np.array([e.confidence for e in all_ood]))},
             "in_scene": {"frames": len(in_scene_estimates), "gated_share": gated(in_scene_estimates),
