@@ -383,3 +383,20 @@ def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(tmp_path):
         np.testing.assert_allclose(got, want)
         assert all(v["frames"] == len(te) for v in rep["scenes"][s].values())
         assert rep["calibration"] is None or s in rep["calibration"]["by_scene"]
+
+
+def test_geometric_report_reads_the_published_methods_and_the_map(loc, tmp_path):
+    from types import SimpleNamespace
+
+    from pae_ros.training.evaluate import geometric_report
+
+    assert geometric_report(loc, [SimpleNamespace(extras={})] * 3, np.ones(3), np.array(["refined"] * 3)) is None
+    pub = [SimpleNamespace(extras={"geometric_accepted": True, "geometric_reason": "ok", "geometric_total_s": 0.2}),
+           SimpleNamespace(extras={"geometric_accepted": False, "geometric_reason": "few inliers",
+                                   "geometric_total_s": 0.1}),
+           SimpleNamespace(extras={})]
+    g = geometric_report(loc, pub, np.array([0.01, 1.0, 2.0]), np.array(["geometric", "refined", "refined"]))
+    assert g["accepted_share"] == pytest.approx(1 / 3) and g["fallback_share"] == pytest.approx(2 / 3)
+    assert g["fallback_reasons"] == {"few inliers": 1} and g["seconds_per_query_median"] == pytest.approx(0.15)
+    assert g["median_position_m_accepted"] == 0.01 and g["median_position_m_fallback"] == 1.5
+    assert "map_mb" not in g

@@ -292,6 +292,7 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
     pub["in_scene_share"] = (float(np.mean([bool(v) for v in in_scene])) if all(v is not None for v in in_scene)
                              else None)
     report["published"] = pub
+    report["geometric"] = geometric_report(loc, published, pe_pub, per_method)
 
     # --- per scene: summaries, coverage strata, bootstrap ------------------------------------------
     scenes = [s for s in loc.scenes if any(f.scene == s for f in frames)]
@@ -335,6 +336,36 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         report["_grid_rows"] = grid_rows
     report["_arrays"] = {"gt_positions": gt_p, "estimates": est, "coverage_m": cov, "published": published}
     return report
+
+
+def geometric_report(loc: Localizer, published: list, pos_err_m: np.ndarray, per_method: np.ndarray) -> dict | None:
+    """Issue 11's figures of a geometric stage, read from what the Localizer published: the share
+    of frames whose pose is a geometric fix (``Estimate.method == "geometric"``), the fallback
+    reasons and per-query seconds from ``extras`` (``geometric_accepted``, ``geometric_reason``,
+    ``geometric_total_s``), and the map file beside the bundle (``<bundle>.map``) in MB against
+    the bundle. None when there is neither a map nor any geometric diagnostics."""
+    ex = [e.extras for e in published]
+    tried = [x for x in ex if "geometric_accepted" in x]
+    bpath = getattr(loc.bundle, "path", None)
+    map_file = Path(str(bpath) + ".map") if bpath else None
+    has_map = map_file is not None and map_file.is_file()
+    if not tried and not has_map and "geometric" not in set(per_method):
+        return None
+    out: dict = {"frames": len(published), "attempted": len(tried),
+                 "accepted_share": float(np.mean(per_method == "geometric")),
+                 "fallback_share": float(np.mean(per_method != "geometric")),
+                 "fallback_reasons": dict(Counter(str(x.get("geometric_reason")) for x in tried
+                                                  if not x.get("geometric_accepted")))}
+    secs = [float(x["geometric_total_s"]) for x in tried if np.isfinite(x.get("geometric_total_s", np.nan))]
+    out["seconds_per_query_median"] = float(np.median(secs)) if secs else None
+    m = per_method == "geometric"
+    out["median_position_m_accepted"] = float(np.median(pos_err_m[m])) if m.any() else None
+    out["median_position_m_fallback"] = float(np.median(pos_err_m[~m])) if (~m).any() else None
+    if has_map:
+        out["map_file"] = str(map_file)
+        out["map_mb"] = map_file.stat().st_size / 1e6
+        out["bundle_mb"] = Path(bpath).stat().st_size / 1e6 if Path(bpath).is_file() else None
+    return out
 
 
 def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, threshold: float, pub: dict) -> dict | None:
@@ -522,6 +553,16 @@ def summary_lines(report: dict) -> list[str]:
                      f"{cal['confidence_threshold']:g} ({cal['above_threshold']['frames']} frames) vs "
                      f"{med(cal['below_threshold']['median_position_m']):.3f} m below "
                      f"({cal['below_threshold']['frames']} frames)")
+    geo = report.get("geometric")
+    if geo:
+        sec = geo["seconds_per_query_median"]
+        lines.append(f"geometric stage: {100 * geo['accepted_share']:.0f}% of frames published a geometric fix, "
+                     f"{100 * geo['fallback_share']:.0f}% fell back"
+                     + (f" ({', '.join(f'{k} {v}' for k, v in geo['fallback_reasons'].items())})"
+                        if geo["fallback_reasons"] else "")
+                     + (f"; {sec:.3f} s per query" if sec is not None else "")
+                     + (f"; map {geo['map_mb']:.1f} MB beside a {geo['bundle_mb']:.1f} MB bundle"
+                        if geo.get("map_mb") is not None and geo.get("bundle_mb") is not None else ""))
     lines += bootstrap_lines(report)
     lines += gating_lines(report)
     if "reconstruction_psnr_db" in report:
