@@ -331,6 +331,11 @@ def test_bench_accuracy_prints_every_row_side_by_side(tiny_bundle, tiny_dataset,
                      "--markdown", str(md), "--json", str(tmp_path / "acc.json")]) == 0
     out = capsys.readouterr().out
     assert "bench accuracy scene=room row=published:" in out and "bench accuracy scene=room row=retrieval_top1:" in out
+    cspec = importlib.util.spec_from_file_location("_bench_common_acc", REPO / "bench" / "common.py")
+    common = importlib.util.module_from_spec(cspec)
+    cspec.loader.exec_module(common)
+    lines = [ln for ln in out.splitlines() if ln.startswith("bench ")]
+    assert lines and all(common.LINE_RE.match(ln) for ln in lines), lines[:3]
     table = md.read_text().splitlines()
     assert table[0] == "| row | room |"
     assert any(ln.startswith("| oracle_nearest_train (oracle) |") for ln in table)
