@@ -15,7 +15,8 @@ Reference sets (all train poses, never test poses):
 * ``train``: the train split when given (else the table): ``mean_pose``, ``oracle_nearest_train``
   and coverage use it;
 * ``retrieval``: the rows behind the retrieval descriptors (the table when the bundle stores
-  ``table.descriptors``, else the train split).
+  ``table.descriptors``, else the train split). Retrieval searches every scene's train images
+  (a baseline with no scene knowledge); ``mean_pose`` and the oracle use the test frame's scene.
 """
 from __future__ import annotations
 

@@ -523,7 +523,7 @@ def gating_lines(report: dict) -> list[str]:
         return "n/a" if v is None else f"{v:.2f}"
 
     head = ("out-of-scene gate: " + ("Estimate.in_scene" if g["gate_available"] else
-                                     "none in this Localizer (no Estimate.in_scene): confidence only"))
+                                     "none configured in this Localizer: confidence only"))
     lines = [head + f"; gated {pct(g['out_of_scene']['gated_share'])} of {g['out_of_scene']['frames']} out-of-scene "
              f"images and {pct(g['in_scene']['gated_share'])} of {g['in_scene']['frames']} in-scene test frames; "
              f"confidence AUROC in-scene vs out-of-scene {num(g['out_of_scene']['auroc_confidence'])}"]
