@@ -170,7 +170,7 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
     median difference gets a paired bootstrap (``n_boot`` resamples, ``seed``). ``ood``: out-of-scene
     ``(kind, rgb)`` images for the gating report (:mod:`pae_ros.training.ood_images`).
     """
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     if retrieval_k < 1:
         raise ValueError(f"retrieval k must be >= 1, got {retrieval_k}")
