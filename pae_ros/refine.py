@@ -229,6 +229,7 @@ class Refiner:
         z = latents.to(dev, torch.float32)
         w_t, resid_t = fit_convex_weights(z, Z, steps, lr, weight_decay, mask=None if valid.all() else valid)
         w, resid = w_t.double().numpy(), resid_t.double().numpy()
+        w = w / w.sum(-1, keepdims=True)          # exactly convex in float64 (the fit may run in float32)
         P = self.table_positions[idx_np]                                 # (B, K, 3) float64 m
         pos = (w[..., None] * P).sum(1)
         spread = np.sqrt((w * ((P - pos[:, None]) ** 2).sum(-1)).sum(-1))
