@@ -498,3 +498,20 @@ def test_refine_disabled_returns_apr_pose(tiny_bundle, room_splits):
         assert e_on.refined is True
         assert not np.array_equal(e_on.position, e_on.apr_position)
         np.testing.assert_allclose(e_on.quaternion, e_on.apr_quaternion, atol=1e-12)  # orientation "apr"
+
+
+def test_hnsw_shortlist_matches_brute_force():
+    """Large tables use an HNSW shortlist (approximate in principle): on a 6 k table it returns the
+    brute-force neighbours for every query here."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(6)
+    n = 6000
+    pos = rng.uniform(0, 40, size=(n, 3))
+    quats = _rand_quats(rng, n)
+    p = pos[:60] + rng.normal(size=(60, 3)) * 0.3
+    q = _rand_quats(rng, 60)
+    ps, os_ = table_metric_scales(pos, quats)
+    index = PoseTableIndex(pos, quats, None, "scaled", ps, os_, ann_min=1000, hnsw_min=5000)
+    assert index.ann_kind == "hnsw"
+    want, _ = _brute_force_knn(pos, quats, p, q, 3, "scaled", ps, os_)
+    np.testing.assert_array_equal(index.query(p, torch.as_tensor(q), 3).numpy(), want)
