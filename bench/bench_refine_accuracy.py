@@ -120,6 +120,26 @@ def main(argv=None) -> int:
     rep = {"bundle": args.bundle, "frames": len(images), "median_position_m": {k: float(np.median(v)) for k, v in err.items()},
            "refine_ms_per_frame_batched": 1e3 * t_ref}
     main_row = f"retrieval{args.retrieval_k}_pae_fit"
+    # batch-1 cost of the default refinement (retrieval candidates + PAE fit) vs the APR forward
+    one = apr.rows(np.array([0]))
+    frame = loc.preprocess(images[:1])
+
+    def med_ms(fn, n=30):
+        ts = []
+        for _ in range(n):
+            t_ = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t_)
+        return 1e3 * float(np.median(ts))
+
+    for _ in range(3):
+        loc.refine(one, candidates="retrieval")
+        loc.predict_apr(frame, descriptors=True)
+    rep["batch1_ms"] = {"refine_retrieval_fit": med_ms(lambda: loc.refine(one, candidates="retrieval")),
+                        "apr_forward_torch": med_ms(lambda: loc.predict_apr(frame, descriptors=True), 15)}
+    print(f"batch 1: refinement {rep['batch1_ms']['refine_retrieval_fit']:.2f} ms vs torch APR forward "
+          f"{rep['batch1_ms']['apr_forward_torch']:.1f} ms "
+          f"({100 * rep['batch1_ms']['refine_retrieval_fit'] / rep['batch1_ms']['apr_forward_torch']:.1f} %)")
     rep["pae_increment"] = {
         "vs_knn_k1_snap": paired_bootstrap(err[main_row], err["knn_k1_snap"]),
         "vs_uniform": paired_bootstrap(err[main_row], err[f"retrieval{args.retrieval_k}_uniform"]),
