@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--format", default="7scenes")
     ap.add_argument("--other-data", default=None, help="another scene's dataset root (its test frames = other-scene)")
-    ap.add_argument("--retrieval-k", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--retrieval-k", type=int, default=None, help="default: the bundle config's")
+    ap.add_argument("--steps", type=int, default=None, help="default: the bundle config's")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     apr = run_apr(loc, images)
     gt = test.positions
     tp = loc.bundle.table_positions
+    args.retrieval_k = loc.retrieval_k
+    print(f"refinement: retrieval top {loc.retrieval_k} candidates, {loc.steps} fit steps")
     ridx, rcos = loc.retrieval.query(apr.descriptors, args.retrieval_k)
     rows = {"apr": apr.positions, "retrieval_top1": tp[ridx[:, 0]],
             f"retrieval_top{args.retrieval_k}_mean": tp[ridx].mean(1)}

@@ -159,7 +159,7 @@ class RefineConfig:
     #: candidate poses: ``auto`` (retrieval top ``retrieval_k`` when the bundle has
     #: ``table.descriptors``, else the k nearest to the APR pose), ``knn``, ``retrieval``, ``union``
     candidates: str = "auto"
-    retrieval_k: int = 3
+    retrieval_k: int = 2
 
     def validate(self, p: str) -> None:
         _check(self.k >= 1, f"{p}.k", "must be >= 1")

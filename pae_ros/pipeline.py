@@ -152,7 +152,7 @@ class Localizer:
         self.lr = rc.lr if lr is None else float(lr)
         self.orientation = orientation or rc.orientation
         self.candidates = candidates or getattr(rc, "candidates", "auto")
-        self.retrieval_k = int(retrieval_k if retrieval_k is not None else getattr(rc, "retrieval_k", 3))
+        self.retrieval_k = int(retrieval_k if retrieval_k is not None else getattr(rc, "retrieval_k", 2))
         if self.k < 1 or self.steps < 0 or self.lr <= 0 or self.retrieval_k < 1:
             raise ValueError(f"refinement needs k >= 1, steps >= 0, lr > 0, retrieval_k >= 1 (got k={self.k}, "
                              f"steps={self.steps}, lr={self.lr}, retrieval_k={self.retrieval_k})")
@@ -333,8 +333,10 @@ class Localizer:
                                                 apr.scene_idx if multi else None)
                 if mode == "retrieval":
                     k_eff = 0
-            elif self.retrieval is not None:
-                log.debug("refine: no descriptors in the APR output, using the k nearest poses only")
+            elif self.retrieval is not None and not getattr(self, "_warned_no_desc", False):
+                self._warned_no_desc = True
+                log.warning("refine: candidates %r need descriptors but the APR output has none (build AprOutput "
+                            "with descriptors=, or call predict_apr); using the k nearest poses instead", mode)
         return self.refiner.refine(apr.positions, apr.quaternions, apr.latents, k_eff,
                                    self.steps if steps is None else steps, lr or self.lr,
                                    self.cfg.refine.weight_decay, orientation or self.orientation,
