@@ -163,6 +163,9 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     if len(images) != n or Q.shape != (n, 4) or P.shape != (n, 3):
         raise ValueError(f"build_map needs one pose per image: {len(images)} images, positions {P.shape}, "
                          f"quaternions {Q.shape}")
+    if bundle is not None and not (bundle.table_positions.shape == P.shape and np.allclose(bundle.table_positions, P)
+                                   and np.allclose(bundle.table_quaternions, Q)):
+        raise ValueError("build_map(bundle=...) needs the bundle's train pose table, in its order")
     intr_list = list(intrinsics) if isinstance(intrinsics, (list, tuple)) else [intrinsics] * n
     if any(i is None for i in intr_list):
         raise ValueError("build_map needs camera intrinsics for every image (intrinsics.json of the scene)")
@@ -276,8 +279,6 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     if bundle is not None:
         meta["bundle_id"] = bundle.bundle_id
         meta["table_digest"] = table_digest(bundle.table_positions, bundle.table_quaternions)
-        if not (np.allclose(bundle.table_positions, P) and np.allclose(bundle.table_quaternions, Q)):
-            raise ValueError("build_map(bundle=...) needs the bundle's train pose table, in its order")
     else:
         meta["table_digest"] = table_digest(P, Q)
     smap = SparseMap(points=X[used].astype(np.float64), track_length=tl,
