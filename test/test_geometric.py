@@ -224,3 +224,19 @@ def test_a_map_with_no_points_is_refused(room, tmp_path):
     path = save_map(tmp_path / "empty.map", m)
     with pytest.raises(MapError, match="no 3-D points"):
         load_map(path)
+
+
+def test_covariance_scale_fit_restores_gaussian_coverage():
+    from pae_ros.confidence import coverage
+    from pae_ros.geometric.calibrate import fit_scale
+
+    rng = np.random.default_rng(0)
+    true_sigma = rng.uniform(0.01, 0.1, 4000)
+    err = np.linalg.norm(rng.normal(0, 1, (4000, 3)) * true_sigma[:, None], axis=1)
+    reported = true_sigma / 3.0                                   # overconfident by 3x
+    s = fit_scale(err, reported)
+    assert 2.7 < s < 3.4
+    cov = coverage(err, s * reported)
+    assert 0.6 < cov["within_1sigma"] < 0.8 and cov["within_2sigma"] >= 0.9
+    with pytest.raises(ValueError, match=">= 5 accepted"):
+        fit_scale(err[:3], reported[:3])

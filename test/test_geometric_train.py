@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):
     from pae_ros.bundle import load_bundle
     from pae_ros.cli import main
-    from pae_ros.geometric import GeometricStage, load_map, map_path_for
+    from pae_ros.geometric import load_map, map_path_for, open_stage
     from pae_ros.datasets import load_rgb, read_dataset
 
     root, out = trained
@@ -54,7 +54,7 @@ def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):
     te = read_dataset(root / "data", "7scenes", "test")
     f = te.frames[5]
     near = np.argsort(np.linalg.norm(bundle.table_positions - f.position, axis=1))[:5]
-    r = GeometricStage(smap)(load_rgb(f.image_path), near)
+    r = open_stage(bundle)(load_rgb(f.image_path), near)
     assert r.accepted and np.linalg.norm(r.position - f.position) < 0.1
 
 

@@ -12,7 +12,7 @@ and PnP against it (hloc-style, one module per job, plain arrays in and out).
 """
 from .mapping import MapSettings, build_map, scale_intrinsics, select_pairs
 from .sparse_map import MapError, SparseMap, load_map, map_path_for, save_map
-from .stage import GeometricResult, GeometricStage, StageSettings
+from .stage import GeometricResult, GeometricStage, StageSettings, open_stage
 
 __all__ = ["MapSettings", "build_map", "scale_intrinsics", "select_pairs", "MapError", "SparseMap", "load_map",
-           "map_path_for", "save_map", "GeometricResult", "GeometricStage", "StageSettings"]
+           "map_path_for", "save_map", "GeometricResult", "GeometricStage", "StageSettings", "open_stage"]

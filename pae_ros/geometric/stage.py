@@ -179,3 +179,21 @@ class GeometricStage:
     def info(self) -> dict:
         return {"kind": self.map.kind, "points": self.map.n_points, "images": self.map.n_images,
                 "covariance_scale": list(self.covariance_scale), "settings": asdict(self.settings)}
+
+
+def open_stage(bundle, map_path=None, settings: StageSettings | None = None, scene: str | None = None,
+               ) -> GeometricStage:
+    """The stage of a loaded :class:`pae_ros.bundle.Bundle`: its map (default ``<bundle>.map``,
+    refused when built for another bundle) and the scene's intrinsics from the bundle header
+    (the node passes camera_info intrinsics per call instead)."""
+    from .sparse_map import load_map, map_path_for
+
+    if map_path is None:
+        if bundle.path is None:
+            raise ValueError("open_stage needs map_path for a bundle that was not loaded from a file")
+        map_path = map_path_for(bundle.path)
+    smap = load_map(map_path, bundle)
+    intr_h = bundle.header.get("intrinsics") or {}
+    scene = scene or (bundle.header.get("scenes") or [None])[0]
+    intr = intr_h.get(scene) if scene else None
+    return GeometricStage(smap, CameraIntrinsics.from_json(intr) if intr else None, settings)
