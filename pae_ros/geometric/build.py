@@ -49,7 +49,7 @@ def retrieval_descriptors(images: list[np.ndarray], resize: int, crop: int, desc
     return np.concatenate([describer(to_batch(images[i:i + chunk], resize, crop)) for i in range(0, len(images), chunk)])
 
 
-def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = 80,
+def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = 120,
                      shortlist_k: int = 10, window: int = 15, stage_settings: StageSettings | None = None,
                      descriptors: np.ndarray | None = None, seed: int = 0, progress=None) -> tuple[SparseMap, dict]:
     """Build and calibrate the map of ``bundle`` from the train split it was trained on.
@@ -59,7 +59,6 @@ def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_q
     """
     t0 = time.perf_counter()
     frames = frames_for_table(bundle, train.frames)
-    scenes = list(bundle.header["scenes"])
     sidx = bundle.table_scene_idx
     intr = [train.intrinsics.get(f.scene) for f in frames]
     missing = sorted({f.scene for f, i in zip(frames, intr) if i is None})
@@ -71,6 +70,37 @@ def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_q
     stats = {"build_s": time.perf_counter() - t0, **smap.meta["stats"]}
     if smap.n_points == 0:
         return smap, stats
+    stats.update(calibrate_map(smap, bundle, frames, images, calib_queries, shortlist_k, window, stage_settings,
+                               descriptors, seed))
+    smap.meta["stats"] = {**smap.meta["stats"], **{k: v for k, v in stats.items() if k != "calibration"}}
+    return smap, stats
+
+
+def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: MapSettings | None = None,
+                  progress=None) -> dict:
+    """Build, calibrate and save the map beside the bundle (``<bundle>.map``). Returns stats."""
+    path = Path(map_path) if map_path else map_path_for(bundle.path)
+    smap, stats = build_bundle_map(bundle, train, settings, progress=progress)
+    if smap.n_points == 0:
+        raise ValueError(f"the sparse map of {bundle.path} has no 3-D points: too little texture or overlap "
+                         f"between the train images (no map written)")
+    save_map(path, smap)
+    stats.update(path=str(path), map_bytes=path.stat().st_size,
+                 bundle_bytes=Path(bundle.path).stat().st_size if bundle.path else None)
+    log.info("sparse map written: %s (%.1f MB, %d points, bundle %s)", path, path.stat().st_size / 1e6,
+             smap.n_points, bundle.bundle_id)
+    return stats
+
+
+def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
+                  shortlist_k: int = 10, window: int = 15, stage_settings: StageSettings | None = None,
+                  descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Fit the map's covariance scales (``smap.meta["calibration"]``) leave-one-walk-out; returns stats.
+
+    ``frames`` / ``images``: the bundle table rows' frames and RGB images (:func:`frames_for_table`).
+    """
+    stats: dict = {}
+    sidx = bundle.table_scene_idx
     t1 = time.perf_counter()
     if descriptors is None:
         if "table.descriptors" in bundle.tensors:
@@ -116,21 +146,19 @@ def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_q
         log.warning("geometric covariance left uncalibrated: %s", e)
         stats["calibration"] = None
     stats["calibration_s"] = time.perf_counter() - t1
-    smap.meta["stats"] = {**smap.meta["stats"], **{k: v for k, v in stats.items() if k != "calibration"}}
-    return smap, stats
+    smap.meta["stats"] = {**smap.meta.get("stats", {}), **{k: v for k, v in stats.items() if k != "calibration"}}
+    return stats
 
 
-def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: MapSettings | None = None,
-                  progress=None) -> dict:
-    """Build, calibrate and save the map beside the bundle (``<bundle>.map``). Returns stats."""
+def recalibrate_map(bundle, train, map_path: str | Path | None = None, stage_settings: StageSettings | None = None,
+                    ) -> dict:
+    """Refit the covariance scales of an existing map (e.g. after changing the stage settings) and save it."""
+    from .sparse_map import load_map
+
     path = Path(map_path) if map_path else map_path_for(bundle.path)
-    smap, stats = build_bundle_map(bundle, train, settings, progress=progress)
-    if smap.n_points == 0:
-        raise ValueError(f"the sparse map of {bundle.path} has no 3-D points: too little texture or overlap "
-                         f"between the train images (no map written)")
+    smap = load_map(path, bundle)
+    frames = frames_for_table(bundle, train.frames)
+    stats = calibrate_map(smap, bundle, frames, [load_rgb(f.image_path) for f in frames],
+                          stage_settings=stage_settings)
     save_map(path, smap)
-    stats.update(path=str(path), map_bytes=path.stat().st_size,
-                 bundle_bytes=Path(bundle.path).stat().st_size if bundle.path else None)
-    log.info("sparse map written: %s (%.1f MB, %d points, bundle %s)", path, path.stat().st_size / 1e6,
-             smap.n_points, bundle.bundle_id)
     return stats
