@@ -84,7 +84,7 @@ class FrameImages(Dataset):
     def __init__(self, frames: list[Frame], scenes: list[str], norm: PoseNormalization, resize: int, crop_size: int,
                  train: bool = False, random_crop: bool = True, jitter: float = 0.0, seed: int = 0,
                  show_progress: bool = False):
-        from tqdm import tqdm
+        from ..progress import tqdm
 
         self.frames = frames
         self.resize, self.crop_size = resize, crop_size

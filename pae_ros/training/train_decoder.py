@@ -31,7 +31,7 @@ def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, device, show_progress: bool = True,
                   writer=None):
     """Train on (latent, image) pairs; returns ``(decoder (eval), stats)``. L1 loss, Adam."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     dc = cfg.decoder
     torch.manual_seed(cfg.seed + 3)

@@ -32,7 +32,7 @@ def teacher_outputs(apr, data: FrameImages, device, batch_size: int = 64, feats=
 
     Returns dict: z (N, 2D) float32, x (N, 3) normalised, q (N, 4) on CPU.
     """
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     apr.eval()
     zs, xs, qs = [], [], []
@@ -54,7 +54,7 @@ def teacher_outputs(apr, data: FrameImages, device, batch_size: int = 64, feats=
 def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, teacher: dict, n_scenes: int,
               device, show_progress: bool = True, writer=None):
     """Train and return ``(pae (eval mode), stats)``. ``teacher`` from :func:`teacher_outputs`."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     pc = cfg.pae
     torch.manual_seed(cfg.seed + 1)
