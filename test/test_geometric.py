@@ -238,5 +238,12 @@ def test_covariance_scale_fit_restores_gaussian_coverage():
     assert 2.7 < s < 3.4
     cov = coverage(err, s * reported)
     assert 0.6 < cov["within_1sigma"] < 0.8 and cov["within_2sigma"] >= 0.9
+    # 8 % gross errors (fixes on a look-alike elsewhere) do not inflate the scale
+    gross = err.copy()
+    gross[::12] = 50.0
+    s_g = fit_scale(gross, reported)
+    assert 2.7 < s_g < 3.6
+    cov_g = coverage(gross, s_g * reported)
+    assert 0.55 < cov_g["within_1sigma"] < 0.8 and cov_g["within_2sigma"] >= 0.85
     with pytest.raises(ValueError, match=">= 5 accepted"):
         fit_scale(err[:3], reported[:3])
