@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shortlist", type=int, default=10, help="retrieval top-k train images")
     ap.add_argument("--limit", type=int, default=0, help="use every n-th test frame so that at most this many remain")
     ap.add_argument("--no-prior-gate", action="store_true", help="accept fixes regardless of the APR/PAE prior")
+    ap.add_argument("--no-ambiguity-test", action="store_true", help="no second PnP hypothesis")
     ap.add_argument("--min-inliers", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     settings = StageSettings()
     if args.min_inliers is not None:
         settings.min_inliers = args.min_inliers
+    if args.no_ambiguity_test:
+        settings.ambiguity_ratio = None
     stage = GeometricStage(smap, intrinsics=test.intrinsics.get(frames[0].scene), settings=settings)
     table_frames = frames_for_table(bundle, train.frames)
     describer = Describer(None)
@@ -194,7 +197,8 @@ def main(argv=None) -> int:
         {"frame": str(f.image_path), "coverage_m": float(cdist[i]), "published_err_m": float(pub_pe[i]),
          "prior_sigma_m": float(pub_sp[i]),
          **{m: {"accepted": r.accepted, "reason": r.reason, "inliers": r.inliers, "inlier_ratio": r.inlier_ratio,
-                "matches": r.matches, "rms_px": r.rms_px, "sigma_m": r.sigma_position_m,
+                "matches": r.matches, "rms_px": r.rms_px, "second_inliers": r.second_inliers,
+                "second_distance_m": r.second_distance_m, "sigma_m": r.sigma_position_m,
                 "err_m": None if r.position is None else float(np.linalg.norm(r.position - gt_p[i])),
                 "to_prior_m": None if r.position is None else float(np.linalg.norm(r.position - est_all[i].position))}
             for m, r in ((m, res_by_mode[m][i]) for m in modes)}}

@@ -25,7 +25,7 @@ from .sparse_map import SparseMap
 
 #: reasons of a result; every one but ``accepted`` means "fall back to the prior"
 REASONS = ("accepted", "no_features", "empty_shortlist", "too_few_matches", "pnp_failed", "too_few_inliers",
-           "low_inlier_ratio", "far_from_prior", "bad_covariance")
+           "low_inlier_ratio", "ambiguous", "far_from_prior", "bad_covariance")
 
 
 @dataclass
@@ -43,6 +43,10 @@ class StageSettings:
     prior_gate_floor_m: float = 1.0
     prior_gate_floor_rad: float = 0.35
     max_keypoints: int | None = None   # None: the map's
+    # repetitive structure: a second PnP on the correspondences the first left out; when it finds a pose
+    # more than ambiguity_min_m away with >= ambiguity_ratio of the inliers, the fix is "ambiguous"
+    ambiguity_ratio: float | None = 0.6   # None: no second hypothesis
+    ambiguity_min_m: float = 1.0
 
 
 @dataclass
@@ -56,6 +60,8 @@ class GeometricResult:
     matches: int
     reason: str
     rms_px: float = float("nan")
+    second_inliers: int = 0                     # inliers of the best other hypothesis (ambiguity test)
+    second_distance_m: float = float("nan")     # its distance from the fix
     sigma_position_m: float = float("nan")      # sqrt(trace(cov_pos) / 3): isotropic equivalent
     sigma_orientation_rad: float = float("nan")
     timings: dict = field(default_factory=dict)  # features_s, matching_s, pnp_s, total_s
@@ -65,6 +71,7 @@ class GeometricResult:
         return {"geometric_accepted": self.accepted, "geometric_reason": self.reason,
                 "geometric_inliers": self.inliers, "geometric_inlier_ratio": self.inlier_ratio,
                 "geometric_matches": self.matches, "geometric_rms_px": self.rms_px,
+                "geometric_second_inliers": self.second_inliers,
                 **{f"geometric_{k}": v for k, v in self.timings.items()}}
 
 
@@ -162,10 +169,28 @@ class GeometricStage:
             return self._fail("too_few_inliers", n_match, n_in, ratio, sol, tm)
         if ratio < s.min_inlier_ratio:
             return self._fail("low_inlier_ratio", n_match, n_in, ratio, sol, tm)
+        n2, d2 = 0, float("nan")
+        if s.ambiguity_ratio is not None:
+            t1 = time.perf_counter()
+            rest = ~sol.inliers
+            if rest.sum() >= max(4, int(s.ambiguity_ratio * n_in)):
+                sol2 = solve_pnp(feats.xy[pairs[rest, 0]], self.map.points[pairs[rest, 1]], K, s.reprojection_px,
+                                 max(200, s.ransac_iterations // 4))
+                if sol2 is not None:
+                    n2 = int(len(np.unique(pairs[rest][sol2.inliers, 0])))
+                    d2 = float(np.linalg.norm(sol2.position - sol.position))
+            tm["pnp_s"] += time.perf_counter() - t1
+            tm["total_s"] = time.perf_counter() - t_start
+            if n2 >= s.ambiguity_ratio * n_in and d2 > s.ambiguity_min_m:
+                res = self._fail("ambiguous", n_match, n_in, ratio, sol, tm)
+                res.second_inliers, res.second_distance_m = n2, d2
+                return res
         if prior_position is not None and prior_sigma_m is not None and np.isfinite(prior_sigma_m):
             d = float(np.linalg.norm(sol.position - np.asarray(prior_position, np.float64)))
             if d > max(s.prior_gate_sigmas * float(prior_sigma_m), s.prior_gate_floor_m):
-                return self._fail("far_from_prior", n_match, n_in, ratio, sol, tm)
+                res = self._fail("far_from_prior", n_match, n_in, ratio, sol, tm)
+                res.second_inliers, res.second_distance_m = n2, d2
+                return res
         if prior_quaternion is not None and prior_sigma_rad is not None and np.isfinite(prior_sigma_rad):
             a = float(orientation_error_rad(sol.quaternion[None], np.asarray(prior_quaternion, np.float64)[None])[0])
             if a > max(s.prior_gate_sigmas * float(prior_sigma_rad), s.prior_gate_floor_rad):
@@ -177,7 +202,7 @@ class GeometricStage:
         cov = sol.covariance * scale[:, None] * scale[None, :]
         sig_p, sig_r = isotropic_sigmas(cov)
         return GeometricResult(True, sol.position, sol.quaternion, cov, n_in, ratio, n_match, "accepted",
-                               sol.rms_px, sig_p, sig_r, tm)
+                               sol.rms_px, n2, d2, sig_p, sig_r, tm)
 
     @property
     def info(self) -> dict:
