@@ -167,8 +167,8 @@ def test_pose_normalization_and_augmentation(train_split):
     p = train_split.positions
     norm = PoseNormalization.fit(p)
     x = norm.apply(p)
-    np.testing.assert_allclose(x.mean(0), 0, atol=1e-9)
-    assert np.isclose(x.std(0).max(), 1.0)
+    np.testing.assert_allclose(np.median(x, 0), 0, atol=1e-9)   # robust centre: the median
+    assert 0.5 < x.std(0).max() < 2.0                            # MAD scale ~ the std on a room walk
     assert PoseNormalization.fit(np.zeros((4, 3))).scale == 0.01  # floored
     frames = train_split.frames[:4]
     aug = FrameImages(frames, ["room"], norm, 48, 40, train=True, random_crop=True, jitter=0.3, seed=3)
@@ -274,10 +274,13 @@ _DDP_SCRIPT = textwrap.dedent("""
     out_dir = sys.argv[1]
     import pae_ros.training.train_apr as ta
     real = ta.train_apr
+    calls = []
     def spy(*a, **k):
         apr, loss_fn, stats, feats = real(*a, **k)
-        torch.save({"apr": apr.state_dict(), "loss": loss_fn.state_dict()},
-                   os.path.join(out_dir, "rank%s.pt" % os.environ["RANK"]))
+        if not calls:  # the DDP-trained published APR (rank 0 later trains calibration folds alone)
+            torch.save({"apr": apr.state_dict(), "loss": loss_fn.state_dict()},
+                       os.path.join(out_dir, "rank%s.pt" % os.environ["RANK"]))
+        calls.append(1)
         return apr, loss_fn, stats, feats
     ta.train_apr = spy
     sys.argv = ["pae_ros.cli"] + sys.argv[2:]
@@ -332,9 +335,10 @@ def test_ddp_learned_loss_weights_synchronised(ddp_run):
     r1 = torch.load(root / "rank1.pt", weights_only=True)["loss"]
     for k in ("s_x", "s_q"):
         assert torch.equal(r0[k], r1[k]), (
-            f"BUG: learned loss weight {k} differs between DDP ranks ({float(r0[k]):.6f} vs {float(r1[k]):.6f}): "
-            f"LearnedPoseLoss is outside the DDP module, so its gradients are never all-reduced; each rank "
-            f"weights its share of the loss differently and the checkpoint keeps rank 0's values only")
+            f"learned loss weight {k} differs between DDP ranks ({float(r0[k]):.6f} vs {float(r1[k]):.6f}): "
+            f"the LearnedPoseLoss must live inside the DDP-wrapped module (train_apr._Trainable) so that its "
+            f"gradients are all-reduced like the APR's; otherwise each rank weights its share of the loss "
+            f"differently and the checkpoint keeps rank 0's values only")
 
 
 # -------------------------------------------------------------------------------------- accuracy

@@ -27,4 +27,44 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/unsafe files
-        raise RuntimeError(f"cannot resume from {path}: {e}") from None
+        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+            why = "it holds objects other than tensors, numbers and strings, which are never unpickled"
+        else:
+            why = f"truncated or not a checkpoint ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+        raise RuntimeError(f"cannot resume from {path}: {why}") from None
+
+
+class CheckpointExistsError(ValueError):
+    """A run would overwrite an earlier run's checkpoint; the message says how to go on."""
+
+
+def checkpoint_epoch(path: Path) -> str:
+    """``"epoch E/N"`` of a checkpoint for messages (``"unreadable"`` when it cannot be read)."""
+    try:
+        st = load_checkpoint(path)
+    except RuntimeError:
+        return "unreadable"
+    return f"epoch {st.get('epoch', '?')}/{st.get('epochs', '?')}"
+
+
+def module_digest(module) -> str:
+    """Short SHA-256 of a module's state (names, dtypes, shapes, bytes): which teacher a PAE
+    checkpoint, or which PAE a decoder checkpoint, was trained against."""
+    from ..bundle import tensors_digest
+
+    return tensors_digest({k: v.detach().cpu() for k, v in module.state_dict().items()})[:16]
+
+
+def checkpoint_every(epochs: int, saves: int = 20) -> int:
+    """Save every this many epochs (about ``saves`` checkpoints per stage, and always the last)."""
+    return max(1, epochs // saves)
+
+
+def load_resume_state(path: Path, expect: dict) -> dict:
+    """Load a checkpoint to resume from; every ``expect`` item must equal the stored one."""
+    state = load_checkpoint(path)
+    for k, v in expect.items():
+        if state.get(k) != v:
+            raise RuntimeError(f"cannot resume from {path}: it was trained with a different {k.replace('_', ' ')} "
+                               f"(pass --restart to discard it)")
+    return state
