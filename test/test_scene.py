@@ -232,3 +232,161 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(argv + ["--size", "64by48"])
     assert os.path.isfile(tmp_path / "courtyard" / MANIFEST)
+
+
+# ---------------------------------------------------------------------------------------------
+# the generalization scene (plaza)
+
+
+def test_plaza_assets_large_and_repetitive(tmp_path):
+    from pae_ros.scene.plaza import PLAZA_HALF, build_plaza_assets
+
+    layout = build_plaza_assets(0, tmp_path)
+    names = {o.name: o for o in layout.objects}
+    assert 2 * PLAZA_HALF >= 40.0
+    # the facades stand at the plaza's edge: vertices span >= 40 m in x and y
+    xs, ys = [], []
+    for side in ("north", "south", "east", "west"):
+        for line in Path(names[f"facade_{side}"].mesh).read_text().splitlines():
+            if line.startswith("v "):
+                x, y, _z = (float(v) for v in line.split()[1:])
+                xs.append(x)
+                ys.append(y)
+    assert max(xs) - min(xs) >= 40.0 and max(ys) - min(ys) >= 40.0
+    # repetition: one paver texture on >= 100 ground cells, >= 10 identical columns per colonnade,
+    # the north and south facades built of the same plain module
+    cells = sum(1 for line in Path(names["ground0"].mesh).read_text().splitlines() if line.startswith("v ")) // 4
+    assert cells >= 100
+    columns = [o for o in layout.objects if o.name.startswith("column")]
+    assert len(columns) >= 20 and len({(o.mesh, o.texture) for o in columns}) == 1
+    import cv2
+    north = cv2.imread(names["facade_north"].texture)
+    south = cv2.imread(names["facade_south"].texture)
+    half = north.shape[1] // 2
+    assert np.array_equal(north[:, :half], south[:, :half]) and not np.array_equal(north, south)
+    # every texture is a real image, not a blank
+    for o in layout.objects:
+        if o.texture:
+            img = cv2.imread(o.texture)
+            assert img is not None and img.std() > 1.0, o.name
+    # other assets than the courtyard's: matplotlib sample images and the bunny
+    assert names["statue"].mesh.endswith("bunny.obj")
+    again = build_plaza_assets(0, tmp_path / "again")
+    assert [o.name for o in again.objects] == list(names)
+    assert (tmp_path / "again" / "facade_east.png").read_bytes() == (tmp_path / "facade_east.png").read_bytes()
+
+
+def test_plaza_walks_stay_clear_and_leave_the_train_walks():
+    from pae_ros.scene.plaza import WALK_LIMIT, obstacles
+    from pae_ros.scene.plaza_walks import make_plaza_walks
+
+    walks = make_plaza_walks(0)
+    assert [w.split for w in walks] == ["train"] * 4 + ["test"] * 3
+    assert [len(w.positions) for w in walks] == [200] * 4 + [100] * 3
+    obs = np.array(obstacles())
+    for w in walks:
+        xy = w.positions[:, :2]
+        assert np.all(np.abs(xy) <= WALK_LIMIT + 1e-9)
+        d = np.linalg.norm(xy[:, None] - obs[None, :, :2], axis=-1) - obs[None, :, 2]
+        assert d.min() > -0.05, (w.name, d.min())                       # never inside an object
+        np.testing.assert_allclose(np.linalg.norm(w.quaternions, axis=1), 1.0, atol=1e-9)
+        assert np.all(np.linalg.norm(np.diff(w.positions, axis=0), axis=1) < 0.8)   # smooth
+    train = np.concatenate([w.positions for w in walks[:4]])
+    assert np.ptp(train[:, 0]) > 25 or np.ptp(train[:, 1]) > 25         # walks cross the plaza
+    assert np.all((train[:, 2] > 1.4) & (train[:, 2] < 1.8))
+    heights = [float(np.median(w.positions[:, 2])) for w in walks[4:]]
+    assert heights[1] < 1.25 and heights[2] > 1.95                       # other camera heights
+    # the turnaround walk looks the other way on its way back
+    from pae_ros.coverage import optical_axes
+    ax = optical_axes(walks[5].quaternions)
+    assert float(ax[5, :2] @ ax[-5, :2]) < -0.3
+    again = make_plaza_walks(0)
+    for a, b in zip(walks, again):
+        assert np.array_equal(a.positions, b.positions) and np.array_equal(a.quaternions, b.quaternions)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plaza_coverage_both_regimes(seed):
+    """>= 30 % of test frames > 2 m from any similar-view train frame, and a good share < 1 m
+    (coverage_distance of the walk poses alone, nothing rendered)."""
+    from pae_ros.scene.plaza_walks import make_plaza_walks
+    from pae_ros.scene.render import coverage_summary, format_coverage
+
+    cov = coverage_summary(make_plaza_walks(seed))
+    assert cov["frames"] == 300
+    assert cov["share_over_2m"] >= 0.30, format_coverage(cov)
+    assert cov["share"]["<1m"] >= 0.20, format_coverage(cov)
+    assert sum(cov["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    # the courtyard is the other regime: all test frames near the train walks
+    court = coverage_summary(make_walks(0))
+    assert court["share"]["<1m"] > 0.9 and court["share_over_2m"] < 0.05
+
+
+PLAZA_TINY = dict(seed=0, train_seqs=2, test_seqs=2, train_frames=4, test_frames=3, size=(64, 48), workers=1,
+                  progress=False, scene="plaza")
+
+
+def test_plaza_render_tiny(tmp_path):
+    scene = render_scene(tmp_path / "data", **PLAZA_TINY)
+    assert scene.name == "plaza"
+    m = read_manifest(scene)
+    assert m["params"]["builtin"] == "plaza" and m["frames"] == {"train": 8, "test": 6}
+    info = json.loads((scene / "scene_info.json").read_text())
+    assert info["scene"] == "plaza" and info["extent_m"] >= 40.0
+    assert set(info["coverage"]["share"]) == {"<1m", "1-2m", "2-5m", ">5m"}
+    assert info["coverage"] == m["coverage"]
+    datasets = pytest.importorskip("pae_ros.datasets")
+    train = datasets.read_dataset(scene, "7scenes", "train")
+    test = datasets.read_dataset(scene, "7scenes", "test")
+    assert len(train) == 8 and len(test) == 6
+    for f in (train.frames[0], test.frames[-1]):
+        img = datasets.load_rgb(f.image_path)
+        assert img.shape == (48, 64, 3) and img.std() > 10
+    # a READY marker beside the render does not make it look incomplete (reused, not re-rendered)
+    (scene / "READY").touch()
+    mt = (scene / MANIFEST).stat().st_mtime_ns
+    assert render_scene(tmp_path / "data", **PLAZA_TINY) == scene
+    assert (scene / MANIFEST).stat().st_mtime_ns == mt and (scene / "READY").exists()
+
+
+def test_plaza_view_sky_above_ground_below():
+    """Geometry check of a plaza render: looking north, level, from the south end: sky (blue) in
+    the top rows, the paved ground (grey) in the bottom rows, and looking down at the fountain
+    the water basin is in the image."""
+    import tempfile
+
+    from pae_ros.scene.plaza import build_plaza_assets
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = build_plaza_assets(0, tmp)
+        with SceneRenderer(96, 72, layout=layout, shadows=False) as r:
+            img = r.render((0.0, -20.0, 1.6), look_quaternion([np.pi / 2], [0.0], [0.0])[0]).astype(float)
+            top, bottom = img[:4].reshape(-1, 3).mean(0), img[-4:].reshape(-1, 3).mean(0)
+            assert top[2] > top[0] + 20                       # blue sky
+            assert abs(bottom[0] - bottom[2]) < 40 and bottom.mean() > 60   # grey pavers
+            # from 8 m south of the fountain, looking at its centre 30 deg down: the statue /
+            # pedestal / basin fill the image centre, unlike the pavers around
+            down = r.render((0.0, -8.0, 4.0), look_quaternion([np.pi / 2], [-0.3], [0.0])[0]).astype(float)
+            ground = r.render((10.0, -8.0, 4.0), look_quaternion([np.pi / 2], [-0.3], [0.0])[0]).astype(float)
+            c = (slice(30, 42), slice(42, 54))
+            assert np.abs(down[c].mean((0, 1)) - ground[c].mean((0, 1))).max() > 15
+
+
+def test_cli_plaza(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    render_cmd.add_arguments(parser)
+    argv = ["--out", str(tmp_path), "--scene", "plaza", "--train-seqs", "1", "--test-seqs", "1",
+            "--train-frames", "3", "--test-frames", "2", "--size", "64x48", "--workers", "1", "--quiet"]
+    assert render_cmd.run(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "3 train + 2 test frames" in out and "coverage of 2 test frames" in out and ">2m" in out
+    assert (tmp_path / "plaza" / "scene_info.json").is_file()
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv + ["--scene", "nowhere"])
+
+
+def test_courtyard_unchanged_by_the_plaza(tiny):
+    """The courtyard's manifest key and folder are as before the plaza (cached renders stay valid)."""
+    m = read_manifest(tiny)
+    assert "builtin" not in m["params"] and not (tiny / "scene_info.json").exists()
+    assert m["coverage"]["frames"] == 2

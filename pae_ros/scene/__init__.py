@@ -1,5 +1,6 @@
-"""The built-in demo scene: a textured courtyard rendered with pybullet's TinyRenderer
-(``pae scene render``). Heavy modules (pybullet, OpenCV) load on first use.
+"""The built-in scenes rendered with pybullet's TinyRenderer (``pae scene render``): the demo
+``courtyard`` (default; ``assets.py``, ``walks.py``) and the generalization scene ``plaza``
+(``plaza.py``, ``plaza_walks.py``). Heavy modules (pybullet, OpenCV) load on first use.
 
 Public API: :func:`render_scene` (render a 7Scenes / Cambridge dataset, cached),
 :class:`SceneRenderer` (render single poses), :func:`intrinsics_for`, :func:`make_walks`,

@@ -1,4 +1,12 @@
-"""Render the built-in demo scene (a textured courtyard) into a 7Scenes or Cambridge dataset.
+"""Render a built-in scene into a 7Scenes or Cambridge dataset.
+
+Built-in scenes (:data:`SCENES`): ``courtyard`` (the demo scene: a 16 m walled courtyard of
+unique textures, test walks within 0.8 m of the train walks; ``assets.py``, ``walks.py``) and
+``plaza`` (the generalization scene: a 50 m town square of repeated textures whose test walks
+leave the train walks by up to 5 m, turn round and change height; ``plaza.py``,
+``plaza_walks.py``). Every render stores the test frames' coverage (distance to the nearest
+similar-view train camera, :func:`pae_ros.coverage.coverage_distance`) in its manifest; the
+plaza also writes it to ``scene_info.json`` (the courtyard's folder stays as it was).
 
 Renderer: pybullet in DIRECT mode with its CPU TinyRenderer (``ER_TINY_RENDERER``), which is
 deterministic: the same seed and parameters give byte-identical images on a machine.
@@ -44,6 +52,15 @@ log = logging.getLogger("pae_ros.scene")
 RENDER_VERSION = 1
 MANIFEST = "render_manifest.json"
 DEFAULT_SCENE = "courtyard"
+#: built-in scenes and their default walks (frames per walk, walks, metres between frames)
+SCENES = {
+    "courtyard": dict(train_seqs=4, test_seqs=2, train_frames=150, test_frames=100, step=0.12),
+    "plaza": dict(train_seqs=4, test_seqs=3, train_frames=200, test_frames=100, step=0.25),
+}
+SCENE_INFO = "scene_info.json"
+#: the files the renderer writes at the top of a scene folder (besides the manifest)
+_TOP_LEVEL = {"TrainSplit.txt", "TestSplit.txt", "intrinsics.json", SCENE_INFO, "dataset_train.txt",
+              "dataset_test.txt"}
 DEFAULT_FOV_DEG = 50.0
 FORMATS = ("7scenes", "cambridge")
 _STAGING = ".render-tmp"
@@ -190,15 +207,76 @@ class RenderParams:
     fov_deg: float = DEFAULT_FOV_DEG
     step: float = 0.12
     fmt: str = "7scenes"
-    scene: str = DEFAULT_SCENE
+    scene: str = DEFAULT_SCENE          # the folder name
     shadows: bool = True
     version: int = RENDER_VERSION
+    builtin: str = DEFAULT_SCENE        # which built-in scene (SCENES)
 
     def manifest_key(self) -> dict:
         d = asdict(self)
         d["fov_deg"] = float(d["fov_deg"])
         d["step"] = float(d["step"])
+        if d["builtin"] == DEFAULT_SCENE:   # courtyard manifests written before the plaza stay valid
+            del d["builtin"]
         return d
+
+
+def scene_builders(builtin: str):
+    """(build_assets(seed, folder) -> SceneLayout, make_walks(seed, n_train, n_test, train_frames,
+    test_frames, step) -> list[Walk]) of a built-in scene."""
+    if builtin == "courtyard":
+        return build_assets, make_walks
+    if builtin == "plaza":
+        from .plaza import build_plaza_assets
+        from .plaza_walks import make_plaza_walks
+
+        return build_plaza_assets, make_plaza_walks
+    raise ValueError(f"unknown scene {builtin!r}; built-in scenes: {', '.join(SCENES)}")
+
+
+def _finite(v: float) -> float | None:
+    return round(float(v), 4) if np.isfinite(v) else None
+
+
+def coverage_summary(walks: Sequence[Walk], max_angle_deg: float = 30.0) -> dict:
+    """Coverage of the test walks by the train walks: per test frame the distance (m) to the
+    nearest train camera viewing within ``max_angle_deg`` (:func:`pae_ros.coverage.coverage_distance`),
+    summarised as shares of frames per stratum (< 1, 1-2, 2-5, > 5 m; no similar-view train
+    camera at all counts as > 5 m), the share > 2 m and the median (None when infinite), in all
+    and per test sequence. JSON-serialisable."""
+    from ..coverage import COVERAGE_BINS_M, coverage_bin_label, coverage_distance
+
+    train = [w for w in walks if w.split == "train"]
+    test = [w for w in walks if w.split == "test"]
+    if not train or not test:
+        return {"frames": 0, "max_angle_deg": float(max_angle_deg)}
+    tp = np.concatenate([w.positions for w in train])
+    tq = np.concatenate([w.quaternions for w in train])
+
+    def summary(d: np.ndarray) -> dict:
+        return {"frames": int(len(d)),
+                "share": {coverage_bin_label(lo, hi): round(float(np.mean((d >= lo) & (d < hi))), 4)
+                          for lo, hi in COVERAGE_BINS_M},
+                "share_over_2m": round(float(np.mean(d > 2.0)), 4),
+                "no_similar_view": round(float(np.mean(~np.isfinite(d))), 4),
+                "median_m": _finite(np.median(d))}
+
+    per = {w.name: coverage_distance(w.positions, w.quaternions, tp, tq, max_angle_deg) for w in test}
+    out = summary(np.concatenate(list(per.values())))
+    out["max_angle_deg"] = float(max_angle_deg)
+    out["per_sequence"] = {k: summary(v) for k, v in per.items()}
+    return out
+
+
+def format_coverage(cov: dict) -> str:
+    """One line: ``coverage of N test frames: <1m 35% | 1-2m 16% | ... | > 2 m 49%``."""
+    if not cov.get("frames"):
+        return "coverage: no test frames"
+    parts = " | ".join(f"{k} {100 * v:.0f}%" for k, v in cov["share"].items())
+    med = cov.get("median_m")
+    return (f"coverage of {cov['frames']} test frames (distance to the nearest train camera viewing within "
+            f"{cov['max_angle_deg']:g} deg): {parts} | >2m {100 * cov['share_over_2m']:.0f}% | median "
+            + (f"{med:.2f} m" if med is not None else "inf"))
 
 
 def _frame_paths(fmt: str, walk: Walk, index: int) -> tuple[str, ...]:
@@ -269,29 +347,33 @@ def _is_complete(scene_dir: Path, params: RenderParams) -> bool:
     m = read_manifest(scene_dir)
     if not m or m.get("params") != params.manifest_key():
         return False
-    n = sum(1 for p in scene_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    # top-level files the renderer never writes (a READY marker a downstream job adds) are ignored
+    n = sum(1 for p in scene_dir.rglob("*") if p.is_file() and p.name != MANIFEST
+            and (p.parent != scene_dir or p.name in _TOP_LEVEL))
     return n == m.get("files")
 
 
-def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_frames: int = 150,
-                 test_frames: int = 100, train_seqs: int = 4, test_seqs: int = 2,
+def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_frames: int | None = None,
+                 test_frames: int | None = None, train_seqs: int | None = None, test_seqs: int | None = None,
                  size: tuple[int, int] = (256, 192), fov_deg: float = DEFAULT_FOV_DEG,
                  fmt: str = "7scenes", workers: int = 2, force: bool = False,
-                 scene_name: str = DEFAULT_SCENE, step: float = 0.12, shadows: bool = True,
-                 progress: bool = True) -> Path:
-    """Render the demo courtyard into ``<out_dir>/<scene_name>`` and return that scene folder.
+                 scene_name: str | None = None, step: float | None = None, shadows: bool = True,
+                 progress: bool = True, scene: str = DEFAULT_SCENE) -> Path:
+    """Render a built-in scene into ``<out_dir>/<scene_name>`` and return that scene folder.
 
     Args:
         out_dir: dataset root (the scene is a sub-folder, as in 7Scenes / Cambridge).
         seed: scene layout, textures and walks are a function of it.
-        train_frames / test_frames: frames per train / test walk (sequence).
-        train_seqs / test_seqs: number of train / test walks.
+        scene: the built-in scene, ``"courtyard"`` (default) or ``"plaza"`` (:data:`SCENES`).
+        scene_name: the folder name (default: ``scene``).
+        train_frames / test_frames: frames per train / test walk (sequence); None = the scene's default.
+        train_seqs / test_seqs: number of train / test walks; None = the scene's default.
         size: (width, height) in pixels.
         fov_deg: vertical field of view, degrees.
         fmt: ``"7scenes"`` or ``"cambridge"``.
         workers: rendering processes (1 = in this process).
         force: re-render even if a complete render with the same parameters exists.
-        step: metres between consecutive frames along a walk.
+        step: metres between consecutive frames along a walk; None = the scene's default.
         progress: show a tqdm progress bar.
 
     A complete earlier render with identical parameters (its ``render_manifest.json``) is
@@ -300,11 +382,23 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; built-in scenes: {', '.join(SCENES)}")
+    dflt = SCENES[scene]
+    train_frames = dflt["train_frames"] if train_frames is None else train_frames
+    test_frames = dflt["test_frames"] if test_frames is None else test_frames
+    train_seqs = dflt["train_seqs"] if train_seqs is None else train_seqs
+    test_seqs = dflt["test_seqs"] if test_seqs is None else test_seqs
+    step = dflt["step"] if step is None else step
+    scene_name = scene if scene_name is None else scene_name
     if not scene_name or "/" in scene_name or scene_name.startswith("."):
         raise ValueError(f"bad scene name {scene_name!r}")
     width, height = (int(v) for v in size)
-    params = RenderParams(int(seed), int(train_seqs), int(test_seqs), int(train_frames), int(test_frames),
-                          width, height, float(fov_deg), float(step), fmt, scene_name, bool(shadows))
+    params = RenderParams(seed=int(seed), train_seqs=int(train_seqs), test_seqs=int(test_seqs),
+                          train_frames=int(train_frames), test_frames=int(test_frames), width=width,
+                          height=height, fov_deg=float(fov_deg), step=float(step), fmt=fmt, scene=scene_name,
+                          shadows=bool(shadows), builtin=scene)
+    build, walker = scene_builders(scene)
     out_dir = Path(out_dir)
     scene_dir = out_dir / scene_name
     if scene_dir.exists():
@@ -317,8 +411,10 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
                                   f"(no {MANIFEST}); remove it or pass force=True / --force")
 
     t0 = time.perf_counter()
-    walks = make_walks(params.seed, params.train_seqs, params.test_seqs, params.train_frames,
-                       params.test_frames, params.step)
+    walks = walker(params.seed, params.train_seqs, params.test_seqs, params.train_frames,
+                   params.test_frames, params.step)
+    coverage = coverage_summary(walks)
+    log.info("%s: %s", scene, format_coverage(coverage))
     staging_root = out_dir / _STAGING
     stage = staging_root / scene_name
     if stage.exists():
@@ -327,7 +423,7 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     jobs = [(w.name, i, w.positions[i].tolist(), w.quaternions[i].tolist())
             for w in walks for i in range(len(w.positions))]
     with tempfile.TemporaryDirectory(prefix="pae_scene_assets_") as tmp:
-        layout = build_assets(params.seed, tmp)
+        layout = build(params.seed, tmp)
         _render_jobs(jobs, layout, params, stage, max(1, int(workers)), progress)
 
     intr = intrinsics_for(width, height, fov_deg)
@@ -340,6 +436,13 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
         for split, ws in (("train", train), ("test", test)):
             write_cambridge(stage, split, [(_frame_paths(fmt, w, i)[0], w.positions[i], w.quaternions[i])
                                            for w in ws for i in range(len(w.positions))])
+    if scene != DEFAULT_SCENE:      # the courtyard's folder stays byte-identical to earlier renders
+        info = {"scene": scene, "seed": params.seed, **_scene_description(scene),
+                "frames": {"train": sum(len(w.positions) for w in train),
+                           "test": sum(len(w.positions) for w in test)},
+                "step_m": params.step, "size": [width, height], "fov_deg": params.fov_deg,
+                "coverage": coverage}
+        (stage / SCENE_INFO).write_text(json.dumps(info, indent=2) + "\n")
     digest, n_files = _checksum(stage)
     manifest = {
         "generator": "pae_ros.scene.render_scene",
@@ -351,6 +454,7 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
         "sha256": digest,
         "pybullet": _pybullet_version(),
         "render_seconds": round(time.perf_counter() - t0, 2),
+        "coverage": coverage,
         "conventions": "poses camera-to-world, metres, wxyz, OpenCV camera axes; world z up",
     }
     tmp_m = stage / (MANIFEST + ".tmp")
@@ -364,6 +468,20 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     except OSError:
         pass
     return scene_dir
+
+
+def _scene_description(scene: str) -> dict:
+    if scene == "plaza":
+        from . import plaza
+        from .plaza_walks import RECIPES
+
+        return {"description": "50 m town square: repeated paver cells, facades of identical window modules "
+                               "(north and south alike), two colonnades of identical columns, rows of lamp posts "
+                               "and tree planters; landmarks: fountain with statue, kiosk, one poster module "
+                               "per facade, hills on the horizon",
+                "extent_m": 2 * plaza.PLAZA_HALF, "walk_limit_m": plaza.WALK_LIMIT,
+                "test_walk_recipes": list(RECIPES)}
+    return {}
 
 
 def _pybullet_version() -> str:
