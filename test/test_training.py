@@ -382,11 +382,23 @@ def _pose_rows(positions) -> set:
 
 def test_walk_folds_hold_out_whole_walks_or_one_stretch(train_split):
     frames = train_split.frames
-    folds = walk_folds(frames, 2, 0.15)
-    assert len(folds) == 2
-    # fold 1: the last walk entirely; fold 2: the one before; no frame of another walk
-    assert {f.sequence for f in folds[0]} == {"seq-03"} and len(folds[0]) == 40
-    assert {f.sequence for f in folds[1]} == {"seq-02"} and len(folds[1]) == 40
+    from pae_ros.coverage import coverage_distance
+
+    folds = walk_folds(frames, 3, 0.15)
+    assert len(folds) == 3
+    # each fold: one whole walk, no frame of another; every walk once
+    walks = [{f.sequence for f in h} for h in folds]
+    assert all(len(w) == 1 for w in walks) and set.union(*walks) == {"seq-01", "seq-02", "seq-03"}
+    assert all(len(h) == 40 for h in folds)
+
+    def median_cov(seq):
+        m = np.array([f.sequence == seq for f in frames])
+        P, Q = train_split.positions, train_split.quaternions
+        return np.median(coverage_distance(P[m], Q[m], P[~m], Q[~m]))
+
+    # best covered by the other walks first
+    covs = [median_cov(next(iter(w))) for w in walks]
+    assert covs == sorted(covs), covs
     # a scene with one walk: one contiguous stretch at its end, 15 % of it
     one = [f for f in frames if f.sequence == "seq-01"]
     (held,) = walk_folds(one, 1, 0.15)
@@ -424,14 +436,15 @@ def spied_run(train_split, tmp_path_factory):
 def test_calibration_holdout_is_not_in_the_calibration_table(spied_run):
     seen, n_first, first, again, split = spied_run
     assert n_first == 1 and len(seen) == 2
-    held_walk = [f for f in split.frames if f.sequence == "seq-03"]
+    (walk,) = {f.sequence for f in walk_folds(split.frames, 1, 0.15)[0]}
+    held_walk = [f for f in split.frames if f.sequence == walk]
     for table, held in seen:
         assert _pose_rows(held) == _pose_rows(frames_positions_of(held_walk)), "not the whole held-out walk"
         assert _pose_rows(table).isdisjoint(_pose_rows(held)), "a held-out pose is in the calibration table"
         assert len(table) == len(split.frames) - len(held_walk)
     # the final table holds every train frame (the held-out walk too), and says so
     assert len(first.table_positions) == len(split.frames) and first.header["table_frames"]["includes_holdout"]
-    assert first.header["calibration_holdout"]["sequences"] == [["room/seq-03"]]
+    assert first.header["calibration_holdout"]["sequences"] == [[f"room/{walk}"]]
     # re-running --stage calibrate on the finished bundle (whose table has the walk) gives the same calibration
     assert again.header["calibration"] == first.header["calibration"]
     assert again.header["published"] == first.header["published"]
@@ -444,9 +457,10 @@ def frames_positions_of(frames):
 def test_tiny_bundle_calibrated_by_a_fold_model_without_the_walk(tiny_bundle, train_split):
     b = load_bundle(tiny_bundle)
     hold = b.header["calibration_holdout"]
-    assert hold["mode"] == "walk" and hold["refit"] is True and hold["sequences"] == [["room/seq-03"]]
+    (walk,) = {f.sequence for f in walk_folds(train_split.frames, 1, 0.15)[0]}
+    assert hold["mode"] == "walk" and hold["refit"] is True and hold["sequences"] == [[f"room/{walk}"]]
     fold = load_bundle(tiny_bundle.with_name("work") / "fold1" / "fold.pae")
-    held = [f for f in train_split.frames if f.sequence == "seq-03"]
+    held = [f for f in train_split.frames if f.sequence == walk]
     assert _pose_rows(fold.table_positions).isdisjoint(_pose_rows(frames_positions_of(held)))
     assert len(fold.table_positions) == len(train_split.frames) - len(held)
     # the published models are trained on every frame, and the table holds every frame
@@ -537,7 +551,8 @@ def test_pose_at_1e200_never_writes_a_nan_bundle(tiny_dataset, tmp_path):
     assert proc.returncode == 2 and str(pose) in proc.stderr and not out.exists(), proc.stderr[-2000:]
     # --skip-bad drops it; the bundle is finite
     split = read_dataset(root, "7scenes", "train")
-    stats = train_all(_fast_cfg(), split, out, tmp_path / "work", device="cpu", show_progress=False, skip_bad=True)
+    stats = train_all(_fast_cfg(apr={"epochs": 2}, pae={"epochs": 4}), split, out, tmp_path / "work", device="cpu",
+                      show_progress=False, skip_bad=True)
     assert stats["bad_poses_skipped"] == 1
     b = load_bundle(out)
     assert np.isfinite(b.position_scale) and b.position_scale < 100
@@ -570,9 +585,12 @@ def test_refuses_to_overwrite_an_earlier_checkpoint(apr_two_epochs, train_split,
                   show_progress=False)
     assert "--resume" in str(ei.value) and "--restart" in str(ei.value) and "epoch 2" in str(ei.value)
     assert (work / "apr_last.ckpt").read_bytes() == before and not (tmp_path / "b.pae").exists()
+    (work / "fold1").mkdir()
+    (work / "fold1" / "fold.pae").write_bytes(b"an earlier run's fold model")
     train_all(_cfg(apr={"epochs": 1}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
               show_progress=False, restart=True)
     assert load_checkpoint(work / "apr_last.ckpt")["epoch"] == 1
+    assert not (work / "fold1" / "fold.pae").exists(), "--restart kept an earlier run's fold model"
 
 
 class _Killed(BaseException):

@@ -125,6 +125,8 @@ def decide_published(apr_err: np.ndarray, ref_err: np.ndarray, enabled, seed: in
 def calibration_settings(loc: Localizer) -> dict:
     """The refinement settings a Localizer runs with (every ``info`` key that is a setting: k,
     steps, lr, orientation, metric, and candidate settings when the Localizer reports them)."""
+    if hasattr(loc, "refine_settings"):  # the Localizer's own list, which it compares at start
+        return dict(loc.refine_settings())
     info = loc.info
     s = {k: v for k, v in info.items() if k not in _NOT_SETTINGS}
     s.setdefault("metric", loc.cfg.refine.metric)

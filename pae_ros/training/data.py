@@ -99,12 +99,19 @@ def _robust_scale(p: np.ndarray) -> float:
 def walk_folds(frames: list[Frame], folds: int, fraction: float) -> list[list[Frame]]:
     """Held-out frames of each calibration fold: whole walks (sequences) per scene.
 
-    Fold ``i`` holds out, in every scene with ``W >= 2`` walks, walk ``W - 1 - (i mod W)`` (walks in
-    sorted name order; the last walk first); in a scene with one walk, its ``i``-th contiguous
-    stretch of ``fraction`` of the frames counted from the end (a stretch touches training frames
-    at one or two ends only, unlike short blocks). Folds beyond a scene's walk count repeat no walk:
-    that scene contributes nothing to them. Frames keep their input order.
+    Fold ``i`` holds out, in every scene with ``W >= 2`` walks, the ``i``-th best covered walk:
+    walks ranked by the median coverage distance of their frames to the scene's other walks
+    (:func:`pae_ros.coverage.coverage_distance`, nearest similar-view camera; ties by name). A
+    query walk is recorded in the mapped area; the least covered walks explore parts no other
+    walk sees, so errors on them would overstate the test errors (on the built-in scenes even the
+    best covered train walk lies farther from the others than the test walks from the train
+    walks). In a scene with one walk: its ``i``-th contiguous stretch of ``fraction`` of the frames
+    counted from the end (a stretch touches training frames at one or two ends only, unlike short
+    blocks). Folds beyond a scene's walk count repeat no walk: that scene contributes nothing to
+    them. Frames keep their input order.
     """
+    from ..coverage import coverage_distance
+
     if fraction <= 0 or folds < 1:
         return []
     by_scene: dict[str, dict[str, list[Frame]]] = {}
@@ -114,8 +121,16 @@ def walk_folds(frames: list[Frame], folds: int, fraction: float) -> list[list[Fr
     for walks in by_scene.values():
         names = sorted(walks)
         if len(names) >= 2:
+            def median_coverage(name):
+                mine = walks[name]
+                others = [f for n in names if n != name for f in walks[n]]
+                d = coverage_distance(np.stack([f.position for f in mine]), np.stack([f.quaternion for f in mine]),
+                                      np.stack([f.position for f in others]), np.stack([f.quaternion for f in others]))
+                return float(np.median(d))
+
+            ranked = sorted(names, key=lambda n: (median_coverage(n), n))
             for i in range(min(folds, len(names))):
-                held_sets[i] |= {id(f) for f in walks[names[len(names) - 1 - i]]}
+                held_sets[i] |= {id(f) for f in walks[ranked[i]]}
         else:
             seq = walks[names[0]]
             n = len(seq)

@@ -209,12 +209,25 @@ def _train_fold(cfg, fit, held, scenes, intrinsics, workdir: Path, i: int, dev, 
     return _save(_fold_bundle_path(workdir, i), header, tensors)
 
 
-def _with_table(bundle: Bundle, frames, scenes) -> Bundle:
-    """The same models with the pose table (and its metric scales) of ``frames`` only."""
+def _with_table(bundle: Bundle, frames, scenes, descriptors: dict | None = None) -> Bundle:
+    """The same models with the pose table (and its metric scales) of ``frames`` only;
+    ``descriptors``: ``frame_key -> (D,)`` rows for its ``table.descriptors``."""
     header = dict(bundle.header, metric_scales=_metric_scales(frames))
     tensors = {k: v for k, v in bundle.tensors.items() if not k.startswith("table.")}
     tensors.update(_table_tensors(frames, scenes))
+    if descriptors is not None:
+        tensors["table.descriptors"] = torch.from_numpy(np.stack([descriptors[frame_key(f)] for f in frames]))
     return Bundle(header, tensors, bundle.path)
+
+
+def _shares_backbone(cfg: Config) -> bool:
+    """The APR's backbone is the ImageNet-pretrained one, unchanged: its pooled features are the
+    retrieval descriptors (the Localizer's rule when it has one)."""
+    from .. import pipeline
+
+    rule = getattr(pipeline, "_backbone_frozen", None)
+    frozen = rule(cfg) if rule is not None else cfg.apr.freeze_backbone
+    return bool(frozen) and cfg.model.backbone == "efficientnet_lite0"
 
 
 def _describer(cfg: Config, apr, dev):
@@ -222,7 +235,7 @@ def _describer(cfg: Config, apr, dev):
     one (no second network), else a fresh ImageNet-pretrained EfficientNet-Lite0."""
     from ..retrieval import Describer
 
-    if cfg.model.backbone == "efficientnet_lite0" and cfg.apr.freeze_backbone:
+    if _shares_backbone(cfg):
         return Describer(apr.backbone, device=dev), "apr_backbone"
     return Describer(None, name="efficientnet_lite0", device=dev), "efficientnet_lite0_imagenet"
 
@@ -257,13 +270,26 @@ def table_descriptors(cfg: Config, apr, table_frames, dev, data: FrameImages | N
                   "reused_cached_features": len(table_frames) - len(todo)}
 
 
-def _fit_ood(loc: Localizer, images: list[np.ndarray]) -> dict | None:
-    """Helper "refine"'s out-of-scene gate, fitted on in-scene held-out images, when it exists."""
+def _gate_features(loc: Localizer, images: list[np.ndarray], batch: int = 32) -> dict | None:
+    """Out-of-scene gate features of in-scene images (None when this Localizer has no gate)."""
+    if not hasattr(loc, "gate_features"):
+        return None
+    parts = []
+    for i in range(0, len(images), batch):
+        apr = loc.predict_apr(loc.preprocess(images[i:i + batch]), descriptors=True)
+        parts.append(loc.gate_features(apr))
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]} if parts else None
+
+
+def _fit_ood(features: dict | None) -> dict | None:
+    """The out-of-scene gate fitted on held-out in-scene frames, when :mod:`pae_ros.ood` exists."""
     try:
         from ..ood import fit_ood_gate  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return fit_ood_gate(loc, images)
+    if not features:
+        return None
+    return fit_ood_gate(features)
 
 
 def _guard_checkpoints(paths: list[Path], resume: bool, restart: bool) -> None:
@@ -317,6 +343,9 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                 ckpts += [workdir / f"fold{i + 1}" / f"{s}_last.ckpt" for s in ("apr", "pae")]
     if dist_info.is_main:
         clean_stale_temporaries(workdir, out)
+        if restart:  # fold models are intermediates of the earlier run too
+            for p in workdir.glob("fold*/fold.pae"):
+                p.unlink()
         _guard_checkpoints(ckpts, resume, restart)
         log.info("training on %d frames of %s (%s hold-out: %s frames per fold, %s), device %s, world size %d",
                  len(main_frames), ", ".join(scenes), cfg.calibration.holdout, [len(h) for h in folds] or "none",
@@ -390,14 +419,25 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         tensors.update(_prefixed("decoder", dec))
         bundle = _save(partial, header, tensors)
 
-    held_images: list[np.ndarray] = []
+    # retrieval descriptors of every train frame (the final table's rows; fold tables use subsets)
+    table_digest = frames_digest(frames)
+    if (header.get("descriptors", {}).get("table_digest") == table_digest and "table.descriptors" in tensors
+            and len(tensors["table.descriptors"]) == len(frames)):
+        desc = tensors["table.descriptors"].float().numpy()
+    else:
+        t0 = time.perf_counter()
+        desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
+        header["descriptors"] = {**info, "table_digest": table_digest}
+        stats["descriptors_s"] = time.perf_counter() - t0
+    desc_of = {frame_key(f): d for f, d in zip(frames, desc)}
+
     fold_loc = None
     if "calibrate" in stages and folds:
         from .calibrate import calibration_settings, decide_published, fit_calibration, holdout_pass, pool_passes
 
         if not bundle.has("pae"):
             raise ValueError("the calibrate stage needs a bundle with a PAE (run --stage pae first)")
-        passes, fold_stats = [], []
+        passes, fold_stats, gate_parts = [], [], []
         for i, held in enumerate(folds):
             fit = _minus(frames, held)
             if i == 0 and not refit:  # the published models never saw fold 1's walk
@@ -410,11 +450,13 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                 else:
                     log.info("calibration fold %d: reusing %s", i + 1, _fold_bundle_path(workdir, i))
             # the calibration table: this fold's training frames only, never the held-out walk
-            fold_loc = Localizer(_with_table(fold_bundle, fit, scenes), device=str(dev), refine=True)
+            fold_loc = Localizer(_with_table(fold_bundle, fit, scenes, desc_of), device=str(dev), refine=True)
             imgs = [image_cache.get(frame_key(f)) if frame_key(f) in image_cache else load_rgb(f.image_path)
                     for f in held]
-            held_images += imgs
             passes.append(holdout_pass(fold_loc, imgs, frames_positions(held), frames_quaternions(held)))
+            g = _gate_features(fold_loc, imgs)
+            if g is not None:
+                gate_parts.append(g)
             fold_stats.append({"held_frames": len(held), "table_frames": len(fit),
                                "held_sequences": sorted({f"{f.scene}/{f.sequence}" for f in held}),
                                "median_position_m": {m: float(np.median(passes[-1][m]["pos_err"]))
@@ -431,6 +473,12 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                                          "sequences": [s["held_sequences"] for s in fold_stats],
                                          "refit": refit, "table": "each fold's own training frames"}
         stats["calibration"] = {k: v["coverage"] for k, v in header["calibration"].items()}
+        if gate_parts:
+            names = set.intersection(*(set(g) for g in gate_parts))
+            ood = _fit_ood({n: np.concatenate([g[n] for g in gate_parts]) for n in names})
+            if ood is not None:
+                header["ood"] = ood
+                stats["ood"] = ood
         stats["refine_decision"] = decision
         log.info("refine: %s -> publishing %s (held-out median position: APR %.3f m, refined %.3f m, difference "
                  "95%% interval %s m)", cfg.refine.enabled, decision["published"],
@@ -441,21 +489,9 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
 
     # the final pose table: every train frame (the held-out walks too), with retrieval descriptors
     tensors.update(_table_tensors(frames, scenes))
+    tensors["table.descriptors"] = torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32))
     header["metric_scales"] = _metric_scales(frames)
-    header["table_frames"] = {"count": len(frames), "digest": frames_digest(frames),
-                              "includes_holdout": True}
-    desc_ok = (header.get("descriptors", {}).get("table_digest") == header["table_frames"]["digest"]
-               and "table.descriptors" in tensors)
-    if not desc_ok:
-        t0 = time.perf_counter()
-        desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
-        tensors["table.descriptors"] = torch.from_numpy(desc)
-        header["descriptors"] = {**info, "table_digest": header["table_frames"]["digest"]}
-        stats["descriptors_s"] = time.perf_counter() - t0
-    if "calibrate" in stages and folds and bundle.has("pae"):
-        ood = _fit_ood(Localizer(Bundle(header, tensors, out), device=str(dev)), held_images)
-        if ood is not None:
-            header["ood"] = ood
+    header["table_frames"] = {"count": len(frames), "digest": table_digest, "includes_holdout": True}
 
     bundle = _save(out, header, tensors)
     if partial.exists():
