@@ -3,6 +3,10 @@
 Every subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Those modules keep their heavy imports (torch, rclpy) inside ``run`` so
 that ``pae --help`` is instant and ``pae train`` works on a GPU box with no ROS installed.
+
+Errors a user can fix (a bad bundle, config, dataset or image, a missing / unreadable file) that
+a subcommand does not handle itself end as one line on stderr, ``pae <command>: <message>``, and
+exit status 2, never as a traceback; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -21,9 +25,47 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bag", "record"): ("pae_ros.ros.bag_record", "record topics to a rosbag2 through rclpy"),
     ("bag", "eval"): ("pae_ros.bags.eval_cmd", "evaluate recorded poses against ground truth by header stamp"),
     ("demo",): ("pae_ros.demo", "the end-to-end demo: scene, training, bag, node, evaluation"),
+    ("bundle", "upgrade"): ("pae_ros.bundle_cmd", "re-seal a trusted format-1 bundle as the current format"),
 }
 
-GROUP_HELP = {"scene": "the built-in demo scene", "bag": "rosbag2 tools (make, play, record, eval)"}
+GROUP_HELP = {"scene": "the built-in demo scene", "bag": "rosbag2 tools (make, play, record, eval)",
+              "bundle": "bundle file tools (upgrade)"}
+
+#: (module, class name) of the errors that mean bad input, reported in one line. Looked up in
+#: ``sys.modules`` only: an exception of a class can only exist once its module is imported, and
+#: importing here would make ``pae --help`` slow.
+KNOWN_ERRORS = (("pae_ros.bundle", "BundleError"), ("pae_ros.config", "ConfigError"),
+                ("pae_ros.datasets.types", "DatasetError"), ("pae_ros.image_codec", "ImageDecodeError"),
+                ("pae_ros.bags.io", "BagError"))
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """The one-line message for a known user-input error, or None for anything else (a bug)."""
+    for module_name, cls_name in KNOWN_ERRORS:
+        cls = getattr(sys.modules.get(module_name), cls_name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            text = " ".join(str(exc).split()) or cls_name
+            return text
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = {FileNotFoundError: "not found", IsADirectoryError: "is a directory",
+                NotADirectoryError: "a parent is not a directory", PermissionError: "permission denied"}
+        reason = what.get(type(exc)) or (exc.strerror or type(exc).__name__)
+        return f"{exc.filename}: {reason}"
+    return None
+
+
+def _run(module, args, name: str) -> int:
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        msg = one_line_error(e)
+        if msg is None:
+            raise
+        print(f"pae {name}: {msg}", file=sys.stderr)
+        return 2
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -83,20 +125,13 @@ def standalone_main(module_name: str, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pae " + " ".join(path), description=help_text,
                                      formatter_class=HelpFormatter)
     module.add_arguments(parser)
-    try:
-        return int(module.run(parser.parse_args(argv)) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _run(module, parser.parse_args(argv), " ".join(path))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    name = " ".join(x for x in (args.command, getattr(args, "subcommand", None)) if x)
+    return _run(args._module, args, name)
 
 
 if __name__ == "__main__":

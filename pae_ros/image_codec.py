@@ -13,14 +13,29 @@ string, usable as a counter key in ``/diagnostics``:
 reason               meaning
 ==================== =========================================================================
 ``empty``            zero width/height, or no data
-``too_large``        width or height above ``max_dim`` (default :data:`DEFAULT_MAX_DIM`)
-``bad_dimensions``   negative / non-integer width, height or step
+``too_large``        width or height above ``max_dim`` (default :data:`DEFAULT_MAX_DIM`), or
+                     width * height above ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`)
+``bad_aspect``       longer / shorter side above ``max_aspect`` (default :data:`DEFAULT_MAX_ASPECT`):
+                     resizing the shorter side to the network input would blow it up
+``bad_dimensions``   negative / non-integer width, height or step, odd width for yuv422
 ``unknown_encoding`` raw encoding not in :data:`SUPPORTED_ENCODINGS`
 ``bad_step``         ``step`` smaller than ``width * bytes_per_pixel``
 ``size_mismatch``    ``len(data) != step * height``
 ``unsupported_format`` compressed format that is not JPEG or PNG (e.g. ``compressedDepth``)
 ``corrupt_compressed`` compressed bytes that are not a complete, decodable JPEG or PNG
+``corrupt``          a JPEG that decodes only with libjpeg's corruption warnings (scrambled or
+                     damaged scan data, premature end): the pixels are partly garbage
 ==================== =========================================================================
+
+All size checks (sides, area, aspect) run on the header fields / the JPEG or PNG header
+*before* any pixel is decoded or allocated. Bytes after a JPEG's end-of-image marker or a PNG's
+IEND chunk (UVC / MJPEG buffers are padded) are ignored.
+
+libjpeg and libpng print their warnings straight to the process's stderr (file descriptor 2).
+:func:`imdecode` captures them around each decode (under a lock), so they never print once per
+frame: corruption warnings become the ``corrupt`` rejection, harmless ones are logged through
+:mod:`logging` at most once per :data:`LOG_EVERY_S` seconds per message, and anything else that
+another thread wrote to stderr meanwhile is passed on unchanged.
 
 Raw decoding is zero-copy where possible: for ``rgb8`` (and ``rgba8`` / padded rows of it) the
 result is a (possibly read-only, possibly strided) *view* of ``data``; callers must not write
@@ -32,13 +47,28 @@ pixel work elsewhere (:func:`decode_image`, :func:`decode_compressed`, which val
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
 import struct
+import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+log = logging.getLogger("pae_ros.image_codec")
+
 #: default limit on width and height, pixels (both raw and compressed images)
 DEFAULT_MAX_DIM = 8192
+#: default limit on width * height, pixels (24 MP: 6144 x 4096; 8192 x 8192 is refused)
+DEFAULT_MAX_PIXELS = 6144 * 4096
+#: default limit on longer side / shorter side (the shorter side is resized to the network input)
+DEFAULT_MAX_ASPECT = 8.0
+#: seconds between two log lines of the same codec message
+LOG_EVERY_S = 30.0
 
 #: encoding -> (channels, bytes per channel). ``8UC1``/``8UC3``/``16UC1`` are accepted as
 #: aliases of ``mono8`` / ``bgr8`` (OpenCV's default order) / ``mono16``.
@@ -52,11 +82,28 @@ SUPPORTED_ENCODINGS: dict[str, tuple[int, int]] = {
     "8UC1": (1, 1),
     "8UC3": (3, 1),
     "16UC1": (1, 2),
+    # colour-filter-array mosaics (ROS image_encodings names), demosaiced by OpenCV
+    "bayer_rggb8": (1, 1),
+    "bayer_bggr8": (1, 1),
+    "bayer_gbrg8": (1, 1),
+    "bayer_grbg8": (1, 1),
+    # 4:2:2 packed YUV: "yuv422" is ROS's UYVY (U Y0 V Y1), "yuv422_yuy2" is YUYV (Y0 U Y1 V)
+    "yuv422": (2, 1),
+    "uyvy": (2, 1),
+    "yuv422_yuy2": (2, 1),
+    "yuyv": (2, 1),
 }
 
+#: mosaic encoding -> OpenCV code giving RGB (OpenCV names a pattern by its second row, hence
+#: the apparent swap: ROS rggb = OpenCV BayerBG, as in cv_bridge)
+_BAYER_TO_RGB = {"bayer_rggb8": "COLOR_BayerBG2RGB", "bayer_bggr8": "COLOR_BayerRG2RGB",
+                 "bayer_gbrg8": "COLOR_BayerGR2RGB", "bayer_grbg8": "COLOR_BayerGB2RGB"}
+_YUV_TO_RGB = {"yuv422": "COLOR_YUV2RGB_UYVY", "uyvy": "COLOR_YUV2RGB_UYVY",
+               "yuv422_yuy2": "COLOR_YUV2RGB_YUYV", "yuyv": "COLOR_YUV2RGB_YUYV"}
+
 #: every reason string :class:`ImageDecodeError` can carry
-REASONS = ("empty", "too_large", "bad_dimensions", "unknown_encoding", "bad_step",
-           "size_mismatch", "unsupported_format", "corrupt_compressed")
+REASONS = ("empty", "too_large", "bad_aspect", "bad_dimensions", "unknown_encoding", "bad_step",
+           "size_mismatch", "unsupported_format", "corrupt_compressed", "corrupt")
 
 
 class ImageDecodeError(ValueError):
@@ -101,10 +148,14 @@ def _as_uint8(data) -> np.ndarray:
     return np.frombuffer(mv, dtype=np.uint8)
 
 
-def _check_dims(height, width, max_dim: int) -> tuple[int, int]:
+def check_size(height, width, max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[int, int]:
+    """Validate an image size in pixels before anything is allocated: each side <= ``max_dim``,
+    ``width * height <= max_pixels``, ``longer / shorter <= max_aspect``. Returns ``(h, w)``;
+    raises :class:`ImageDecodeError` (``empty``, ``bad_dimensions``, ``too_large``, ``bad_aspect``)."""
     try:
         h, w = int(height), int(width)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ImageDecodeError("bad_dimensions", f"width/height not integers: {width!r} x {height!r}") from None
     if h < 0 or w < 0:
         raise ImageDecodeError("bad_dimensions", f"negative size {w}x{h}")
@@ -112,17 +163,23 @@ def _check_dims(height, width, max_dim: int) -> tuple[int, int]:
         raise ImageDecodeError("empty", f"image is {w}x{h} pixels")
     if h > max_dim or w > max_dim:
         raise ImageDecodeError("too_large", f"image is {w}x{h} pixels, limit {max_dim}x{max_dim}")
+    if h * w > max_pixels:
+        raise ImageDecodeError("too_large", f"image is {w}x{h} = {h * w / 1e6:.1f} MP, limit {max_pixels / 1e6:.1f} MP")
+    if max(h, w) > max_aspect * min(h, w):
+        raise ImageDecodeError("bad_aspect", f"image is {w}x{h} pixels, aspect {max(h, w) / min(h, w):.1f}:1 "
+                                             f"above the limit {max_aspect:g}:1")
     return h, w
 
 
 def check_image(height: int, width: int, encoding: str, step: int, data_len: int,
-                max_dim: int = DEFAULT_MAX_DIM) -> tuple[int, int]:
+                max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
+                max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[int, int]:
     """Validate raw ``sensor_msgs/Image`` fields without touching pixels.
 
     ``data_len`` is ``len(msg.data)`` in bytes. Returns ``(channels, bytes_per_channel)``.
-    Raises :class:`ImageDecodeError`.
+    Size limits: see :func:`check_size`. Raises :class:`ImageDecodeError`.
     """
-    h, w = _check_dims(height, width, max_dim)
+    h, w = check_size(height, width, max_dim, max_pixels, max_aspect)
     if data_len == 0:
         raise ImageDecodeError("empty", "no pixel data")
     enc = SUPPORTED_ENCODINGS.get(str(encoding))
@@ -131,6 +188,8 @@ def check_image(height: int, width: int, encoding: str, step: int, data_len: int
             "unknown_encoding",
             f"encoding {str(encoding)[:40]!r} not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
     ch, bpc = enc
+    if str(encoding) in _YUV_TO_RGB and w % 2:
+        raise ImageDecodeError("bad_dimensions", f"{encoding} needs an even width, got {w}")
     try:
         step = int(step)
     except (TypeError, ValueError):
@@ -144,11 +203,15 @@ def check_image(height: int, width: int, encoding: str, step: int, data_len: int
 
 
 def decode_image(height: int, width: int, encoding: str, step: int, is_bigendian,
-                 data, max_dim: int = DEFAULT_MAX_DIM) -> np.ndarray:
+                 data, max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
     """Decode raw ``sensor_msgs/Image`` fields into an RGB ``uint8`` array ``(H, W, 3)``.
 
-    Supports ``rgb8, bgr8, rgba8, bgra8, mono8, mono16`` (+ aliases, see
-    :data:`SUPPORTED_ENCODINGS`). ``step`` is the row length in bytes (rows may be padded);
+    Supports ``rgb8, bgr8, rgba8, bgra8, mono8, mono16``, the Bayer mosaics ``bayer_rggb8,
+    bayer_bggr8, bayer_gbrg8, bayer_grbg8`` (demosaiced by OpenCV, bilinear) and 4:2:2 YUV
+    ``yuv422`` / ``uyvy`` (UYVY) and ``yuv422_yuy2`` / ``yuyv`` (YUYV), BT.601 as OpenCV
+    converts them (+ aliases, see :data:`SUPPORTED_ENCODINGS`). ``step`` is the row length in
+    bytes (rows may be padded);
     ``is_bigendian`` is honoured for ``mono16``, which is scaled to 8 bit by ``v >> 8``
     (full 16-bit range -> full 8-bit range, like cv_bridge's mono16 -> mono8).
     ``data`` may be bytes, bytearray, memoryview, ``array.array`` (what rclpy gives) or ndarray.
@@ -156,10 +219,16 @@ def decode_image(height: int, width: int, encoding: str, step: int, is_bigendian
     ``rgb8`` returns a read-only view of ``data`` (no copy); everything else one new array.
     Raises :class:`ImageDecodeError`.
     """
-    ch, bpc = check_image(height, width, encoding, step, _nbytes(data), max_dim)
+    ch, bpc = check_image(height, width, encoding, step, _nbytes(data), max_dim, max_pixels, max_aspect)
     h, w, step = int(height), int(width), int(step)
     rows = _as_uint8(data).reshape(h, step)[:, : w * ch * bpc]
     enc = str(encoding)
+    if enc in _BAYER_TO_RGB or enc in _YUV_TO_RGB:
+        import cv2
+
+        code = getattr(cv2, _BAYER_TO_RGB.get(enc) or _YUV_TO_RGB[enc])
+        src = np.ascontiguousarray(rows) if enc in _BAYER_TO_RGB else np.ascontiguousarray(rows).reshape(h, w, 2)
+        return cv2.cvtColor(src, code)
     if bpc == 2:  # mono16 / 16UC1
         dt = np.dtype(">u2" if is_bigendian else "<u2")
         if rows.flags.c_contiguous:
@@ -248,9 +317,11 @@ def compressed_size(data) -> tuple[str, int, int]:
     raise ImageDecodeError("corrupt_compressed", "data is neither JPEG nor PNG (bad signature)")
 
 
-def check_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM) -> tuple[str, int, int]:
+def check_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_aspect: float = DEFAULT_MAX_ASPECT) -> tuple[str, int, int]:
     """Validate a ``sensor_msgs/CompressedImage`` cheaply (format string, signature, the size in
-    the header, a JPEG's end marker) without decoding. Returns ``(kind, width, height)``."""
+    the header against :func:`check_size`'s limits, a JPEG's end marker anywhere after its
+    header, so padding after it is fine) without decoding. Returns ``(kind, width, height)``."""
     n = _nbytes(data)
     if n == 0:
         raise ImageDecodeError("empty", "no compressed data")
@@ -258,30 +329,142 @@ def check_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM) -> tuple[st
     kind, w, h = compressed_size(data)
     if stated is not None and stated != kind:
         raise ImageDecodeError("corrupt_compressed", f"format says {stated} but the data is {kind}")
-    _check_dims(h, w, max_dim)
+    check_size(h, w, max_dim, max_pixels, max_aspect)
     if kind == "jpeg":
-        if isinstance(data, (bytes, bytearray)):
-            tail = bytes(data[-64:])
-        else:
-            tail = bytes(memoryview(data).cast("B")[max(0, n - 64):])
-        if b"\xff\xd9" not in tail:
+        buf = data if isinstance(data, (bytes, bytearray)) else _as_uint8(data).tobytes()
+        sos = buf.find(b"\xff\xda", 2)  # the end marker must follow the (first) start of scan
+        if sos < 0 or buf.rfind(b"\xff\xd9", sos) < 0:
             raise ImageDecodeError("corrupt_compressed", "JPEG: truncated (no end-of-image marker)")
     return kind, w, h
 
 
-def decode_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM) -> np.ndarray:
+#: libjpeg / libpng / OpenCV messages (what a decode may print on stderr)
+_CODEC_LINE = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG|Invalid SOS|Inconsistent progression|"
+                         r"Bogus |Warning: |Unknown Adobe|Application transferred|JFIF|Invalid JPEG|Not a JPEG|"
+                         r"Unsupported |Huffman|Quantization|libpng (warning|error)|\[ ?(WARN|ERROR|INFO)[:\] ])")
+#: the libjpeg warnings that mean the pixels are (partly) garbage
+_JPEG_CORRUPT = re.compile(r"Corrupt JPEG data(?!: bad ICC marker)|Premature end of JPEG|Invalid SOS|"
+                           r"Inconsistent progression|Application transferred too few")
+
+_capture_lock = threading.Lock()
+_capture_fd_num: int | None = None  # a process-lifetime anonymous file (raw fd: nothing to close)
+_last_logged: dict[str, float] = {}
+
+
+def _capture_fd() -> int:
+    global _capture_fd_num
+    if _capture_fd_num is None:
+        try:
+            _capture_fd_num = os.memfd_create("pae_ros_codec_stderr", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            fd, name = tempfile.mkstemp(prefix="pae_ros_codec_stderr.")
+            os.unlink(name)
+            _capture_fd_num = fd
+    return _capture_fd_num
+
+
+def _log_throttled(message: str) -> None:
+    key = re.sub(r"\d+", "N", message)[:80]
+    now = time.monotonic()
+    if now - _last_logged.get(key, -1e9) >= LOG_EVERY_S:
+        _last_logged[key] = now
+        log.warning("image codec: %s (repeats are logged at most every %g s)", message, LOG_EVERY_S)
+
+
+def capture_stderr(fn):
+    """Run ``fn()`` with file descriptor 2 redirected into a private buffer; returns
+    ``(result, codec_lines)``. Lines that are not codec messages (another thread's) are written
+    back to the real stderr, also when ``fn`` raises. One capture at a time (a lock); without a
+    usable fd 2 it just runs ``fn``."""
+    with _capture_lock:
+        try:
+            fd = _capture_fd()
+            try:
+                sys.stderr.flush()
+            except (AttributeError, ValueError, OSError):
+                pass
+            saved = os.dup(2)
+        except OSError:
+            return fn(), []
+        text = ""
+        try:
+            os.dup2(fd, 2)
+            try:
+                result = fn()
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+            size = os.lseek(fd, 0, os.SEEK_CUR)
+            if size:
+                text = os.pread(fd, size, 0).decode("utf-8", "replace")
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            lines = _pass_on_others(text)
+    return result, lines
+
+
+def _pass_on_others(text: str) -> list[str]:
+    """Split captured text into codec lines (returned) and others (written to the real stderr)."""
+    lines, other = [], []
+    for line in text.splitlines():
+        if _CODEC_LINE.match(line.strip()):
+            lines.append(line.strip())
+        elif line.strip():
+            other.append(line)
+    if other:
+        try:
+            os.write(2, ("\n".join(other) + "\n").encode())
+        except OSError:
+            pass
+    return lines
+
+
+def imdecode(data, flags=None):
+    """``cv2.imdecode`` without stderr noise: returns ``(image or None, codec messages)``.
+
+    The messages are libjpeg's / libpng's / OpenCV's lines this decode printed; see
+    :func:`jpeg_corruption` for the ones that mean corrupt pixels."""
+    import cv2
+
+    buf = _as_uint8(data)
+    return capture_stderr(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR if flags is None else flags))
+
+
+def jpeg_corruption(messages: list[str]) -> str | None:
+    """The first libjpeg message that means corrupt pixels, or None; the others are logged
+    (throttled) as harmless."""
+    bad = None
+    for m in messages:
+        if bad is None and _JPEG_CORRUPT.search(m):
+            bad = m
+        elif not _JPEG_CORRUPT.search(m):
+            _log_throttled(m)
+    return bad
+
+
+def decode_compressed(fmt: str, data, max_dim: int = DEFAULT_MAX_DIM, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` (``format`` string, ``data`` bytes) into RGB
     ``uint8`` ``(H, W, 3)``. JPEG and PNG (8 or 16 bit, grey or colour, alpha dropped).
 
-    The size in the header is checked against ``max_dim`` *before* decoding, so a small file
-    claiming a huge image cannot allocate gigabytes. Raises :class:`ImageDecodeError`.
+    The size in the header is checked (sides, area, aspect) *before* decoding, so a small file
+    claiming a huge image cannot allocate gigabytes. A JPEG that libjpeg decodes only with
+    corruption warnings is rejected as ``corrupt``. Raises :class:`ImageDecodeError`.
     """
     import cv2
 
-    _, w, h = check_compressed(fmt, data, max_dim)
-    bgr = cv2.imdecode(_as_uint8(data), cv2.IMREAD_COLOR)
+    kind, w, h = check_compressed(fmt, data, max_dim, max_pixels, max_aspect)
+    bgr, messages = imdecode(data)
+    bad = jpeg_corruption(messages) if kind == "jpeg" else None
+    if kind != "jpeg":
+        for m in messages:
+            _log_throttled(m)
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
-        raise ImageDecodeError("corrupt_compressed", "the codec could not decode the data")
+        raise ImageDecodeError("corrupt_compressed", "the codec could not decode the data"
+                               + (f" ({messages[0][:120]})" if messages else ""))
+    if bad is not None:
+        raise ImageDecodeError("corrupt", f"JPEG decodes with damage: {bad[:120]}")
     if bgr.shape[:2] != (h, w):
         raise ImageDecodeError("corrupt_compressed", f"decoded {bgr.shape[1]}x{bgr.shape[0]}, header says {w}x{h}")
     if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR gives 8 bit already
@@ -296,8 +479,10 @@ def encode_image(rgb: np.ndarray, encoding: str = "rgb8", row_padding: int = 0,
     """Encode an RGB ``uint8`` ``(H, W, 3)`` array into ``sensor_msgs/Image`` fields.
 
     ``encoding``: rgb8, bgr8, rgba8 (alpha 255), bgra8, mono8 (ITU-R 601 luma), mono16
-    (``mono8 * 257``, so that decoding round-trips mono8 exactly). ``row_padding`` extra bytes
-    at the end of every row (exercises ``step``).
+    (``mono8 * 257``, so that decoding round-trips mono8 exactly), the Bayer mosaics
+    ``bayer_rggb8`` etc. (each pixel keeps the one channel its filter passes), and the 4:2:2
+    YUV encodings (BT.601 limited range, chroma averaged over pixel pairs; even width).
+    ``row_padding`` extra bytes at the end of every row (exercises ``step``).
     """
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -315,6 +500,25 @@ def encode_image(rgb: np.ndarray, encoding: str = "rgb8", row_padding: int = 0,
     elif encoding in ("mono8", "mono16"):
         g = np.round(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)
         px = g if encoding == "mono8" else (g.astype(np.uint16) * 257).astype(">u2" if bigendian else "<u2")
+    elif encoding in _BAYER_TO_RGB:
+        pattern = encoding[len("bayer_"):len("bayer_") + 4]  # e.g. "rggb": (0,0) (0,1) (1,0) (1,1)
+        px = np.empty((h, w), np.uint8)
+        for k, c in enumerate(pattern):
+            px[k // 2::2, k % 2::2] = rgb[k // 2::2, k % 2::2, "rgb".index(c)]
+    elif encoding in _YUV_TO_RGB:
+        if w % 2:
+            raise ValueError(f"{encoding} needs an even width, got {w}")
+        f = rgb.astype(np.float64) / 255.0
+        y = 16 + f @ np.array([65.481, 128.553, 24.966])
+        u = 128 + f @ np.array([-37.797, -74.203, 112.0])
+        v = 128 + f @ np.array([112.0, -93.786, -18.214])
+        u2, v2 = (u[:, 0::2] + u[:, 1::2]) / 2, (v[:, 0::2] + v[:, 1::2]) / 2
+        q = lambda a: np.round(a).clip(0, 255).astype(np.uint8)  # noqa: E731
+        px = np.empty((h, w // 2, 4), np.uint8)
+        if _YUV_TO_RGB[encoding].endswith("UYVY"):
+            px[..., 0], px[..., 1], px[..., 2], px[..., 3] = q(u2), q(y[:, 0::2]), q(v2), q(y[:, 1::2])
+        else:
+            px[..., 0], px[..., 1], px[..., 2], px[..., 3] = q(y[:, 0::2]), q(u2), q(y[:, 1::2]), q(v2)
     else:
         raise ValueError(f"cannot encode {encoding!r}")
     rows = np.ascontiguousarray(px).reshape(h, -1).view(np.uint8)

@@ -1,6 +1,12 @@
 """Image preprocessing, the one place: resize the shorter side, crop, ImageNet-normalise.
 
 Input images are ``(H, W, 3)`` uint8 **RGB**. Output tensors are float32 ``(B, 3, S, S)``.
+
+Resizing the shorter side to ``size`` makes the longer side ``size * aspect``: a 1 x 8192 image
+would become 128 x 1,048,576 pixels (400 MB). Images whose aspect (longer / shorter side) is
+above :data:`pae_ros.image_codec.DEFAULT_MAX_ASPECT` are therefore refused with
+:class:`pae_ros.image_codec.ImageDecodeError` (reason ``bad_aspect``, a ``ValueError``) before
+any resize.
 """
 from __future__ import annotations
 
@@ -9,14 +15,23 @@ import numpy as np
 import torch
 
 from .bundle import IMAGENET_MEAN, IMAGENET_STD
+from .image_codec import DEFAULT_MAX_ASPECT, ImageDecodeError
 
 _MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255.0
 _INV_STD = 1.0 / (np.asarray(IMAGENET_STD, dtype=np.float32) * 255.0)
 
 
-def resize_shorter(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side is ``size`` px, keeping the aspect ratio (area interpolation)."""
+def resize_shorter(rgb: np.ndarray, size: int, max_aspect: float = DEFAULT_MAX_ASPECT) -> np.ndarray:
+    """Resize so the shorter side is ``size`` px, keeping the aspect ratio (area interpolation).
+
+    Raises :class:`~pae_ros.image_codec.ImageDecodeError` (``empty`` / ``bad_aspect``) for an
+    empty image or one whose longer side is more than ``max_aspect`` times the shorter."""
     h, w = rgb.shape[:2]
+    if min(h, w) <= 0:
+        raise ImageDecodeError("empty", f"image is {w}x{h} pixels")
+    if max(h, w) > max_aspect * min(h, w):
+        raise ImageDecodeError("bad_aspect", f"image is {w}x{h} pixels, aspect {max(h, w) / min(h, w):.1f}:1 above "
+                                             f"the limit {max_aspect:g}:1 (resizing it would blow it up)")
     if min(h, w) == size:
         return rgb
     s = size / min(h, w)

@@ -5,13 +5,18 @@ import builtins
 import json
 import os
 import pickle
+import random
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from pae_ros.bundle import (FORMAT_NAME, FORMAT_VERSION, Bundle, BundleError, atomic_write_bytes, build_models,
-                            load_bundle, save_bundle, tensors_digest)
+from pae_ros.bundle import (DIGEST_KEY, FORMAT_NAME, FORMAT_VERSION, HEADER_KEY, Bundle, BundleError,
+                            atomic_write_bytes, build_models, bundle_digest, load_bundle, save_bundle,
+                            tensors_digest, upgrade_bundle)
 from pae_ros.config import config_from_dict
 from pae_ros.models import PoseAutoEncoder, build_apr
 
@@ -33,6 +38,27 @@ def _small_tensors() -> dict[str, torch.Tensor]:
 def _header() -> dict:
     return {"config": config_from_dict(TINY_CONFIG).to_dict(), "scenes": ["room"], "position_mean": [1.0, 2.0, 3.0],
             "position_scale": 0.5, "note": "ünïcode ok"}
+
+
+def _metadata(path) -> dict:
+    data = open(path, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + n])["__metadata__"]
+
+
+def _save_raw(path, tensors, header: dict, digest: bool = True) -> None:
+    """Write a bundle by hand (bypassing save_bundle) with a valid digest unless told otherwise."""
+    blob = json.dumps(header)
+    meta = {HEADER_KEY: blob}
+    if digest:
+        meta[DIGEST_KEY] = bundle_digest(blob, tensors)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _save_v1(path, tensors, header: dict) -> None:
+    """A bundle as format version 1 wrote it: tensor digest inside the header, header not covered."""
+    h = dict(header, format=FORMAT_NAME, format_version=1, digest=tensors_digest(tensors))
+    save_file(tensors, str(path), metadata={HEADER_KEY: json.dumps(h, sort_keys=True)})
 
 
 @pytest.fixture
@@ -62,7 +88,8 @@ def test_round_trip(small_bundle):
     for k, v in _header().items():
         assert b.header[k] == v
     assert b.header["format"] == FORMAT_NAME and b.header["format_version"] == FORMAT_VERSION
-    assert b.header["digest"] == tensors_digest(ref)
+    meta = _metadata(small_bundle)
+    assert b.header["digest"] == meta[DIGEST_KEY] == bundle_digest(meta[HEADER_KEY], ref)
     assert len(b.bundle_id) == 12 and b.bundle_id == b.header["digest"][:12]
     assert b.state_dict("apr").keys() == {"w", "b"}
     assert b.has("pae") and not b.has("decoder")
@@ -123,18 +150,155 @@ def test_tampered_tensor_byte_fails_digest(small_bundle, tmp_path):
 
 
 def test_tampered_header_value_detected_as_wrong_digest(small_bundle, tmp_path):
-    # edit the digest in the JSON header (same length) -> mismatch
+    """Issue 10 item 1: one digit of position_scale changed in place (same length) is refused."""
     data = small_bundle.read_bytes()
-    header_len = int.from_bytes(data[:8], "little")
-    hdr = json.loads(data[8:8 + header_len])
-    inner = json.loads(hdr["__metadata__"]["pae_ros"])
-    d = inner["digest"]
-    inner["digest"] = ("0" if d[0] != "0" else "1") + d[1:]
-    t = load_bundle(small_bundle).tensors
+    old = b'\\"position_scale\\": 0.5'
+    assert data.count(old) == 1, "test setup: the value must appear once in the raw header"
     p = tmp_path / "edited.pae"
-    save_file(t, str(p), metadata={"pae_ros": json.dumps(inner)})
-    with pytest.raises(BundleError, match="digest"):
+    p.write_bytes(data.replace(old, b'\\"position_scale\\": 0.7'))
+    assert json.loads(_metadata(p)[HEADER_KEY])["position_scale"] == 0.7  # the edit is a valid file
+    with pytest.raises(BundleError, match="digest mismatch") as ei:
         load_bundle(p)
+    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
+    # the digest key itself edited, or removed
+    meta = _metadata(small_bundle)
+    t = load_bundle(small_bundle).tensors
+    d = meta[DIGEST_KEY]
+    save_file(t, str(p), metadata={HEADER_KEY: meta[HEADER_KEY], DIGEST_KEY: ("0" if d[0] != "0" else "1") + d[1:]})
+    with pytest.raises(BundleError, match="digest mismatch"):
+        load_bundle(p)
+    save_file(t, str(p), metadata={HEADER_KEY: meta[HEADER_KEY]})
+    with pytest.raises(BundleError, match="no digest"):
+        load_bundle(p)
+
+
+def test_every_header_change_is_covered(small_bundle, tmp_path):
+    """Changing any one header value (and re-writing a well-formed file) is detected."""
+    meta = _metadata(small_bundle)
+    header = json.loads(meta[HEADER_KEY])
+    t = load_bundle(small_bundle).tensors
+    p = tmp_path / "changed.pae"
+    changes = {"position_mean": [1.0, 2.0, 3.5], "scenes": ["hall"], "note": "x",
+               "config": {**header["config"], "seed": 1}, "extra_key": 1}
+    for key, value in changes.items():
+        save_file(t, str(p), metadata={HEADER_KEY: json.dumps({**header, key: value}, sort_keys=True),
+                                       DIGEST_KEY: meta[DIGEST_KEY]})
+        with pytest.raises(BundleError, match="digest mismatch"):
+            load_bundle(p)
+
+
+def test_random_bit_flips_in_the_metadata_are_all_refused_or_harmless(small_bundle, tmp_path):
+    """Issue 10 item 1: of 89 random single-bit flips in the metadata, 18 loaded silently on main.
+
+    Every flip anywhere in the safetensors JSON header (which holds the pae_ros metadata) must be
+    refused with a BundleError, or load a bundle identical to the original (harmless)."""
+    data = small_bundle.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    ref = load_bundle(small_bundle)
+    meta_start = data.index(b"__metadata__")
+    rng = random.Random(0)
+    p = tmp_path / "flipped.pae"
+    refused = harmless = 0
+    positions = [rng.randrange(meta_start, 8 + n) for _ in range(150)] + [rng.randrange(8, 8 + n) for _ in range(50)]
+    for pos in positions:
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        p.write_bytes(bytes(flipped))
+        try:
+            b = load_bundle(p)
+        except BundleError as e:
+            assert str(p) in str(e)
+            refused += 1
+            continue
+        assert b.header == ref.header, f"flip at byte {pos} loaded a different header"
+        assert b.tensors.keys() == ref.tensors.keys()
+        assert all(torch.equal(b.tensors[k], ref.tensors[k]) for k in ref.tensors), f"flip at byte {pos}"
+        harmless += 1
+    assert refused + harmless == len(positions) and refused >= 0.9 * len(positions), (refused, harmless)
+
+
+def test_format_1_bundle_is_refused_with_advice_and_can_be_upgraded(tmp_path):
+    t = _small_tensors()
+    old = tmp_path / "old.pae"
+    _save_v1(old, t, _header())
+    with pytest.raises(BundleError, match="version 1") as ei:
+        load_bundle(old)
+    assert "retrain" in str(ei.value) and "pae bundle upgrade" in str(ei.value)
+    new = tmp_path / "new.pae"
+    up = upgrade_bundle(old, new)
+    b = load_bundle(new)
+    assert b.header["format_version"] == FORMAT_VERSION and b.header["position_scale"] == 0.5
+    assert b.bundle_id == up.bundle_id
+    assert all(torch.equal(b.tensors[k], t[k]) for k in t)
+    with pytest.raises(BundleError, match="already"):
+        upgrade_bundle(new, tmp_path / "again.pae")
+    # an old bundle whose weights were damaged is not sealed
+    bad = dict(t)
+    bad["apr.w"] = t["apr.w"] + 1
+    h = dict(_header(), format=FORMAT_NAME, format_version=1, digest=tensors_digest(t))
+    save_file(bad, str(old), metadata={HEADER_KEY: json.dumps(h)})
+    with pytest.raises(BundleError, match="digest mismatch"):
+        upgrade_bundle(old, tmp_path / "no.pae")
+    assert not (tmp_path / "no.pae").exists()
+
+
+def test_upgrade_command(tmp_path):
+    old, new = tmp_path / "old.pae", tmp_path / "new.pae"
+    _save_v1(old, _small_tensors(), _header())
+    r = subprocess.run([sys.executable, "-m", "pae_ros.cli", "bundle", "upgrade", str(old), "--out", str(new)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "upgraded" in r.stderr
+    load_bundle(new)
+    r = subprocess.run([sys.executable, "-m", "pae_ros.cli", "bundle", "upgrade", str(new), "--out", str(old)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "already" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_non_finite_numbers_are_never_written(tmp_path):
+    p = tmp_path / "nan.pae"
+    with pytest.raises(BundleError, match="non-finite"):
+        save_bundle(p, dict(_header(), calibration={"refined": {"a": float("nan")}}), _small_tensors())
+    t = _small_tensors()
+    t["table.positions"][3, 0] = float("inf")
+    with pytest.raises(BundleError, match="table.positions"):
+        save_bundle(p, _header(), t)
+    assert not p.exists()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_respect_the_umask(tmp_path, umask, mode):
+    """Issue 10 item 11: bundles were 0600 whatever the umask (mkstemp's mode)."""
+    old = os.umask(umask)
+    try:
+        save_bundle(tmp_path / "b.pae", _header(), _small_tensors())
+        atomic_write_bytes(tmp_path / "c.bin", lambda tmp: open(tmp, "wb").write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "b.pae").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "c.bin").stat().st_mode) == mode
+
+
+def test_directory_and_fifo_are_named_as_such(tmp_path):
+    """Issue 10 item 12: both were reported as 'not found'; a FIFO must not block the load."""
+    d = tmp_path / "adir.pae"
+    d.mkdir()
+    with pytest.raises(BundleError, match="is a directory"):
+        load_bundle(d)
+    fifo = tmp_path / "pipe.pae"
+    os.mkfifo(fifo)
+    with pytest.raises(BundleError, match="FIFO"):
+        load_bundle(fifo)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope.pae")
+
+
+def test_missing_header_key_is_a_bundle_error(tmp_path):
+    h = _header()
+    del h["position_scale"]
+    b = save_bundle(tmp_path / "nokey.pae", h, _small_tensors())
+    with pytest.raises(BundleError, match="position_scale"):
+        load_bundle(b.path).position_scale
 
 
 def test_safetensors_without_pae_header(tmp_path):
@@ -161,13 +325,13 @@ def test_bad_header_json_and_format_name(tmp_path):
         load_bundle(p)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, "1", None])
 def test_wrong_format_version(small_bundle, tmp_path, version):
     b = load_bundle(small_bundle)
     header = dict(b.header)
     header["format_version"] = version
     p = tmp_path / "v.pae"
-    save_file(b.tensors, str(p), metadata={"pae_ros": json.dumps(header)})
+    _save_raw(p, b.tensors, header)
     with pytest.raises(BundleError, match="format version"):
         load_bundle(p)
 
@@ -175,9 +339,9 @@ def test_wrong_format_version(small_bundle, tmp_path, version):
 def test_missing_table_tensor_detected(tmp_path):
     t = _small_tensors()
     del t["table.quaternions"]
-    h = dict(_header(), format=FORMAT_NAME, format_version=FORMAT_VERSION, digest=tensors_digest(t))
+    h = dict(_header(), format=FORMAT_NAME, format_version=FORMAT_VERSION)
     p = tmp_path / "notable.pae"
-    save_file(t, str(p), metadata={"pae_ros": json.dumps(h)})
+    _save_raw(p, t, h)
     with pytest.raises(BundleError, match="table.quaternions"):
         load_bundle(p)
 

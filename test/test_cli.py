@@ -111,3 +111,158 @@ def test_eval_on_scenes_the_bundle_does_not_know_is_one_clear_error(tiny_bundle,
     assert rc == 2
     err = capsys.readouterr().err
     assert "hall" in err and "room" in err
+
+
+# ----------------------------------------------------------------------------- issue 10 (hardening)
+
+def _edit_header_bytes(src, dst, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` (same length) inside the bundle's JSON header, in place."""
+    data = src.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    head = data[8:8 + n]
+    assert len(old) == len(new) and head.count(old) == 1, "test setup: the text must appear once"
+    dst.write_bytes(data[:8] + head.replace(old, new) + data[8 + n:])
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[")]  # [logger] lines aside
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_eval_refuses_a_tampered_header_in_one_line(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    """Issue 10 items 1 and 12: one digit of position_scale loaded silently (exit 0, median 1.21 ->
+    5.22 m on the demo); a renamed header key gave a 20-line KeyError traceback."""
+    import re
+
+    key = b'position_scale\\": '  # as the JSON header sits, escaped, in the safetensors header
+    digit = re.search(re.escape(key) + rb"(\d)", tiny_bundle.read_bytes()).group(1)
+    cases = {"digit": (key + digit, key + (b"7" if digit != b"7" else b"3")),
+             "key": (b'\\"position_scale\\"', b'\\"position_scalX\\"')}
+    for name, (old, new) in cases.items():
+        bad = tmp_path / f"{name}.pae"
+        _edit_header_bytes(tiny_bundle, bad, old, new)
+        capsys.readouterr()
+        rc = main(["eval", "--bundle", str(bad), "--data", str(tiny_dataset), "--format", "7scenes", "--quiet",
+                   "--out-dir", str(tmp_path / "ev")])
+        line = _one_line(capsys.readouterr().err)
+        assert rc == 2 and str(bad) in line and "digest mismatch" in line, (name, line)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_directory_or_fifo_as_bundle_is_named(tiny_dataset, tmp_path, capsys):
+    import os
+
+    d = tmp_path / "model.pae"
+    d.mkdir()
+    fifo = tmp_path / "pipe.pae"
+    os.mkfifo(fifo)
+    for path, what in ((d, "is a directory"), (fifo, "is a FIFO")):
+        rc = main(["eval", "--bundle", str(path), "--data", str(tiny_dataset), "--format", "7scenes", "--quiet"])
+        line = _one_line(capsys.readouterr().err)
+        assert rc == 2 and what in line and "not found" not in line, line
+
+
+def test_known_errors_reaching_main_are_one_line(tmp_path, capsys):
+    """The top-level handler: an error a subcommand does not catch itself (here `pae bundle upgrade`
+    on a missing file raises BundleError) is one line and exit 2; OSErrors name their file."""
+    from pae_ros.cli import one_line_error
+
+    rc = main(["bundle", "upgrade", str(tmp_path / "missing.pae"), "--out", str(tmp_path / "x.pae")])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and line.startswith("pae bundle upgrade: bundle not found") and "missing.pae" in line
+    assert one_line_error(FileNotFoundError(2, "No such file or directory", "/x/y.yaml")) == "/x/y.yaml: not found"
+    assert one_line_error(IsADirectoryError(21, "Is a directory", "/x")) == "/x: is a directory"
+    assert one_line_error(KeyError("bug")) is None  # a bug keeps its traceback
+
+
+def test_eval_skip_bad_skips_a_corrupt_image_quietly(tiny_bundle, tiny_dataset, tmp_path, capfd):
+    """Issue 10 item 12: --skip-bad did not skip corrupt or empty images; OpenCV added stderr lines."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    test_seq = sorted((data / "room").glob("seq-04/*.color.png"))
+    test_seq[3].write_bytes(test_seq[3].read_bytes()[:200])  # truncated PNG
+    test_seq[5].write_bytes(b"")                              # empty file
+    args = ["eval", "--bundle", str(tiny_bundle), "--data", str(data), "--format", "7scenes", "--quiet",
+            "--json", str(tmp_path / "ev" / "r.json")]
+    capfd.readouterr()
+    assert main(args) == 2
+    line = _one_line(capfd.readouterr().err)
+    assert test_seq[3].name in line or test_seq[5].name in line, line
+    assert main(args + ["--skip-bad"]) == 0
+    err = capfd.readouterr().err
+    assert "libpng" not in err and "WARN" not in err and "Traceback" not in err, err
+    rep = json.loads((tmp_path / "ev" / "r.json").read_text())
+    assert rep["scenes"]["room"]["apr"]["frames"] == 38
+
+
+def test_refused_checkpoint_message_gives_no_unsafe_advice(tmp_path):
+    """Issue 10 item 12: the message quoted torch's advice to load with weights_only=False."""
+    import builtins
+
+    import torch
+
+    from pae_ros.training.checkpoint import load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (builtins.open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"x": Evil()}, tmp_path / "apr_last.ckpt")
+    with pytest.raises(RuntimeError) as ei:
+        load_checkpoint(tmp_path / "apr_last.ckpt")
+    msg = str(ei.value)
+    assert "cannot resume from" in msg and "not loaded" in msg and "\n" not in msg
+    assert "weights_only" not in msg and "trust" not in msg
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "apr_last.ckpt").read_bytes()[:100])
+    with pytest.raises(RuntimeError, match="cannot resume from .*cut.ckpt") as ei:
+        load_checkpoint(tmp_path / "cut.ckpt")
+    assert "\n" not in str(ei.value)
+
+
+def test_progress_prints_few_plain_lines_into_a_log(monkeypatch):
+    """Issue 10 item 12: `scripts/demo.sh > log` got ~1,900 carriage-return redraws."""
+    import io
+
+    from pae_ros import progress
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(progress, "MIN_INTERVAL_S", 0.0)
+    bar = progress.tqdm(total=200, desc="APR epoch 1/1", file=log, leave=False, mininterval=0)
+    for i in range(200):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1 / (i + 1):.3f}")
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert 9 <= len(lines) <= 11, lines
+    assert lines[-1].startswith("APR epoch 1/1: 100%") and "200/200" in lines[-1]
+    # with the real intervals a quick transient bar prints nothing at all, a kept one its last line
+    monkeypatch.setattr(progress, "MIN_INTERVAL_S", 5.0)
+    quiet, kept = io.StringIO(), io.StringIO()
+    for _ in progress.tqdm(range(500), file=quiet, leave=False):
+        pass
+    for _ in progress.tqdm(range(500), desc="frames", file=kept):
+        pass
+    assert quiet.getvalue() == "" and kept.getvalue().count("\n") == 1 and "\r" not in kept.getvalue()
+    assert progress.tqdm(range(3), file=io.StringIO(), disable=None).disable  # tqdm's None: off in a log
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert not isinstance(progress.tqdm(range(3), file=Tty()), progress.PlainTqdm)  # a terminal keeps tqdm
+
+
+def test_modules_use_the_progress_wrapper():
+    """No module imports tqdm directly (the wrapper decides terminal vs log)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pae_ros"
+    offenders = [str(p) for p in root.rglob("*.py") if p.name != "progress.py"
+                 and any(ln.strip() in ("from tqdm import tqdm", "import tqdm") for ln in p.read_text().splitlines())]
+    assert offenders == []

@@ -328,7 +328,7 @@ def test_cambridge_errors_and_skip(tmp_path):
     for n, what in ((5, "expected"), (6, "zero-length quaternion"), (7, "image missing"), (8, "non-finite")):
         assert any(f"dataset_train.txt:{n}: {what}" in s for s in ds.skipped), ds.skipped
     (scene / "dataset_test.txt").write_text("h\nh\nh\n")
-    with pytest.raises(DatasetError, match="no frames"):
+    with pytest.raises(DatasetError, match=r"dataset_test\.txt: split file lists no images"):
         read_dataset(scene, "cambridge", "test")
 
 
@@ -408,3 +408,87 @@ def test_types():
         CameraIntrinsics.from_json({"width": 2, "height": 2, "fx": 1, "cx": 1, "cy": 1})
     empty = DatasetSplit([])
     assert len(empty) == 0 and empty.positions.shape == (0, 3) and empty.quaternions.shape == (0, 4)
+
+
+def test_empty_split_file_is_named(tmp_path):
+    """Issue 10 item 12: an empty split file gave 'no frames' for the folder, not the file."""
+    make_7scenes_by_hand(tmp_path / "s")
+    (tmp_path / "s" / "TrainSplit.txt").write_text("")
+    with pytest.raises(DatasetError, match=r"TrainSplit\.txt: split file is empty"):
+        read_dataset(tmp_path / "s", "7scenes", "train")
+    with pytest.raises(DatasetError, match=r"no frames.*TrainSplit\.txt: split file is empty"):
+        read_dataset(tmp_path / "s", "7scenes", "train", on_error="skip")
+    (tmp_path / "s" / "TrainSplit.txt").write_text("\n  \n")
+    with pytest.raises(DatasetError, match=r"TrainSplit\.txt: split file is empty"):
+        read_dataset(tmp_path / "s", "7scenes", "train")
+
+
+def _scrambled_jpeg(seed: int = 0) -> bytes:
+    """A complete JPEG (SOI ... EOI) whose scan data has a quarter of its bytes shuffled."""
+    img = cv2.resize(np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8), (160, 120))
+    jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    sos = jpg.index(b"\xff\xda")
+    a = sos + 2 + ((jpg[sos + 2] << 8) | jpg[sos + 3])
+    b = jpg.rindex(b"\xff\xd9")
+    seg = np.frombuffer(jpg[a + (b - a) // 4: a + (b - a) // 2], np.uint8).copy()
+    np.random.default_rng(seed).shuffle(seg)
+    return jpg[: a + (b - a) // 4] + seg.tobytes() + jpg[a + (b - a) // 2:]
+
+
+def test_skip_bad_skips_corrupt_and_empty_images_quietly(tmp_path, capfd):
+    """Issue 10 items 3 and 12: --skip-bad (on_error="skip") kept corrupt and empty images (they
+    failed later, in training), and OpenCV / libjpeg printed lines on stderr."""
+    from pae_ros.datasets.synthetic import write_room_dataset
+
+    scene = write_room_dataset(tmp_path, "room", train_walks=1, test_walks=1, frames=8, seed=1)
+    seq = scene / "seq-01"
+    png = (seq / "frame-000000.color.png").read_bytes()
+    bad = {
+        "frame-000001.color.png": b"",                                   # empty
+        "frame-000002.color.png": png[: len(png) // 2],                  # truncated PNG
+        "frame-000003.color.png": _scrambled_jpeg(),                     # JPEG content, scrambled scan
+        "frame-000004.color.png": b"definitely not an image" * 10,       # junk
+    }
+    flipped = bytearray(png)
+    flipped[png.index(b"IDAT") + 30] ^= 0xFF                             # PNG with a damaged IDAT
+    bad["frame-000005.color.png"] = bytes(flipped)
+    for name, data in bad.items():
+        (seq / name).write_bytes(data)
+    capfd.readouterr()
+    ds = read_dataset(tmp_path, "7scenes", "train", on_error="skip")
+    assert len(ds) == 8 - len(bad), ds.skipped
+    assert {Path(s.split(":")[0]).name for s in ds.skipped} == set(bad)
+    assert any("frame-000003.color.png: corrupt image: Corrupt JPEG data" in s for s in ds.skipped), ds.skipped
+    assert any("frame-000001.color.png: corrupt image: empty file" in s for s in ds.skipped)
+    assert capfd.readouterr().err == "", "OpenCV / libjpeg printed on stderr"
+    # raise mode reads the entries (files exist) and load_rgb names the file, also quietly
+    ds = read_dataset(tmp_path, "7scenes", "train")
+    assert len(ds) == 8
+    for f in ds.frames:
+        if f.image_path.name in bad:
+            with pytest.raises(DatasetError, match=f.image_path.name):
+                load_rgb(f.image_path)
+        else:
+            assert load_rgb(f.image_path).shape == (48, 64, 3)
+    assert capfd.readouterr().err == ""
+
+
+def test_load_rgb_bounds_the_size_before_decoding(tmp_path):
+    import struct
+
+    # a PNG header claiming 8192 x 8192 (valid sides, 67 MP) and one claiming 8192 x 1 (aspect)
+    for (w, h), what in (((8192, 8192), "too_large"), ((8192, 1), "bad_aspect")):
+        ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        p = tmp_path / f"claim{w}x{h}.png"
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0" * 40)
+        with pytest.raises(DatasetError, match=what):
+            load_rgb(p)
+    # padding after a JPEG's end marker is fine
+    img = cv2.resize(rgb_image(0), (64, 48))
+    jpg = cv2.imencode(".jpg", img)[1].tobytes()
+    (tmp_path / "padded.jpg").write_bytes(jpg + b"\0" * 200)
+    ref = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    np.testing.assert_array_equal(load_rgb(tmp_path / "padded.jpg"), ref)
+    (tmp_path / "adir.png").mkdir()
+    with pytest.raises(DatasetError, match="is a directory"):
+        load_rgb(tmp_path / "adir.png")

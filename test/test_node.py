@@ -186,7 +186,7 @@ def _malformed_raw(rgb) -> list[tuple[str, object]]:
     kinds = [
         ("bad_step", dict(height=h, width=w, encoding="rgb8", step=w * 3 - 1, data=data[: (w * 3 - 1) * h])),
         ("size_mismatch", dict(height=h, width=w, encoding="rgb8", step=step, data=data[:-7])),
-        ("unknown_encoding", dict(height=h, width=w, encoding="yuv422_yuy2", step=step, data=data)),
+        ("unknown_encoding", dict(height=h, width=w, encoding="nv21", step=step, data=data)),
         ("empty", dict(height=0, width=w, encoding="rgb8", step=step, data=b"")),
         ("empty", dict(height=h, width=w, encoding="rgb8", step=step, data=b"")),
         ("too_large", dict(height=200000, width=100000, encoding="rgb8", step=300000, data=data[:64])),

@@ -228,7 +228,16 @@ def test_cli(tmp_path, capsys):
     assert render_cmd.run(parser.parse_args(argv)) == 0
     assert "6 train + 2 test frames" in capsys.readouterr().out
     assert render_cmd.run(parser.parse_args(argv)) == 0
-    assert "reusing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reusing" in out and "coverage of 2 test frames" in out
+    # a render from before coverage was recorded: reused, coverage computed from the walks
+    mpath = tmp_path / "courtyard" / MANIFEST
+    m = json.loads(mpath.read_text())
+    cov = m.pop("coverage")
+    mpath.write_text(json.dumps(m))
+    assert render_cmd.run(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "reusing" in out and f"median {cov['median_m']:.2f} m" in out
     with pytest.raises(SystemExit):
         parser.parse_args(argv + ["--size", "64by48"])
     assert os.path.isfile(tmp_path / "courtyard" / MANIFEST)

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     from .. import datasets
     from . import CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, MAP_FRAME

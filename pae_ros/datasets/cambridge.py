@@ -55,7 +55,14 @@ def read_scene(scene_dir: Path, split: str, issues: Issues, check_images: bool =
     if not path.is_file():
         raise DatasetError(f"{path}: split file missing")
     frames: list[Frame] = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read split file: {e}") from None
+    if not any(line.strip() for line in lines[HEADER_LINES:]):
+        issues.report(f"{path}: split file lists no images (after its {HEADER_LINES} header lines)")
+        return frames
+    for n, line in enumerate(lines, start=1):
         if n <= HEADER_LINES or not line.strip():
             continue
         try:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from . import cambridge, seven_scenes
 from .common import Issues, load_intrinsics
+from .images import check_image_file
 from .label_csv import read_label_csv
 from .types import SEVEN_SCENES_INTRINSICS, CameraIntrinsics, DatasetError, DatasetSplit, Frame
 
@@ -54,7 +55,9 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
         scenes: keep only these scene names (default: all found).
         on_error: ``"raise"`` (default) raises :class:`DatasetError` at the first bad entry;
             ``"skip"`` drops it and records the reason in ``DatasetSplit.skipped``.
-        check_images: require every image file to exist.
+        check_images: require every image file to exist; with ``on_error="skip"`` also
+            require it to decode (:func:`check_image_file`: empty, truncated, corrupt or
+            oversized images are skipped here rather than failing later in training).
         data_root: ``"csv"`` only: folder the ``img_path`` column is relative to
             (default: the CSV's folder).
         quat_convention: ``"csv"`` only: see :mod:`pae_ros.datasets.label_csv`.
@@ -86,9 +89,24 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
             frames.extend(read_scene(d, split, issues, check_images))
             intrinsics[d.name] = load_intrinsics(d, default_k)
         what = f"{Path(root).resolve()} ({fmt} {split})"
+    if check_images and on_error == "skip":
+        frames = _decodable(frames, issues)
     issues.log_summary(what)
     if not frames:
         extra = f"; {len(issues.skipped)} entries skipped, first: {issues.skipped[0]}" if issues.skipped else ""
         sel = f" for scenes {scenes}" if scenes is not None else ""
         raise DatasetError(f"{what}: no frames{sel}{extra}")
     return DatasetSplit(frames, issues.skipped, intrinsics)
+
+
+def _decodable(frames: list[Frame], issues: Issues) -> list[Frame]:
+    """The frames whose image decodes; the others are reported to ``issues`` (file named)."""
+    good = []
+    for f in frames:
+        try:
+            check_image_file(f.image_path)
+        except DatasetError as e:
+            issues.report(str(e))
+            continue
+        good.append(f)
+    return good

@@ -47,7 +47,14 @@ def read_split_file(path: Path, issues: Issues) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path}: split file missing")
     seqs: list[str] = []
-    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read split file: {e}") from None
+    if not text.strip():
+        issues.report(f"{path}: split file is empty (expected one 'sequenceN' per line)")
+        return seqs
+    for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue

@@ -495,7 +495,7 @@ def _pybullet_version() -> str:
 
 def _render_jobs(jobs: list, layout: SceneLayout, params: RenderParams, stage: Path,
                  workers: int, progress: bool) -> None:
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     layout_d, params_d = layout.to_dict(), asdict(params)
     bar = tqdm(total=len(jobs), desc=f"rendering {params.scene}", unit="frame", disable=not progress)

@@ -23,14 +23,24 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint safely (``weights_only=True``). Raises RuntimeError with the path on failure."""
+    """Read a checkpoint safely (``weights_only=True``). Raises RuntimeError with the path on failure.
+
+    The message is one line of our own: torch's text for a refused file advises re-running with
+    ``weights_only=False`` (arbitrary code execution), which a user must never be told to do."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/unsafe files
-        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
-            why = "it holds objects other than tensors, numbers and strings, which are never unpickled"
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "UnpicklingError" in type(e).__name__:
+            import re
+
+            g = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({g.group(1)})" if g else ""
+            why = (f"it holds Python objects a pae_ros checkpoint never contains{what}, so it was not written by "
+                   f"pae_ros or was modified; it was not loaded (nothing in it ran). "
+                   f"Pass --restart (or delete it) to start afresh")
         else:
-            why = f"truncated or not a checkpoint ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+            why = " ".join(text.split(". ")[0].split()) or type(e).__name__
         raise RuntimeError(f"cannot resume from {path}: {why}") from None
 
 
@@ -68,3 +78,4 @@ def load_resume_state(path: Path, expect: dict) -> dict:
             raise RuntimeError(f"cannot resume from {path}: it was trained with a different {k.replace('_', ' ')} "
                                f"(pass --restart to discard it)")
     return state
+

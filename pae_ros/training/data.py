@@ -220,7 +220,7 @@ class FrameImages(Dataset):
                  show_progress: bool = False, image_cache: dict | None = None):
         """``image_cache``: optional dict ``frame_key -> resized image`` shared between datasets of
         the same resize (calibration folds reuse the images the main stages loaded)."""
-        from tqdm import tqdm
+        from ..progress import tqdm
 
         self.frames = frames
         self.resize, self.crop_size = resize, crop_size

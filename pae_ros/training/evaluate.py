@@ -39,7 +39,7 @@ def pae_reproduction(loc: Localizer, positions: np.ndarray, quaternions: np.ndar
 def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = None, k_sweep=(), batch: int = 32,
              confidence_threshold: float = 0.5, show_progress: bool = True, grid_frames: int = 8) -> dict:
     """Run every method on ``test``; returns the report dict (plus private arrays under ``_arrays``)."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     frames = test.frames
     gt_p, gt_q = test.positions, test.quaternions

@@ -50,7 +50,7 @@ class _Trainable(nn.Module):
 def compute_features(apr, data: FrameImages, device, batch_size: int = 64, show_progress: bool = True,
                      dtype=torch.float16) -> dict[str, torch.Tensor]:
     """Backbone features of every item's centre crop, stored on ``device`` in ``dtype``."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     apr.backbone.eval()
     out: dict[str, list] = {}
@@ -70,7 +70,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     ``features``: the cached backbone features (centre crops, frozen backbone) when
     ``apr.cache_features`` is on, else None; the PAE stage reuses them instead of computing
     them again."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     torch.manual_seed(cfg.seed)
     ac = cfg.apr

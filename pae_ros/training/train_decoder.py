@@ -36,7 +36,7 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
 
     ``ckpt_path`` / ``resume``: as :func:`pae_ros.training.train_pae.train_pae`; ``pae_id`` (a
     digest of the PAE whose latents it decodes) must match on resume."""
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     dc = cfg.decoder
     torch.manual_seed(cfg.seed + 3)

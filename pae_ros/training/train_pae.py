@@ -34,7 +34,7 @@ def teacher_outputs(apr, data: FrameImages, device, batch_size: int = 64, feats=
 
     Returns dict: z (N, 2D) float32, x (N, 3) normalised, q (N, 4) on CPU.
     """
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     apr.eval()
     zs, xs, qs = [], [], []
@@ -63,7 +63,7 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
     it, exactly as an uninterrupted run. ``teacher_id`` (a digest of the APR) is stored and must
     match on resume: a PAE is only worth resuming against the teacher it was fitting.
     """
-    from tqdm import tqdm
+    from ..progress import tqdm
 
     pc = cfg.pae
     torch.manual_seed(cfg.seed + 1)
