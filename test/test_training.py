@@ -685,3 +685,20 @@ def time_now() -> float:
     import time
 
     return time.time()
+
+
+def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
+    import stat
+
+    b = load_bundle(tiny_bundle)
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "a.ckpt", {"epoch": 1})
+        _save(tmp_path / "a.pae", dict(b.header), dict(b.tensors))
+        for name in ("a.ckpt", "a.pae"):
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+        os.umask(0o077)
+        save_checkpoint(tmp_path / "b.ckpt", {"epoch": 1})
+        assert stat.S_IMODE(os.stat(tmp_path / "b.ckpt").st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -198,6 +198,14 @@ def _train_fold(cfg, fit, held, scenes, intrinsics, workdir: Path, i: int, dev, 
     """APR + PAE trained on ``fit`` only, its table ``fit`` only: the calibration model of fold ``i``."""
     fold_dir = _fold_bundle_path(workdir, i).parent
     fold_dir.mkdir(parents=True, exist_ok=True)
+    # checkpoints of another fold definition (other held-out frames or config) never resume here
+    rec_path = fold_dir / "fold.json"
+    if rec_path.exists() and json.loads(rec_path.read_text()) != json.loads(json.dumps(record)):
+        stale = [p for p in fold_dir.glob("*_last.ckpt")]
+        for p in stale:
+            p.unlink()
+        log.info("calibration fold %d: removed %d checkpoint(s) of another hold-out", i + 1, len(stale))
+    rec_path.write_text(json.dumps(record))
     log.info("calibration fold %d: training APR + PAE on %d frames, %d held out", i + 1, len(fit), len(held))
     norm = PoseNormalization.fit(frames_positions(fit))
     apr, pose_loss, _, feats, data = _apr_stage(cfg, fit, scenes, norm, fold_dir, dev, DistInfo(), resume,
@@ -340,6 +348,9 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
     if "calibrate" in stages:
         for i, h in enumerate(folds):
             if (i > 0 or refit) and _reusable_fold(_fold_bundle_path(workdir, i), records[i]) is None:
+                rec = workdir / f"fold{i + 1}" / "fold.json"
+                if rec.exists() and json.loads(rec.read_text()) != json.loads(json.dumps(records[i])):
+                    continue  # another hold-out's checkpoints: discarded when this fold trains
                 ckpts += [workdir / f"fold{i + 1}" / f"{s}_last.ckpt" for s in ("apr", "pae")]
     if dist_info.is_main:
         clean_stale_temporaries(workdir, out)
