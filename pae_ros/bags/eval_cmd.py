@@ -1,7 +1,7 @@
 """``pae bag eval``: evaluate recorded pose estimates against ground truth by header stamp.
 
-Reads ``--estimate-topic`` (default ``/pae/pose``, method ``refined``) and ``--apr-topic``
-(``/pae/apr_pose``, method ``apr``) from BAG — ``PoseStamped`` or ``PoseWithCovarianceStamped``
+Reads ``--estimate-topic`` (default ``/pae/pose``, reported as method ``--estimate-name``,
+default ``refined``) and ``--apr-topic`` (``/pae/apr_pose``, method ``apr``) from BAG — ``PoseStamped`` or ``PoseWithCovarianceStamped``
 — and ground truth ``--gt-topic`` (``/ground_truth/pose``) from ``--gt-bag`` (default BAG).
 An estimate matches the ground truth pose with exactly the same header stamp (integer ns);
 unmatched estimates and ground truth frames without estimate are counted and reported.
@@ -18,6 +18,11 @@ unit quaternion xyzw), ``error_cdf.png`` (position), ``error_cdf_orientation.png
 ``trajectory_topdown.png`` (ground truth, apr, refined seen from above; per scene
 ``trajectory_topdown_<scene>.png`` as well when there are several). Exit 0, or 1 when nothing
 could be evaluated.
+
+``/pae/pose`` carries what the node *publishes*: the method the bundle header ``published`` names
+(refined or the APR, later geometric fixes too; without the key, refined when refinement is on).
+The report's ``published`` entry says which row holds that topic; ``--estimate-name published``
+names the row after it (``pae demo`` does), the default ``refined`` keeps older reports' keys.
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ METHOD_NAMES = ("refined", "apr")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", help="bag with the estimates (e.g. recorded with `pae bag record`)")
     parser.add_argument("--gt-bag", default=None, help="bag with the ground truth (none given: BAG itself)")
-    parser.add_argument("--estimate-topic", default="/pae/pose", help="refined estimates (method 'refined')")
+    parser.add_argument("--estimate-topic", default="/pae/pose",
+                        help="the published estimates (reported as --estimate-name)")
+    parser.add_argument("--estimate-name", default="refined",
+                        help="row name of --estimate-topic in the report (default refined; 'published' says what it is)")
     parser.add_argument("--apr-topic", default="/pae/apr_pose", help="APR-only estimates (method 'apr'), if recorded")
     parser.add_argument("--gt-topic", default="/ground_truth/pose", help="ground truth poses")
     parser.add_argument("--out", required=True, help="output folder (report.json, *.tum, *.png)")
@@ -144,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
     from .msgs import write_tum
 
     gt_bag = args.gt_bag or args.bag
-    topics = {"refined": args.estimate_topic, "apr": args.apr_topic}
+    if not args.estimate_name or args.estimate_name == "apr" or not args.estimate_name.replace("_", "").isalnum():
+        print(f"pae bag eval: error: --estimate-name {args.estimate_name!r}: use a plain name other than 'apr'",
+              file=sys.stderr)
+        return 1
+    topics = {args.estimate_name: args.estimate_topic, "apr": args.apr_topic}
     try:
         gt_type, gt, gt_dup = read_poses(gt_bag, args.gt_topic)
         if gt_type is None:
@@ -177,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         return "bag"
 
     scenes, per_frame, matching = evaluate(est, gt, scene_of)
-    methods = [m for m in METHOD_NAMES if m in est]
+    methods = [m for m in (args.estimate_name, "apr") if m in est]
     print(metrics.format_table(scenes, methods))
     for m in methods:
         c = matching[m]
@@ -213,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     def topdown(stamps: list[int], path: Path, ttl: str) -> None:
         gt_xyz = np.array([gt[t][0] for t in stamps]).reshape(-1, 3)
         traj = {"ground_truth": gt_xyz}
-        for m in ("apr", "refined"):
+        for m in ("apr", args.estimate_name):
             if m in est:
                 traj[m] = np.array([est[m][t][0] for t in stamps if t in est[m]]).reshape(-1, 3)
         metrics.plot_topdown(traj, path, title=ttl, axes=_topdown_axes(args.plot_axes, gt_xyz))
@@ -237,6 +249,9 @@ def run(args: argparse.Namespace) -> int:
         "bag": str(Path(args.bag).resolve()),
         "gt_bag": str(Path(gt_bag).resolve()),
         "topics": {"ground_truth": args.gt_topic, **{m: topics[m] for m in methods}},
+        "published": {"topic": args.estimate_topic, "row": args.estimate_name if args.estimate_name in est else None,
+                      "note": "the topic carries the method the bundle header 'published' names "
+                              "(absent: refined when refinement is on)"},
         "units": {"position": "m", "orientation": "deg", "stamp": "ns since epoch"},
         "files": files,
     }
