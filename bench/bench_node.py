@@ -23,6 +23,13 @@ Printed figures:
 overhead with little transport load. One fresh node per rate.
 
     .venv/bin/python bench/bench_node.py [--device cpu|cuda|auto] [--rates 30 5] [--duration 10]
+
+``--tf-timing`` prints instead the map-pose error that TF timing alone causes (no DDS, no model):
+a robot driving a circle at 1 m/s and 0.5 rad/s, odometry on /tf at 50 Hz equal to the truth, a
+perfect camera estimate at the image stamp, the image processed 0 / 100 / 300 ms after its
+stamp. "before": ``map -> odom`` composed with the *newest* ``odom -> camera`` (the old node);
+"after": with ``odom -> camera`` interpolated at the image stamp (the node now). Error = distance /
+angle between ``map -> odom * odom -> base(now)`` and the true base pose now.
 """
 from __future__ import annotations
 
@@ -77,7 +84,7 @@ def start_node(bundle: Path, device: str, log: Path, threads: int | None = None,
     pipeline it is compared with (``backend``, ``threads``; the node's own default is 1 thread)."""
     cmd = [sys.executable, "-m", "pae_ros.ros.localizer_node", "--ros-args",
            "--params-file", str(common.REPO / "config" / "localize.yaml"),
-           "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map->camera",
+           "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map_camera", "-p", "pose_frame:=camera",
            "-p", f"backend:={backend}", "-p", f"threads:={threads or 1}",
            "-p", "diagnostics_period:=0.5", "-r", f"/camera/image_raw:={IMAGE_TOPIC}"]
     env = dict(os.environ)
@@ -320,6 +327,43 @@ def run_device(bundle: Path, dev: str, rate: float, args, rgb, tmp: Path) -> Non
                 f"node run; back to back {pipe_b2b:.2f} ms")
 
 
+def tf_timing(latencies_s=(0.0, 0.1, 0.3), v=1.0, w=0.5, odom_hz=50.0) -> list[dict]:
+    """Map-pose error from TF timing alone, before (newest odom -> camera) and after (at the
+    image stamp); see the module docstring. Returns one dict per latency (m, deg)."""
+    import numpy as np
+
+    from pae_ros import geometry as G
+    from pae_ros.ros.tf import TfBuffer, map_to_odom
+
+    def base(t):  # true base pose in map (= odom) on a circle
+        r = v / w
+        return np.array([r * np.sin(w * t), r * (1 - np.cos(w * t)), 0.0]), \
+            np.array([np.cos(w * t / 2), 0.0, 0.0, np.sin(w * t / 2)])
+
+    t_bc, q_bc = np.array([0.3, 0.0, 1.2]), G.rotmat_to_quat(np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]]))
+    rows = []
+    for lat in latencies_s:
+        t_img = 5.013  # between two odometry samples: the interpolation error shows
+        now = t_img + lat
+        buf = TfBuffer(10.0)
+        buf.set_transform("base_link", "camera", t_bc, q_bc, 0, static=True)
+        for k in range(int(round(now * odom_hz)) + 1):  # odometry up to the processing time
+            tk = k / odom_hz
+            buf.set_transform("odom", "base_link", *base(tk), int(round(tk * 1e9)))
+        t_mc, q_mc = G.compose_poses(*base(t_img), t_bc, q_bc)  # a perfect estimate at the image stamp
+        row = {"latency_ms": lat * 1000}
+        for name, stamp in (("before", None), ("after", int(round(t_img * 1e9)))):
+            t_mo, q_mo = map_to_odom(t_mc, q_mc, *buf.lookup_or_raise("odom", "camera", stamp))
+            t_ob_now, q_ob_now = buf.lookup_or_raise("odom", "base_link", int(round(now * 1e9)))
+            t_mb, q_mb = G.compose_poses(t_mo, q_mo, t_ob_now, q_ob_now)
+            t_true, q_true = base(now)
+            row[f"{name}_m"] = float(np.linalg.norm(t_mb - t_true))
+            dq = G.quat_multiply(G.quat_conjugate(q_true), q_mb)
+            row[f"{name}_deg"] = float(np.degrees(2 * np.arccos(min(1.0, abs(dq[0])))))
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_bundle_args(p)
@@ -338,7 +382,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of both the node (OMP_NUM_THREADS) and the in-process pipeline "
                         "(default: torch's, = CPU count)")
+    p.add_argument("--tf-timing", action="store_true",
+                   help="only print the map-pose error from TF timing at 0 / 100 / 300 ms latency (no DDS)")
     args = p.parse_args(argv)
+    if args.tf_timing:
+        print("TF timing: robot on a circle at 1 m/s, 0.5 rad/s; odometry 50 Hz; perfect estimate at the image stamp")
+        print(f"{'latency':>8} | {'before (newest odom)':>22} | {'after (at image stamp)':>24}")
+        for r in tf_timing():
+            print(f"{r['latency_ms']:6.0f} ms | {r['before_m'] * 100:8.2f} cm {r['before_deg']:6.2f} deg | "
+                  f"{r['after_m'] * 100:10.4f} cm {r['after_deg']:7.4f} deg")
+        return 0
     common.apply_threads(args)
 
     dom = isolate_ros()

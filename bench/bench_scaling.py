@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                             f"{common.fmt(fit_ms)} ms ({100 * fit_ms / ref_ms:.0f} %); other (gather, "
                             f"weighted position, host copies) {common.fmt(other)} ms; "
                             f"{100 * ref_ms / apr_ms:.1f} % of the APR forward ({common.fmt(apr_ms)} ms, timed alongside)")
-                common.line("scaling_search", base, q_ms, "ms/frame", "PoseTableIndex.query: exhaustive, vectorised")
+                common.line("scaling_search", base, q_ms, "ms/frame", f"PoseTableIndex.query: shortlist {index.ann_kind} + exact float64 re-rank, {index.fallbacks} fallbacks")
                 common.line("scaling_fit", base, fit_ms, "ms/frame", f"fit_convex_weights, {loc.steps} steps")
                 common.line("scaling_latent_cache", {"table": n, "device": dev}, cache_ms, "ms",
                             f"one-off at load: PAE latents of the table, {cache_mb:.1f} MB "

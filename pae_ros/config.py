@@ -167,11 +167,18 @@ class RefineConfig:
     metric: str = "scaled"
     #: orientation of the refined pose: the APR's (``apr``) or the weighted neighbour average
     orientation: str = "apr"
+    #: candidate poses: ``auto`` (retrieval top ``retrieval_k`` when the bundle has
+    #: ``table.descriptors``, else the k nearest to the APR pose), ``knn``, ``retrieval``, ``union``
+    candidates: str = "auto"
+    retrieval_k: int = 2
 
     def validate(self, p: str) -> None:
         _check(self.enabled in REFINE_ENABLED and type(self.enabled) in (str, bool), f"{p}.enabled",
                f"must be auto, true or false, got {self.enabled!r}")
         _check(self.k >= 1, f"{p}.k", "must be >= 1")
+        _check(self.candidates in ("auto", "knn", "retrieval", "union"), f"{p}.candidates",
+               f"must be auto, knn, retrieval or union, got {self.candidates!r}")
+        _check(self.retrieval_k >= 1, f"{p}.retrieval_k", "must be >= 1")
         _check(self.steps >= 0, f"{p}.steps", "must be >= 0")
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
         _check(self.metric in ("scaled", "reference"), f"{p}.metric", f"must be scaled or reference, got {self.metric!r}")

@@ -3,7 +3,9 @@
 Graph: input ``image`` (B, 3, S, S) float32 (ImageNet-normalised RGB, the bundle's crop size
 S); outputs ``position`` (B, 3) metres in the map frame (denormalisation folded in),
 ``quaternion`` (B, 4) wxyz unit with w >= 0 (camera-to-world), ``latent`` (B, 2D) and
-``scene`` (B,) int64. ``pae export`` writes it; the Localizer's ``backend="onnx"`` exports it
+``scene`` (B,) int64, and with ``descriptor=True`` also ``descriptor`` (B, C): the backbone's
+pooled feature (the retrieval descriptor before L2 normalisation, so one forward serves the APR
+and retrieval when the backbone is frozen). ``pae export`` writes it; the Localizer's ``backend="onnx"`` exports it
 once per bundle into a cache folder (``$PAE_ROS_CACHE`` or ``~/.cache/pae_ros``) and runs it
 with ONNX Runtime (measured 4x faster than eager torch for batch-1 CPU inference, bench/).
 """
@@ -22,24 +24,29 @@ from .bundle import atomic_write_bytes
 class APRExport(nn.Module):
     """APR + position denormalisation + quaternion normalisation, as one traceable module."""
 
-    def __init__(self, apr: nn.Module, position_mean, position_scale: float):
+    def __init__(self, apr: nn.Module, position_mean, position_scale: float, descriptor: bool = False):
         super().__init__()
         self.apr = apr
+        self.descriptor = descriptor
         self.register_buffer("mean", torch.as_tensor(np.asarray(position_mean), dtype=torch.float32))
         self.scale = float(position_scale)
 
     def forward(self, image):
-        out = self.apr(image)
+        feats = self.apr.backbone(image)
+        out = self.apr.forward_features({k: feats[k] for k in self.apr.feature_keys})
         q = out["q"] / out["q"].norm(dim=-1, keepdim=True).clamp_min(1e-9)
         q = torch.where(q[:, :1] < 0, -q, q)
-        return out["x"] * self.scale + self.mean, q, torch.cat([out["z_x"], out["z_q"]], -1), out["scene_idx"]
+        res = (out["x"] * self.scale + self.mean, q, torch.cat([out["z_x"], out["z_q"]], -1), out["scene_idx"])
+        return res + (feats["pooled"],) if self.descriptor else res
 
 
-def export_apr(apr: nn.Module, position_mean, position_scale: float, crop: int, out_path, opset: int = 17) -> Path:
+def export_apr(apr: nn.Module, position_mean, position_scale: float, crop: int, out_path, opset: int = 17,
+               descriptor: bool = False) -> Path:
     """Write the APR graph to ``out_path`` atomically (the APR is used on the CPU, in eval mode)."""
     import copy
 
-    module = APRExport(copy.deepcopy(apr).cpu().eval(), position_mean, position_scale).eval()
+    module = APRExport(copy.deepcopy(apr).cpu().eval(), position_mean, position_scale, descriptor).eval()
+    names = ["position", "quaternion", "latent", "scene"] + (["descriptor"] if descriptor else [])
     dummy = torch.zeros(1, 3, crop, crop)
     out_path = Path(out_path)
 
@@ -49,9 +56,8 @@ def export_apr(apr: nn.Module, position_mean, position_scale: float, crop: int, 
         with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
             warnings.simplefilter("ignore", UserWarning)
             torch.onnx.export(module, (dummy,), tmp, dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["position", "quaternion", "latent", "scene"],
-                              dynamic_axes={n: {0: "batch"} for n in ("image", "position", "quaternion", "latent",
-                                                                        "scene")})
+                              input_names=["image"], output_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in ["image"] + names})
 
     atomic_write_bytes(out_path, _write)
     return out_path
@@ -68,9 +74,9 @@ class OnnxAPR:
                  threads: int | None = None):
         import onnxruntime as ort
 
-        path = cache_dir() / f"{bundle_id}-apr-{crop}.onnx"
+        path = cache_dir() / f"{bundle_id}-apr-{crop}-desc.onnx"
         if not path.is_file():
-            export_apr(apr, position_mean, position_scale, crop, path)
+            export_apr(apr, position_mean, position_scale, crop, path, descriptor=True)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -79,11 +85,12 @@ class OnnxAPR:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception:  # a damaged cache file: export again once
             path.unlink(missing_ok=True)
-            export_apr(apr, position_mean, position_scale, crop, path)
+            export_apr(apr, position_mean, position_scale, crop, path, descriptor=True)
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
 
     def __call__(self, batch: torch.Tensor):
-        """-> positions (B,3) m float64, quaternions (B,4) float64, latents (B,2D) tensor, scene (B,)."""
-        p, q, z, s = self.session.run(None, {"image": batch.detach().cpu().numpy()})
-        return p.astype(np.float64), q.astype(np.float64), torch.from_numpy(z), s
+        """-> positions (B,3) m float64, quaternions (B,4) float64, latents (B,2D) tensor, scene (B,),
+        pooled backbone features (B, C) float32."""
+        p, q, z, s, d = self.session.run(None, {"image": batch.detach().cpu().numpy()})
+        return p.astype(np.float64), q.astype(np.float64), torch.from_numpy(z), s, d

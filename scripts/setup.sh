@@ -5,7 +5,9 @@
 #   scripts/setup.sh --gpu    GPU box: keep/install the torch that fits your CUDA (no CPU pin)
 #
 # Installs the ROS 2 (Kilted) wheels, builds a tf2_msgs interface package from its .msg only where
-# no real tf2_msgs is importable, and installs pae_ros itself in editable mode (the `pae` command).
+# no real tf2_msgs is importable, installs the real `ros2` command line and launch system from
+# ../shared/ros2-cli (when that folder exists and no ROS 2 install already provides launch_ros),
+# and installs pae_ros itself in editable mode (the `pae` command).
 # Idempotent: a stamp of every input file is kept in the venv; when nothing changed it exits in <1 s.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,13 +16,18 @@ gpu=0
 for a in "$@"; do
   case "$a" in
     --gpu) gpu=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$a'" >&2; exit 2 ;;
   esac
 done
 py="${PYTHON:-python3}"
 inputs=(requirements/*.txt setup.py setup.cfg package.xml ros_shims/tf2_msgs/msg/TFMessage.msg ros_shims/tf2_msgs/CMakeLists.txt scripts/setup.sh)
-stamp_now="$(cd "$repo" && cat "${inputs[@]}" | sha256sum | cut -c1-16)-gpu$gpu"
+ros2cli_dir="$repo/../shared/ros2-cli"
+ros2cli_sig=none
+if [[ -f "$ros2cli_dir/install.sh" ]]; then
+  ros2cli_sig="$(cd "$ros2cli_dir" && find src install.sh -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)"
+fi
+stamp_now="$(cd "$repo" && cat "${inputs[@]}" | sha256sum | cut -c1-16)-gpu$gpu-cli$ros2cli_sig"
 stamp_file="$venv/.pae_setup_stamp"
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_now" ]]; then
   exit 0
@@ -44,6 +51,15 @@ if ! "$vpy" -c "import tf2_msgs.msg" 2>/dev/null; then
       > "$build.log" 2>&1 || { echo "[setup] tf2_msgs build failed, log: $build.log" >&2; exit 1; }
   rm -rf "$build"
   "$vpy" -c "import tf2_msgs.msg"
+fi
+# The ros2 command and launch system: a sourced ROS 2 install (launch_ros importable, `ros2` on
+# PATH) is used as it is; otherwise the upstream sources in ../shared/ros2-cli go into the venv.
+if "$vpy" -c "import launch_ros, ros2cli" 2>/dev/null && command -v ros2 >/dev/null; then
+  echo "[setup] using the ROS 2 command line already installed ($(command -v ros2))"
+elif [[ -f "$ros2cli_dir/install.sh" ]]; then
+  bash "$ros2cli_dir/install.sh" "$venv" || { echo "[setup] ros2-cli install failed" >&2; exit 1; }
+else
+  echo "[setup] no ROS 2 command line (no ROS install, no ../shared/ros2-cli): the ros2 launch tests will skip"
 fi
 "${pipq[@]}" --no-deps --no-build-isolation -e "$repo" 2>&1 | grep -v "is ignored: it is neither" || true
 "$vpy" -c "import pae_ros" || { echo "[setup] pae_ros did not install" >&2; exit 1; }

@@ -163,14 +163,14 @@ class Collector:
 class Probe:
     """An rclpy node in the test process (own context, executor thread)."""
 
-    def __init__(self, name: str = "pae_test_probe"):
+    def __init__(self, name: str = "pae_test_probe", domain_id: int | None = None):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
 
         self.context = Context()
-        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO, domain_id=domain_id)
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

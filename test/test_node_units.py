@@ -2,7 +2,9 @@
 composition, keep-latest slot, QoS choice, message conversions, diagnostics, parameter table."""
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ from pae_ros.ros.qos import choose_image_reliability  # noqa: E402
 from pae_ros.ros.tf import TfBuffer, map_to_odom  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _rand_pose(rng):
@@ -175,6 +178,9 @@ class _Stub:
     def publish(self, msg):
         self.msgs.append(msg)
 
+    def get_subscription_count(self):
+        return 1
+
 
 class _FakeLocalizer:
     info = {"bundle_id": "fake", "device": "cpu", "refine": True, "k": 3, "steps": 30, "decoder": True}
@@ -225,6 +231,7 @@ def test_worker_survives_nan_and_exceptions_and_counts_them():
         stubs = {k: _Stub() for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf", "pub_recon")}
         for k, v in stubs.items():
             setattr(node, k, v)
+        node.tf_out._pub = stubs["pub_tf"]
         rgb = np.zeros((6, 8, 3), np.uint8)
         msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(42_000_000_123), "cam"), rgb)
         for mode in ("nan", "raise", "ok", "low"):
@@ -270,3 +277,385 @@ def test_stage_times_reach_the_diagnostics():
     assert float(values["stage_inference_p50_ms"]) == pytest.approx(5.0)
     assert set(k for k in values if k.startswith("stage_")) == {
         "stage_wait_p50_ms", "stage_decode_p50_ms", "stage_inference_p50_ms", "stage_publish_p50_ms"}
+
+
+# --------------------------------------------------------------------------- TF history, base frame, timing
+
+def test_tf_history_interpolates_and_refuses_out_of_range():
+    """Per-edge history: a stamp between two samples is interpolated (translation linear, rotation
+    slerp); out-of-order samples are inserted at their stamp and never replace a newer one; older
+    than the history -> too_old, newer than the newest sample -> future (wait_for waits, bounded)."""
+    from pae_ros.ros.tf import TfLookupError
+
+    buf = TfBuffer(history_s=1.0)
+    yaw = lambda a: np.array([np.cos(a / 2), 0, 0, np.sin(a / 2)])  # noqa: E731
+    S = 1_000_000_000
+    # delivered out of order: 2 s, then 1 s, then 1.5 s
+    for s, x, a in ((2 * S, 2.0, 0.2), (1 * S, 1.0, 0.0), (3 * S // 2, 1.5, 0.1)):
+        assert buf.set_transform("odom", "base", [x, 0, 0], yaw(a), s)
+    t, q = buf.lookup_or_raise("odom", "base", 1_250_000_000)
+    np.testing.assert_allclose(t, [1.25, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(q, yaw(0.05), atol=1e-12)
+    t, _ = buf.lookup_or_raise("odom", "base")  # no stamp: the newest sample, not the last delivered
+    np.testing.assert_allclose(t, [2.0, 0, 0])
+    with pytest.raises(TfLookupError) as e:
+        buf.lookup_or_raise("odom", "base", 2 * S + 1)
+    assert e.value.reason == "future"
+    with pytest.raises(TfLookupError) as e:
+        buf.lookup_or_raise("odom", "base", S - 1)
+    assert e.value.reason == "too_old"
+    # a sample older than the history window is refused; the window slides with the newest sample
+    assert buf.set_transform("odom", "base", [3.0, 0, 0], yaw(0.3), 3 * S)
+    assert not buf.set_transform("odom", "base", [9.0, 0, 0], yaw(0.0), S)
+    with pytest.raises(TfLookupError):
+        buf.lookup_or_raise("odom", "base", 1_250_000_000)
+    # static edges answer at any stamp; a dynamic sample never replaces a static edge
+    assert buf.set_transform("base", "cam", [0.3, 0, 1.2], [1, 0, 0, 0], 0, static=True)
+    assert not buf.set_transform("base", "cam", [9, 9, 9], [1, 0, 0, 0], 5 * S)
+    t, _ = buf.lookup_or_raise("odom", "cam", 2_500_000_000)
+    np.testing.assert_allclose(t, [2.5 + 0.3 * np.cos(0.25), 0.3 * np.sin(0.25), 1.2], atol=1e-9)
+    # bounded wait: a sample arriving 50 ms later is found; none within the timeout -> future
+    threading.Timer(0.05, lambda: buf.set_transform("odom", "base", [4.0, 0, 0], yaw(0.4), 4 * S)).start()
+    t, _ = buf.wait_for("odom", "base", 3_500_000_000, 2.0)
+    np.testing.assert_allclose(t, [3.5, 0, 0], atol=1e-12)
+    t0 = time.monotonic()
+    with pytest.raises(TfLookupError):
+        buf.wait_for("odom", "base", 10 * S, 0.1)
+    assert 0.09 < time.monotonic() - t0 < 1.0
+
+
+def _mount():
+    """Camera optical frame in base_link: 0.3 m forward, 1.2 m up, pitched down 10 deg
+    (base: x forward, y left, z up; optical: x right, y down, z forward)."""
+    R_level = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # columns: optical axes in base
+    p = np.radians(10.0)
+    R_pitch = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])  # +y: nose down
+    return np.array([0.3, 0.0, 1.2]), G.rotmat_to_quat(R_pitch @ R_level)
+
+
+def test_camera_to_base_with_a_known_mount_and_its_covariance():
+    """T_map_base = T_map_cam * T_cam_base recovers the base pose; the covariance carried to the
+    base matches a Monte Carlo propagation of the camera's (world-frame rotation errors move the
+    base by the lever arm)."""
+    from pae_ros.ros.frames import camera_to_base
+
+    t_bc, q_bc = _mount()
+    # the optical axis points 10 deg below the horizon
+    z_opt = G.quat_to_rotmat(q_bc)[:, 2]
+    assert np.degrees(np.arcsin(-z_opt[2])) == pytest.approx(10.0)
+    t_mb = np.array([2.0, -1.0, 0.0])
+    q_mb = np.array([np.cos(np.radians(15)), 0, 0, np.sin(np.radians(15))])  # yaw 30 deg
+    t_mc, q_mc = G.compose_poses(t_mb, q_mb, t_bc, q_bc)
+    t_cb, q_cb = G.invert_pose(t_bc, q_bc)
+    cov = np.diag([0.04, 0.09, 0.01, 0.002, 0.003, 0.005])
+    t, q, cov_b = camera_to_base(t_mc, q_mc, cov, t_cb, q_cb)
+    np.testing.assert_allclose(t, t_mb, atol=1e-12)
+    assert min(np.abs(q - q_mb).max(), np.abs(q + q_mb).max()) < 1e-12
+    # Monte Carlo: perturb the camera pose (dp in map, dtheta about map axes), move to the base
+    rng = np.random.default_rng(0)
+    n = 20000
+    d = rng.multivariate_normal(np.zeros(6), cov, size=n)
+    R_mc = G.quat_to_rotmat(q_mc)
+    samples = []
+    for dp, dth in zip(d[:, :3], d[:, 3:]):
+        ang = np.linalg.norm(dth)
+        K = np.array([[0, -dth[2], dth[1]], [dth[2], 0, -dth[0]], [-dth[1], dth[0], 0]])
+        dR = np.eye(3) + np.sin(ang) / ang * K + (1 - np.cos(ang)) / ang ** 2 * K @ K
+        samples.append(np.concatenate([t_mc + dp + dR @ R_mc @ t_cb, dth]))
+    emp = np.cov(np.asarray(samples).T)
+    np.testing.assert_allclose(cov_b, emp, atol=4e-3)
+    # the lever arm matters: 1.2 m x 0.05 rad gives the base x/y more variance than the camera's
+    assert cov_b[0, 0] > cov[0, 0] + 1e-3 and cov_b[1, 1] > cov[1, 1] + 1e-3
+    assert abs(cov_b[0, 4]) > 1e-3  # correlated with pitch
+
+
+def test_flatten_2d():
+    from pae_ros.ros.frames import flatten_2d, yaw_of
+
+    rng = np.random.default_rng(1)
+    q = G.canonical_quat(rng.normal(size=4))
+    t2, q2, c2 = flatten_2d(np.array([1.0, 2.0, 3.0]), q, np.ones((6, 6)))
+    assert t2.tolist() == [1.0, 2.0, 0.0]
+    R2 = G.quat_to_rotmat(q2)
+    np.testing.assert_allclose(R2[:, 2], [0, 0, 1], atol=1e-12)  # no roll / pitch
+    assert yaw_of(q2) == pytest.approx(yaw_of(q))
+    assert (c2[2] == 0).all() and (c2[:, 3] == 0).all() and c2[5, 5] == 1 and c2[0, 1] == 1
+
+
+def test_camera_info_check_against_training_intrinsics():
+    from pae_ros.ros.frames import compare_cameras, training_camera
+
+    train = training_camera({"room": {"width": 640, "height": 480, "fx": 585.0, "fy": 585.0, "cx": 320, "cy": 240}},
+                            "room")
+    ok, text = compare_cameras(train, 320, 240, 292.5, 292.5)  # same camera at half resolution
+    assert ok, text
+    ok, text = compare_cameras(train, 640, 480, 400.0, 400.0)  # wider lens
+    assert not ok and "horizontal FOV" in text and "57.4 deg" in text and "77.3 deg" in text
+    ok, text = compare_cameras(train, 640, 360, 585.0, 585.0)  # 16:9 crop
+    assert not ok and "aspect" in text and "1.778" in text and "1.333" in text
+    assert training_camera(None) is None and training_camera({"room": None}) is None
+
+
+# --------------------------------------------------------------------------- parameters on the command line
+
+def test_command_line_parameters_are_checked_before_rcl_drops_them(tmp_path):
+    """With --params-file, rcl drops a -p of another type (k:=abc) and keeps unknown names: the
+    raw command line is checked against the parameter table."""
+    from pae_ros.ros.params import ConfigError, check_command_line, command_line_parameters
+
+    cfg = str(REPO / "config" / "localize.yaml")
+    base = ["prog", "--ros-args", "--params-file", cfg, "-p", "bundle:=/b.pae"]
+    check_command_line(base, "/pae_localizer")  # the shipped YAML + a bundle is valid
+    check_command_line(base + ["-p", "tf_mode:=map->odom", "-p", "refine:=true", "-p", "confidence_gate:=1"],
+                       "/pae_localizer")
+    cases = {"k:=abc": "parameter 'k' must be an integer", "confidence_gate:=high": "'confidence_gate' must be a number",
+             "refine:=maybe": "'refine' must be auto, true or false",
+             "confidence_gte:=0.9": "unknown parameter 'confidence_gte'",
+             "tf_mode:=map->base": "'tf_mode' must be one of map_odom, map_camera, none"}
+    for arg, needle in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            check_command_line(base + ["-p", arg], "/pae_localizer")
+    # the same mistakes in a params file, and node-name keys that address (or not) this node
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    confidence_gte: 0.9\n"
+                   "/robot1/pae_localizer:\n  ros__parameters:\n    k: abc\nother_node:\n  ros__parameters:\n    x: 1\n")
+    with pytest.raises(ConfigError) as e:
+        check_command_line(["p", "--ros-args", "--params-file", str(bad), "-p", "bundle:=b"], "/robot1/pae_localizer")
+    assert "confidence_gte" in str(e.value) and "'k' must be an integer" in str(e.value) and "'x'" not in str(e.value)
+    names = [n for n, _, _ in command_line_parameters(["p", "--ros-args", "--params-file", str(bad)], "/pae_localizer")]
+    assert names == ["confidence_gte"]
+    # later sources win, as in rcl: the YAML's empty bundle is fine when -p gives one
+    assert dict((n, v) for n, v, _ in command_line_parameters(base, "/pae_localizer"))["bundle"] == "/b.pae"
+
+
+class _PoseLocalizer(_FakeLocalizer):
+    """Returns a given camera pose (the truth at the image stamp: a perfect estimate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pose = (np.zeros(3), np.array([1.0, 0, 0, 0]))
+
+    def localize(self, rgb):
+        est = super().localize(rgb)
+        est.position, est.quaternion = self.pose
+        est.covariance = np.diag([0.01, 0.01, 0.01, 0.001, 0.001, 0.001])
+        est.confidence = 0.9
+        return est
+
+
+def _in_process_node(overrides: dict):
+    import ros_harness  # noqa: F401  (isolated domain)
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
+
+    from pae_ros.ros.localizer_node import LocalizerNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, args=[], signal_handler_options=SignalHandlerOptions.NO)
+    node = LocalizerNode(context=ctx, parameter_overrides=[Parameter("bundle", value="unused")] +
+                         [Parameter(k, value=v) for k, v in overrides.items()])
+    return ctx, node
+
+
+def test_moving_robot_map_to_odom_at_the_image_stamp():
+    """A robot driving a circle (1 m/s, 0.5 rad/s), odometry on /tf at 50 Hz (delivered shuffled),
+    the camera mount on /tf_static, the image processed 300 ms after its stamp with a perfect
+    estimate: map -> odom (stamped image + transform_tolerance) composed with odom -> base now
+    gives the true base pose now (the old newest-odom composition was 30 cm off); pae/pose is the
+    base pose with the covariance carried; the correction is re-published with newer stamps;
+    odometry that lags is waited for (bounded), a frame older than the history is counted."""
+    import rclpy
+    from tf2_msgs.msg import TFMessage
+
+    from pae_ros.ros.conversions import stamp_from_ns, transform_from_msg, transform_stamped
+
+    v, w, S = 1.0, 0.5, 1_000_000_000
+
+    def base(t):
+        r = v / w
+        return np.array([r * np.sin(w * t), r * (1 - np.cos(w * t)), 0.0]), \
+            np.array([np.cos(w * t / 2), 0.0, 0.0, np.sin(w * t / 2)])
+
+    ctx, node = _in_process_node({"tf_mode": "map_odom", "tf_wait": 0.5, "transform_tolerance": 0.1,
+                                  "tf_publish_rate": 0.0})
+    try:
+        fake = _PoseLocalizer()
+        node.setup(fake)
+        stubs = {k: _Stub() for k in ("pub_pose", "pub_pose_cov", "pub_apr")}
+        for k, s_ in stubs.items():
+            setattr(node, k, s_)
+        tf_stub = node.tf_out._pub = _Stub()
+        t_bc, q_bc = _mount()
+        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
+                                                            t_bc, q_bc)]), True)
+        t_img, lat = 100.013, 0.3
+        stamps = [k * S // 50 for k in range(int(round((t_img - 2) * 50)), int(round((t_img + lat) * 50)) + 1)]
+        rng = np.random.default_rng(0)
+        for i in rng.permutation(len(stamps)):
+            node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(stamps[i]), "odom", "base_link",
+                                                                *base(stamps[i] / S))]), False)
+        s_img = int(round(t_img * S))
+        fake.pose = G.compose_poses(*base(t_img), t_bc, q_bc)
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_img), "camera_optical"), rgb), time.monotonic())
+        (tf,) = tf_stub.msgs[0].transforms
+        parent, child, t_mo, q_mo, stamp = transform_from_msg(tf)
+        assert (parent, child, stamp) == ("map", "odom", s_img + 100_000_000)
+        now = t_img + lat
+        t_mb, q_mb = G.compose_poses(t_mo, q_mo, *base(now))
+        t_true, q_true = base(now)
+        assert np.linalg.norm(t_mb - t_true) < 1e-4 and np.abs(q_mb - q_true).max() < 1e-4
+        # the old behaviour (newest odom -> camera) would have been ~30 cm off
+        t_old, q_old = map_to_odom(*fake.pose, *G.compose_poses(*base(now), t_bc, q_bc))
+        assert np.linalg.norm(G.compose_poses(t_old, q_old, *base(now))[0] - t_true) > 0.25
+        # pae/pose: the base pose at the image stamp; its covariance carried with the lever arm
+        p, q = cv.pose_from_msg(stubs["pub_pose"].msgs[0])
+        np.testing.assert_allclose(p, base(t_img)[0], atol=1e-9)
+        cov = np.asarray(stubs["pub_pose_cov"].msgs[0].pose.covariance).reshape(6, 6)
+        assert cov[0, 0] > 0.01 and cov[3, 3] == pytest.approx(0.001)
+        # re-published: same correction, a newer stamp (now + tolerance on the node clock)
+        node.tf_out._republish()
+        parent, child, t_re, _, stamp_re = transform_from_msg(tf_stub.msgs[-1].transforms[0])
+        assert len(tf_stub.msgs) == 2 and stamp_re > stamp and np.allclose(t_re, t_mo)
+        # odometry lags the image: waited for (a sample arrives 100 ms later), bounded
+        s_late = int(round((t_img + lat + 0.01) * S))
+        fake.pose = G.compose_poses(*base(s_late / S), t_bc, q_bc)
+        s_next = s_late + 10_000_000
+        threading.Timer(0.1, lambda: node._on_tf(TFMessage(transforms=[transform_stamped(
+            stamp_from_ns(s_next), "odom", "base_link", *base(s_next / S))]), False)).start()
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_late), "camera_optical"), rgb), time.monotonic())
+        assert transform_from_msg(tf_stub.msgs[-1].transforms[0])[4] == s_late + 100_000_000
+        # too old for the 10 s history: counted, no TF; nothing newer arrives: timeout counted
+        n = len(tf_stub.msgs)
+        for s_bad in (s_img - 20 * S, s_next + 5 * S):
+            node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_bad), "camera_optical"), rgb), time.monotonic())
+        assert len(tf_stub.msgs) == n
+        counters = node.stats.snapshot()["counters"]
+        assert counters.get("tf_too_old") == 1 and counters.get("tf_timeout") == 1, counters
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_out_of_scene_or_low_confidence_moves_no_tf_and_no_initial_pose():
+    """Estimate.in_scene False (the refine helper's out-of-scene gate) or confidence below the gate:
+    the pose is still published, but no TF and nothing on /initialpose even when armed."""
+    import rclpy
+
+    ctx, node = _in_process_node({"tf_mode": "map_camera", "confidence_gate": 0.3, "pose_frame": "camera",
+                                  "initial_pose_confidence": 0.0})
+    try:
+        fake = _PoseLocalizer()
+        node.setup(fake)
+        for k in ("pub_pose", "pub_pose_cov", "pub_apr"):
+            setattr(node, k, _Stub())
+        tf_stub = node.tf_out._pub = _Stub()
+        init = node.reloc._pub = _Stub()
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        orig = fake.localize
+
+        def out_of_scene(img):
+            est = orig(img)
+            est.in_scene = False
+            return est
+        fake.localize = out_of_scene
+        node.reloc._armed = True
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(5), "cam"), rgb), time.monotonic())
+        assert len(node.pub_pose.msgs) == 1 and not tf_stub.msgs and not init.msgs
+        fake.localize = orig
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(6), "cam"), rgb), time.monotonic())
+        assert len(tf_stub.msgs) == 1 and len(init.msgs) == 1  # confident and in scene: both
+        assert node.stats.snapshot()["counters"]["out_of_scene"] == 1
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_set_enabled_jump_seeding_and_camera_info_warning():
+    """~/set_enabled false ignores images (counted as paused) and true resumes; publish_initial_pose
+    seeds /initialpose on the first confident pose and again only after a jump > initial_pose_jump;
+    a camera_info whose field of view differs > 5 % from the bundle's training camera raises WARN in
+    /diagnostics with both values."""
+    import rclpy
+    from sensor_msgs.msg import CameraInfo
+    from std_srvs.srv import SetBool
+
+    ctx, node = _in_process_node({"tf_mode": "none", "pose_frame": "camera", "publish_initial_pose": True,
+                                  "initial_pose_jump": 1.0, "initial_pose_confidence": 0.5})
+    try:
+        fake = _PoseLocalizer()
+        fake.bundle = type("B", (), {"header": {"intrinsics": {"room": {"width": 640, "height": 480, "fx": 585.0,
+                                                                           "fy": 585.0, "cx": 320, "cy": 240}}}})()
+        fake.info = dict(fake.info, scenes=["room"])
+        node.setup(fake)
+        for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_diag"):
+            setattr(node, k, _Stub())
+        init = node.reloc._pub = _Stub()
+        rgb = np.zeros((6, 8, 3), np.uint8)
+        msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(7), "cam"), rgb)
+        # pause / resume
+        resp = node.reloc._on_set_enabled(SetBool.Request(data=False), SetBool.Response())
+        assert resp.success and "paused" in resp.message
+        node._on_image(msg)
+        assert node.stats.snapshot()["counters"]["paused"] == 1 and node.stats.frames_in == 0
+        node.reloc._on_set_enabled(SetBool.Request(data=True), SetBool.Response())
+        node._on_image(msg)
+        assert node.stats.frames_in == 1
+        # jump rule
+        for x in (0.0, 0.5, 0.9, 2.0, 2.5):
+            fake.pose = (np.array([x, 0.0, 0.0]), np.array([1.0, 0, 0, 0]))
+            node._process(msg, time.monotonic())
+        assert [cv.pose_from_msg(m)[0][0] for m in init.msgs] == [0.0, 2.0]
+        # camera_info: same camera at half resolution is fine, a wider lens warns
+        node._on_camera_info(CameraInfo(width=320, height=240, k=[292.5, 0, 160, 0, 292.5, 120, 0, 0, 1]))
+        node._publish_diagnostics()
+        st = node.pub_diag.msgs[-1].status[0]
+        assert st.level == bytes([0]), st.message
+        node._on_camera_info(CameraInfo(width=640, height=480, k=[400.0, 0, 320, 0, 400.0, 240, 0, 0, 1]))
+        node._publish_diagnostics()
+        st = node.pub_diag.msgs[-1].status[0]
+        assert st.level == bytes([1]) and "77.3 deg vs training 57.4 deg" in st.message, st.message
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_two_d_mode_flattens_map_to_odom_and_the_base_pose():
+    """two_d_mode: a tilted, lifted estimate gives a map -> odom and a base pose with z = 0 and
+    no roll / pitch (yaw kept)."""
+    import rclpy
+    from tf2_msgs.msg import TFMessage
+
+    from pae_ros.ros.conversions import stamp_from_ns, transform_from_msg, transform_stamped
+    from pae_ros.ros.frames import yaw_of
+
+    ctx, node = _in_process_node({"tf_mode": "map_odom", "two_d_mode": True, "tf_wait": 0.0})
+    try:
+        fake = _PoseLocalizer()
+        node.setup(fake)
+        for k in ("pub_pose", "pub_pose_cov", "pub_apr"):
+            setattr(node, k, _Stub())
+        tf_stub = node.tf_out._pub = _Stub()
+        t_bc, q_bc = _mount()
+        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
+                                                            t_bc, q_bc)]), True)
+        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "odom", "base_link",
+                                                            [1.0, 0, 0], [1.0, 0, 0, 0])]), True)
+        tilt = G.quat_multiply(np.array([np.cos(0.3), 0, 0, np.sin(0.3)]),      # yaw 0.6 rad
+                               np.array([np.cos(0.05), np.sin(0.05), 0, 0]))    # roll 0.1 rad
+        fake.pose = G.compose_poses(np.array([3.0, 2.0, 0.4]), tilt, t_bc, q_bc)
+        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(9), "camera_optical"),
+                                      np.zeros((6, 8, 3), np.uint8)), time.monotonic())
+        _, _, t_mo, q_mo, _ = transform_from_msg(tf_stub.msgs[0].transforms[0])
+        p, q = cv.pose_from_msg(node.pub_pose.msgs[0])
+        for t_, q_ in ((t_mo, q_mo), (p, q)):
+            assert t_[2] == 0.0
+            np.testing.assert_allclose(G.quat_to_rotmat(q_)[:, 2], [0, 0, 1], atol=1e-12)
+        assert yaw_of(q) == pytest.approx(yaw_of(tilt), abs=0.02) and p[0] == pytest.approx(3.0, abs=0.05)
+        cov = np.asarray(node.pub_pose_cov.msgs[0].pose.covariance).reshape(6, 6)
+        assert cov[2, 2] == 0 and cov[3, 3] == 0 and cov[5, 5] > 0
+    finally:
+        node.close()
+        rclpy.try_shutdown(context=ctx)

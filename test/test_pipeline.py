@@ -54,13 +54,20 @@ def test_localize_contract(loc, images):
     _check_estimate(e, loc)
     assert e.refined is True
     assert isinstance(e.confidence, float) and isinstance(e.sigma_position_m, float)
-    # the confidence and sigma come from the bundle's calibrated "refined" model
-    model = SigmaModel.from_dict(loc.bundle.header["calibration"]["refined"])
-    sp, so = model.sigmas({k: np.array([e.extras[k]]) for k in model.features})
-    assert e.sigma_position_m == pytest.approx(float(sp[0]), rel=1e-9)
-    assert e.sigma_orientation_rad == pytest.approx(float(so[0]), rel=1e-9)
-    assert e.confidence == pytest.approx(model.sigma_ref_m / (model.sigma_ref_m + e.sigma_position_m), rel=1e-9)
-    assert set(model.features) <= set(e.extras) and len(e.extras["neighbors"]) == loc.k
+    assert e.method == "refined" and e.in_scene is True
+    # the confidence and sigma come from the bundle's calibrated "refined" model, by hand:
+    # log sigma = theta . [1, log f_1, ...] over the header's own numbers (not SigmaModel.sigmas)
+    cal = loc.bundle.header["calibration"]["refined"]
+    logf = [1.0] + [np.log(max(e.extras[n], 1e-6)) for n in cal["features"]]
+    assert e.sigma_position_m == pytest.approx(np.exp(np.dot(cal["theta_position"], logf)), rel=1e-9)
+    assert e.sigma_orientation_rad == pytest.approx(np.exp(np.dot(cal["theta_orientation"], logf)), rel=1e-9)
+    assert e.confidence == pytest.approx(cal["sigma_ref_m"] / (cal["sigma_ref_m"] + e.sigma_position_m), rel=1e-9)
+    assert len(e.extras["neighbors"]) == loc.k
+    # the features are what their names say: spread = weighted RMS distance of the neighbours, / scale
+    P = loc.bundle.table_positions[e.extras["neighbors"]]
+    w = np.asarray(e.extras["weights"])
+    spread = np.sqrt(w @ ((P - e.position) ** 2).sum(-1)) / loc.position_scale
+    assert e.extras["spread"] == pytest.approx(spread, rel=1e-6)
 
 
 def test_localize_batch_equals_single(loc, images):
@@ -109,7 +116,21 @@ def test_info_and_warmup(loc):
     assert info["k"] == 3 and info["steps"] == 20 and info["decoder"] is True
     assert info["bundle_id"] == loc.bundle.bundle_id and info["calibrated"] == ["apr", "refined"]
     assert info["table_size"] == len(loc.bundle.table_positions)
-    assert loc.warmup(1) > 0
+    assert info["method"] == "refined" and info["candidates"] == "knn" and info["calibration_mismatch"] == {}
+
+
+def test_warmup_runs_the_pipeline(tiny_bundle, monkeypatch):
+    loc = Localizer.from_bundle(tiny_bundle, device="cpu")
+    calls = []
+    real = loc.localize
+
+    def counting(rgb):
+        calls.append(rgb.shape)
+        return real(rgb)
+
+    monkeypatch.setattr(loc, "localize", counting)
+    loc.warmup(3)
+    assert calls == [(loc.crop, loc.crop, 3)] * 3
 
 
 def test_overrides(tiny_bundle, images):
@@ -199,3 +220,130 @@ def test_onnx_backend_matches_torch_and_recovers_from_a_damaged_cache(tiny_bundl
     np.testing.assert_allclose(again.localize(images[0]).position, ref[0].position, atol=1e-4)
     with pytest.raises(ValueError, match="backend"):
         Localizer.from_bundle(tiny_bundle, device="cpu", backend="tensorrt")
+
+
+def test_one_non_finite_row_leaves_the_others_refined_and_calibrated(tiny_bundle, images, monkeypatch):
+    """Issue 10 item 6: a NaN APR output in one row must not switch refinement / confidence off
+    for the other rows of the batch."""
+    loc = Localizer.from_bundle(tiny_bundle, device="cpu")
+    clean = loc.localize_batch(images[:4])
+    real = loc.predict_apr
+
+    def poisoned(batch, descriptors=None):
+        out = real(batch, descriptors)
+        out.positions = out.positions.copy()
+        out.positions[1] = np.nan
+        return out
+
+    monkeypatch.setattr(loc, "predict_apr", poisoned)
+    ests = loc.localize_batch(images[:4])
+    bad = ests[1]
+    assert bad.finite is False and bad.refined is False and bad.confidence == 0.0
+    assert bad.extras.get("out_of_scene") == ["non-finite"]
+    for i in (0, 2, 3):
+        e, c = ests[i], clean[i]
+        assert e.refined and e.method == "refined" and e.finite
+        np.testing.assert_allclose(e.position, c.position, atol=1e-9)
+        assert e.confidence == pytest.approx(c.confidence, rel=1e-9) and e.confidence > 0
+        assert e.sigma_position_m == pytest.approx(c.sigma_position_m, rel=1e-9)
+        assert e.extras["neighbors"] == c.extras["neighbors"]
+
+
+def test_published_header_and_overrides(tiny_bundle, tmp_path, images):
+    def pub(value):
+        def fn(h):
+            h["published"] = value
+            return h
+        return fn
+
+    apr_b = _variant(tiny_bundle, tmp_path, "pub_apr.pae", pub("apr"))
+    ref_b = _variant(tiny_bundle, tmp_path, "pub_ref.pae", pub("refined"))
+    e = Localizer.from_bundle(apr_b, device="cpu").localize(images[0])
+    assert e.method == "apr" and e.refined is False
+    np.testing.assert_array_equal(e.position, e.apr_position)
+    # the APR's own sigma model serves an APR-published pose
+    cal = load_bundle(apr_b).header["calibration"]["apr"]
+    logf = [1.0] + [np.log(max(e.extras[n], 1e-6)) for n in cal["features"]]
+    assert e.sigma_position_m == pytest.approx(np.exp(np.dot(cal["theta_position"], logf)), rel=1e-9)
+    assert Localizer.from_bundle(ref_b, device="cpu").localize(images[0]).method == "refined"
+    # explicit overrides win over the header
+    assert Localizer.from_bundle(apr_b, device="cpu", refine=True).localize(images[0]).method == "refined"
+    assert Localizer.from_bundle(ref_b, device="cpu", refine=False).localize(images[0]).method == "apr"
+    assert Localizer.from_bundle(apr_b, device="cpu", refine="auto").info["refine"] is False
+    with pytest.raises(BundleError, match="published"):
+        Localizer.from_bundle(_variant(tiny_bundle, tmp_path, "pub_bad.pae", pub("magic")), device="cpu")
+
+
+def test_calibration_settings_mismatch_warns(tiny_bundle, tmp_path, caplog):
+    import logging
+
+    def settings(h):
+        h["calibration_settings"] = {"k": 3, "steps": 20, "lr": 0.1, "candidates": "knn"}
+        return h
+
+    path = _variant(tiny_bundle, tmp_path, "calset.pae", settings)
+    with caplog.at_level(logging.WARNING, logger="pae.pipeline"):
+        same = Localizer.from_bundle(path, device="cpu")
+    assert same.info["calibration_mismatch"] == {} and "calibrated for" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="pae.pipeline"):
+        other = Localizer.from_bundle(path, device="cpu", k=5, steps=7)
+    assert other.info["calibration_mismatch"] == {"k": [3, 5], "steps": [20, 7]}
+    assert "calibrated for" in caplog.text and "k 3 -> 5" in caplog.text
+
+
+def test_out_of_scene_gate(tiny_bundle, images):
+    """The gate from the header (or given) decides in_scene; a gated frame gets confidence 0 and
+    the uninformative covariance; fit_ood_gate thresholds are the in-scene quantiles."""
+    from pae_ros.ood import apply_ood_gate, fit_ood_gate
+
+    loc = Localizer.from_bundle(tiny_bundle, device="cpu")
+    ests = loc.localize_batch(images)
+    vals = np.array([e.extras["manifold"] for e in ests])
+    ramp = np.arange(1, 102, dtype=float)                      # 1..101: the 0.9 quantile is 91
+    gate = fit_ood_gate({"manifold": ramp, "retrieval_cos": ramp / 101}, quantile=0.9, margin=2.0, cos_margin=0.05)
+    assert gate["rules"]["manifold"]["above"] == pytest.approx(182.0)
+    assert gate["rules"]["retrieval_cos"]["below"] == pytest.approx(11 / 101 - 0.05)
+    tight = {"version": 1, "rules": {"manifold": {"above": float(np.median(vals))}}}
+    gated = Localizer.from_bundle(tiny_bundle, device="cpu", ood=tight).localize_batch(images)
+    for e, plain in zip(gated, ests):
+        assert e.in_scene == (plain.extras["manifold"] <= np.median(vals))
+        np.testing.assert_allclose(e.position, plain.position, atol=1e-9)  # the pose is still given
+        if not e.in_scene:
+            assert e.confidence == 0.0 and e.sigma_position_m == pytest.approx(loc.position_scale)
+            assert e.extras["out_of_scene"] == ["manifold"]
+        else:
+            assert e.confidence == pytest.approx(plain.confidence, rel=1e-9)
+    assert 0 < sum(not e.in_scene for e in gated) < len(gated)
+    # noise is far from the PAE manifold: a gate fitted on the in-scene frames rejects it
+    fitted = fit_ood_gate({"manifold": np.concatenate([vals] * 3)})
+    noise = np.random.default_rng(0).integers(0, 256, images[0].shape, dtype=np.uint8)
+    inside, failed = apply_ood_gate(fitted, {"manifold": np.array([vals.max() * 10])}, 1)
+    assert not inside[0] and failed == [["manifold"]]
+    assert isinstance(Localizer.from_bundle(tiny_bundle, device="cpu", ood=fitted).localize(noise).in_scene, bool)
+    with pytest.raises(ValueError, match="no usable feature"):
+        fit_ood_gate({"manifold": np.ones(3)})
+
+
+def test_describe_shares_the_frozen_backbone_and_onnx_outputs_it(tiny_bundle, tmp_path, images, monkeypatch):
+    """With a frozen backbone the retrieval descriptor is the APR backbone's pooled feature, from
+    the same forward; the ONNX backend outputs it too."""
+    from pae_ros.retrieval import normalise_descriptors
+
+    def frozen(h):
+        h["config"] = dict(h["config"])
+        h["config"]["apr"] = dict(h["config"]["apr"], freeze_backbone=True)
+        return h
+
+    path = _variant(tiny_bundle, tmp_path, "frozen.pae", frozen)
+    loc = Localizer.from_bundle(path, device="cpu")
+    assert loc.shares_backbone
+    d = loc.describe(images)
+    batch = loc.preprocess(images)
+    with torch.inference_mode():
+        want = normalise_descriptors(loc.apr.backbone(batch)["pooled"])
+    np.testing.assert_allclose(d, want, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(loc.predict_apr(batch, descriptors=True).descriptors, want, atol=1e-6)
+    monkeypatch.setenv("PAE_ROS_CACHE", str(tmp_path / "cache"))
+    onnx = Localizer.from_bundle(path, device="cpu", backend="onnx")
+    np.testing.assert_allclose(onnx.predict_apr(batch, descriptors=True).descriptors, want, atol=1e-4)

@@ -86,10 +86,16 @@ def _row_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.array([bool(np.any(np.all(table == r, axis=1))) for r in rows])
 
 
+def _candidate_positions(refiner, res) -> np.ndarray:
+    """The positions (by value) of every candidate the refiner weighed, (B*K, 3)."""
+    return refiner.table_positions[res.neighbors.reshape(-1)]
+
+
 def test_neighbours_only_from_train_table_never_return_test_ground_truth(room_splits):
     """Query with the test frame's exact ground truth pose AND its exact PAE latent (maximally leak-
-    tempting input). A train-only table can never hand back the ground truth; a table that contains
-    it (the reference code's mistake) returns it exactly with k=1. The contrast shows the check bites."""
+    tempting input). No candidate the refiner weighs may be a test pose (by value), for any k. A
+    table that contains the test poses (the reference code's mistake) fails exactly this check for
+    every k, and returns the ground truth itself with k = 1: the contrast shows the check bites."""
     train, test = room_splits
     tp, tq = train.positions, train.quaternions
     gp, gq = test.positions, test.quaternions
@@ -100,19 +106,20 @@ def test_neighbours_only_from_train_table_never_return_test_ground_truth(room_sp
     ref = _refiner(pae, tp, tq)
     for k in (1, 3, 5):
         res = ref.refine(gp, gq, z, k=k, steps=30, lr=0.1)
-        assert not _row_in(res.position, gp).any(), f"k={k}: a refined position equals a test ground truth exactly"
-        assert res.neighbors.max() < len(tp) and res.neighbors.min() >= 0
-        # every neighbour position is a train position
-        assert _row_in(tp[res.neighbors.reshape(-1)], tp).all()
-        assert np.all(np.linalg.norm(res.position - gp, axis=1) > 0)
-    # k=1 with zero steps returns the nearest train pose, which is not the ground truth
-    res1 = ref.refine(gp, gq, z, k=1, steps=0, lr=0.1)
-    np.testing.assert_array_equal(res1.position, tp[res1.neighbors[:, 0]])
+        assert not _row_in(_candidate_positions(ref, res), gp).any(), f"k={k}: a candidate is a test pose"
+        # the refined position is the weighted mean of those candidates (nothing else enters)
+        np.testing.assert_allclose(res.position, np.einsum("bk,bkj->bj", res.weights, tp[res.neighbors]), atol=1e-12)
+    # retrieval-style extra candidates are table rows too
+    extra = np.tile(np.arange(4), (len(gp), 1))
+    res = ref.refine(gp, gq, z, k=2, steps=10, lr=0.1, extra_candidates=extra)
+    assert not _row_in(_candidate_positions(ref, res), gp).any()
 
-    # leaky table (train + test): the same query gets its ground truth back exactly
+    # leaky table (train + test): the same checks fail for every k
     leaky = _refiner(pae, np.concatenate([tp, gp]), np.concatenate([tq, gq]))
-    res_leak = leaky.refine(gp, gq, z, k=1, steps=30, lr=0.1)
-    np.testing.assert_array_equal(res_leak.position, gp)
+    for k in (1, 3, 5):
+        res_leak = leaky.refine(gp, gq, z, k=k, steps=30, lr=0.1)
+        assert _row_in(_candidate_positions(leaky, res_leak), gp).any()
+    np.testing.assert_array_equal(leaky.refine(gp, gq, z, k=1, steps=30, lr=0.1).position, gp)
 
 
 def test_localizer_table_is_the_train_split_and_refinement_never_returns_test_gt(tiny_bundle, room_splits):
@@ -124,19 +131,52 @@ def test_localizer_table_is_the_train_split_and_refinement_never_returns_test_gt
     assert _row_in(train.positions, table_p).all() and _row_in(table_p, train.positions).all()
     assert not _row_in(test.positions, table_p).any()
     np.testing.assert_array_equal(loc.refiner.table_positions, table_p)
-    np.testing.assert_array_equal(loc.refiner.index.positions.numpy(), table_p.astype(np.float32))
+    np.testing.assert_array_equal(loc.refiner.index.positions.numpy(), table_p)
 
     images = [load_rgb(f.image_path) for f in test.frames]
     ests = loc.localize_batch(images)
-    pos = np.stack([e.position for e in ests])
-    assert all(e.refined for e in ests)
-    assert not _row_in(pos, test.positions).any(), "refined position equals a test ground truth exactly"
+    assert all(e.refined and e.method == "refined" for e in ests)
     for e in ests:
         nb = np.asarray(e.extras["neighbors"])
-        assert len(nb) == loc.k and nb.min() >= 0 and nb.max() < len(table_p)
+        assert len(nb) == loc.k
+        # every candidate (by value) is a train pose and none is a test pose
+        assert _row_in(table_p[nb], train.positions).all()
+        assert not _row_in(table_p[nb], test.positions).any()
         w = np.asarray(e.extras["weights"])
         # refined position = convex combination of the neighbours' train positions
         np.testing.assert_allclose(e.position, w @ table_p[nb], atol=1e-9)
+        assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-9
+
+
+def test_localizer_retrieval_candidates_are_train_rows(tiny_bundle, room_splits):
+    """candidates=retrieval: the candidates are the top-r train images by descriptor cosine (train
+    rows only); a train image queried against the table finds its own row first."""
+    train, test = room_splits
+    base = Localizer.from_bundle(tiny_bundle, device="cpu")
+    table_p = base.bundle.table_positions
+    row_of = np.array([int(np.flatnonzero(np.all(table_p == p, axis=1))[0]) for p in train.positions])
+    tr_imgs = [load_rgb(f.image_path) for f in train.frames]
+    desc = np.zeros((len(table_p), 0), np.float32)
+    d = base.describe(tr_imgs)
+    desc = np.zeros((len(table_p), d.shape[1]), np.float32)
+    desc[row_of] = d
+    loc = Localizer(base.bundle, device="cpu", table_descriptors=desc, candidates="retrieval", retrieval_k=4)
+    # the tiny bundle's backbone is not frozen and not pretrained: share the one describer that made
+    # the table descriptors (a second random tiny_cnn would describe differently)
+    loc.shares_backbone, loc._describer = base.shares_backbone, base._describer
+    assert loc.info["candidates"] == "retrieval" and loc.info["retrieval"] is True
+    te_imgs = [load_rgb(f.image_path) for f in test.frames[::4]]
+    ests = loc.localize_batch(te_imgs)
+    top, _ = loc.retrieval.query(loc.describe(te_imgs), 4)
+    for e, t in zip(ests, top):
+        nb = np.asarray(e.extras["neighbors"])
+        assert sorted(nb.tolist()) == sorted(t.tolist())
+        assert not _row_in(table_p[nb], test.positions).any()
+    own = loc.localize_batch(tr_imgs[:5])
+    for i, e in enumerate(own):
+        assert row_of[i] in e.extras["neighbors"]
+    with pytest.raises(Exception, match="descriptors"):
+        Localizer(base.bundle, device="cpu", candidates="retrieval")
 
 
 # ------------------------------------------------------------------------- statelessness / order
@@ -293,13 +333,77 @@ def test_orientation_modes(table, queries):
     z = _latents(pae, p, q)
     r_apr = ref.refine(p, -q, z, k=3, steps=10, lr=0.1, orientation="apr")
     np.testing.assert_allclose(r_apr.quaternion, canonical_quat(q), atol=1e-12)
-    r_avg = ref.refine(p, q, z, k=3, steps=10, lr=0.1, orientation="average")
-    np.testing.assert_allclose(r_avg.quaternion, average_quaternions(quats[r_avg.neighbors], r_avg.weights),
-                               atol=1e-12)
-    # spread: weighted RMS distance of the neighbours to the refined position
-    P = pos[r_avg.neighbors]
-    spread = np.sqrt((r_avg.weights * ((P - r_avg.position[:, None]) ** 2).sum(-1)).sum(-1))
-    np.testing.assert_allclose(r_avg.spread_m, spread, atol=1e-9)
+
+
+def test_average_orientation_and_spread_by_hand():
+    """Two table poses 2 m apart, rotations 0 and 90 deg about z, uniform weights (0 steps): the
+    refined pose is the midpoint, rotated 45 deg about z, and the spread is exactly 1 m."""
+    pos = np.array([[0.0, 0, 0], [2.0, 0, 0]])
+    c, s_ = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    quats = np.array([[1.0, 0, 0, 0], [c, 0, 0, s_]])
+    pae = _pae()
+    ref = Refiner(PoseTableIndex(pos, quats), _latents(pae, pos, quats), pos, quats)
+    r = ref.refine(np.array([[1.0, 0, 0]]), np.array([[1.0, 0, 0, 0]]), _latents(pae, pos[:1], quats[:1]),
+                   k=2, steps=0, lr=0.1, orientation="average")
+    np.testing.assert_allclose(r.weights, [[0.5, 0.5]], atol=1e-12)
+    np.testing.assert_allclose(r.position, [[1.0, 0, 0]], atol=1e-12)
+    np.testing.assert_allclose(r.spread_m, [1.0], atol=1e-12)
+    want = np.array([np.cos(np.pi / 8), 0, 0, np.sin(np.pi / 8)])
+    np.testing.assert_allclose(r.quaternion[0], want, atol=1e-9)
+
+
+# ------------------------------------------------------------- exact search far from the origin
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_nearest_neighbour_exact_far_from_origin(offset):
+    """A dense table (1 cm spacing) 100 m / 1000 m from the origin: the index returns exactly the
+    float64 brute-force neighbours. float32 cdist on raw coordinates (the old code) gets many wrong."""
+    rng = np.random.default_rng(3)
+    n = 400
+    pos = np.array([offset, -offset, 2.0]) + rng.uniform(0, 0.2, size=(n, 3))
+    quats = np.tile([1.0, 0, 0, 0], (n, 1))
+    p = pos[rng.choice(n, 60)] + rng.normal(size=(60, 3)) * 0.004
+    q = np.tile([1.0, 0, 0, 0], (60, 1))
+    want = np.argsort(np.linalg.norm(p[:, None] - pos[None], axis=-1), axis=1, kind="stable")[:, :3]
+    index = PoseTableIndex(pos, quats, None, "scaled", 1.0, 1.0)
+    got = index.query(p, torch.as_tensor(q), 3).numpy()
+    np.testing.assert_array_equal(got, want)
+    old = torch.topk(torch.cdist(torch.as_tensor(p, dtype=torch.float32), torch.as_tensor(pos, dtype=torch.float32)),
+                     3, largest=False).indices.numpy()
+    assert (old != want).any(axis=1).mean() > 0.05, "fixture too easy: float32 cdist is exact here too"
+
+
+def test_shortlist_search_is_exact_and_falls_back(monkeypatch):
+    """Tables >= ann_min poses use the faiss shortlist + lower bound; results equal brute force,
+    including queries whose shortlist cannot prove exactness (they fall back)."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    n = 3000
+    pos = rng.uniform(0, 30, size=(n, 3))
+    quats = _rand_quats(rng, n)
+    p = np.concatenate([pos[:40] + rng.normal(size=(40, 3)) * 0.5, rng.uniform(-50, 80, size=(10, 3))])
+    q = _rand_quats(rng, 50)
+    ps, os_ = table_metric_scales(pos, quats)
+    index = PoseTableIndex(pos, quats, None, "scaled", ps, os_, ann_min=1000, shortlist=16)
+    assert index.ann is not None
+    got = index.query(p, torch.as_tensor(q), 5).numpy()
+    want, _ = _brute_force_knn(pos, quats, p, q, 5, "scaled", ps, os_)
+    np.testing.assert_array_equal(got, want)
+    assert index.fallbacks > 0, "the fallback path was not exercised"
+
+
+def test_merge_candidates_masks_duplicates_and_fit_ignores_them():
+    from pae_ros.candidates import merge_candidates
+
+    idx, valid = merge_candidates(np.array([[3, 5, 7]]), np.array([[5, 9]]))
+    assert idx.tolist() == [[3, 5, 7, 5, 9]]
+    assert valid.tolist() == [[True, True, True, False, True]]
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(1, 5, 8, generator=g)
+    z = torch.randn(1, 8, generator=g)
+    w, _ = fit_convex_weights(z, Z, 0, 0.1, mask=valid)
+    np.testing.assert_allclose(w.numpy(), [[0.25, 0.25, 0.25, 0.0, 0.25]], atol=1e-12)
+    w, _ = fit_convex_weights(z, Z, 30, 0.1, mask=valid)
+    assert float(w[0, 3]) == 0.0 and abs(float(w.sum()) - 1) < 1e-6
 
 
 # ----------------------------------------------------------------------------- the convex fit
@@ -394,3 +498,20 @@ def test_refine_disabled_returns_apr_pose(tiny_bundle, room_splits):
         assert e_on.refined is True
         assert not np.array_equal(e_on.position, e_on.apr_position)
         np.testing.assert_allclose(e_on.quaternion, e_on.apr_quaternion, atol=1e-12)  # orientation "apr"
+
+
+def test_hnsw_shortlist_matches_brute_force():
+    """Large tables use an HNSW shortlist (approximate in principle): on a 6 k table it returns the
+    brute-force neighbours for every query here."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(6)
+    n = 6000
+    pos = rng.uniform(0, 40, size=(n, 3))
+    quats = _rand_quats(rng, n)
+    p = pos[:60] + rng.normal(size=(60, 3)) * 0.3
+    q = _rand_quats(rng, 60)
+    ps, os_ = table_metric_scales(pos, quats)
+    index = PoseTableIndex(pos, quats, None, "scaled", ps, os_, ann_min=1000, hnsw_min=5000)
+    assert index.ann_kind == "hnsw"
+    want, _ = _brute_force_knn(pos, quats, p, q, 3, "scaled", ps, os_)
+    np.testing.assert_array_equal(index.query(p, torch.as_tensor(q), 3).numpy(), want)

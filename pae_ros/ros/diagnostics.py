@@ -43,6 +43,8 @@ class NodeStats:
         self.frames_below_gate = 0
         self.tf_missing = 0
         self.bad: dict[str, int] = {}
+        #: other named counters (tf_too_old, tf_timeout, base_tf_missing, out_of_scene, paused, ...)
+        self.counters: dict[str, int] = {}
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.stages_s: dict[str, deque[float]] = {k: deque(maxlen=LATENCY_WINDOW) for k in STAGES}
         self.last_confidence = float("nan")
@@ -78,6 +80,13 @@ class NodeStats:
         with self._lock:
             self.tf_missing += 1
 
+    def count(self, name: str) -> int:
+        """Add one to counter ``name`` (published as ``count.<name>``); returns the new value."""
+        with self._lock:
+            n = self.counters.get(name, 0) + 1
+            self.counters[name] = n
+            return n
+
     def snapshot(self) -> dict:
         """Counters, rates since the previous snapshot, latency percentiles (ms)."""
         now = time.monotonic()
@@ -95,6 +104,7 @@ class NodeStats:
                 "tf_missing": self.tf_missing,
                 "bad_inputs": bad_total,
                 "bad": dict(self.bad),
+                "counters": dict(self.counters),
                 "rate_hz": (self.frames_localized - loc0) / dt,
                 "input_rate_hz": (self.frames_in - in0) / dt,
                 "period_in": self.frames_in - in0,
@@ -135,14 +145,18 @@ def _fmt(v) -> str:
 
 
 def diagnostic_array(stamp, node_name: str, snap: dict, info: dict, tf_chain_missing: bool = False,
-                     state_override: str | None = None):
+                     state_override: str | None = None, warnings: list[str] | None = None):
     """``DiagnosticArray`` with one ``DiagnosticStatus`` named ``<node_name>: localization``.
 
     ``info``: static key/values (device, bundle_id, image_topic, image_qos, tf_mode ...).
+    ``warnings``: sentences that raise the level to at least WARN (e.g. the camera_info check).
     """
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     level, state, message = status_level(snap, tf_chain_missing)
+    if warnings:
+        level = max(level, 1)
+        message = "; ".join(list(warnings) + [message])
     if state_override:
         state = state_override
     values = {"state": state}
@@ -152,6 +166,8 @@ def diagnostic_array(stamp, node_name: str, snap: dict, info: dict, tf_chain_mis
         values[key] = _fmt(snap[key])
     for reason, n in sorted(snap["bad"].items()):
         values[f"bad_input.{reason}"] = str(n)
+    for name, n in sorted(snap.get("counters", {}).items()):
+        values[f"count.{name}"] = str(n)
     values.update({k: str(v) for k, v in info.items()})
     status = DiagnosticStatus(level=bytes([level]), name=f"{node_name}: localization", message=message,
                               hardware_id=str(info.get("bundle_id", "")),

@@ -1,17 +1,25 @@
-"""The ``localizer`` executable: node ``pae_localizer``, one image in, one pose out.
+"""The ``localizer`` executable: managed (lifecycle) node ``pae_localizer``, one image in, one pose out.
 
 Run::
 
+    ros2 launch pae_ros localize.launch.py bundle:=/path/scene.pae
     ros2 run pae_ros localizer --ros-args --params-file config/localize.yaml -p bundle:=scene.pae
-    python -m pae_ros.ros.localizer_node --ros-args -p bundle:=scene.pae -r /camera/image_raw:=/my/cam
+
+Lifecycle (``rclpy.lifecycle``; ``autostart:=true``, the default, runs configure + activate at
+start, so the node also works standalone; ``autostart:=false`` leaves it to ``ros2 lifecycle set
+/pae_localizer configure|activate`` or nav2's lifecycle manager):
+
+* configure: load the bundle and warm up (a bad bundle: one error line, the transition fails; with
+  autostart the process exits 1), create publishers and the services;
+* activate: subscribe (image, camera_info, /tf, /tf_static), start the inference worker and timers;
+* deactivate: unsubscribe and stop the worker (nothing is published); cleanup: free the model.
 
 Data flow
 ---------
-``image_topic`` (``sensor_msgs/Image``, or ``<image_topic>/compressed`` ``CompressedImage`` with
-``compressed:=true``) -> subscription callback: O(1) validation of the message fields (bad ones are
-counted and dropped here) and a *keep-latest* slot (a frame still waiting when a newer one arrives
-is replaced and counted in ``frames_dropped``) -> an inference worker thread: decode to RGB,
-``Localizer.localize`` -> publications, all stamped with the **image's** header stamp:
+``image_topic`` (``sensor_msgs/Image``, or ``<image_topic>/compressed`` with ``compressed:=true``) ->
+subscription callback: O(1) validation (bad messages counted and dropped) and a *keep-latest* slot
+(a waiting frame replaced by a newer one is counted in ``frames_dropped``) -> inference worker:
+decode, ``Localizer.localize`` -> outputs, all stamped with the **image's** header stamp:
 
 =============================== ==================================== ===========================
 topic                           type                                 frame_id
@@ -19,218 +27,65 @@ topic                           type                                 frame_id
 ``pae/pose``                    geometry_msgs/PoseStamped            ``map_frame``
 ``pae/pose_with_covariance``    geometry_msgs/PoseWithCovarianceStamped ``map_frame`` (6x6 row-major,
                                                                      x y z rotx roty rotz, m^2 / rad^2)
-``pae/apr_pose``                geometry_msgs/PoseStamped (APR only) ``map_frame``
+``pae/apr_pose``                geometry_msgs/PoseStamped (APR only, camera frame) ``map_frame``
 ``/tf``                         tf2_msgs/TFMessage                   see ``tf_mode``
+``/initialpose``                PoseWithCovarianceStamped            ``map_frame`` (``~/relocalize``)
 ``/diagnostics``                diagnostic_msgs/DiagnosticArray      every ``diagnostics_period`` s
 ``pae/reconstruction``          sensor_msgs/Image rgb8 (optional)    the camera frame
 =============================== ==================================== ===========================
 
-Output topic names are relative (``/pae/pose`` in the root namespace, ``/<ns>/pae/pose`` when
-the node is started in a namespace); ``/tf`` and ``/diagnostics`` are absolute, as is the default
-``image_topic``. Poses are camera-to-map: position = optical centre of the camera in the map,
-metres; orientation = rotation of the OpenCV optical camera axes (x right, y down, z forward,
-REP 103 ``*_optical``) into the map frame.
+What ``pae/pose*`` describe (``pose_frame``): the pose of ``base_frame`` in ``map_frame`` (what
+robot_localization and AMCL's ``/initialpose`` expect), ``T_map_base = T_map_camera *
+T_camera_base`` with ``T_camera_base`` from TF (normally the static mount chain), the covariance
+carried along (:func:`pae_ros.ros.frames.camera_to_base`); or the camera's optical frame
+(``pose_frame:=camera``; ``auto`` falls back to it, with a warning, while TF has no base -> camera
+chain). ``pae/apr_pose`` is always the camera's (for evaluation against camera ground truth).
+Pose topics are reliable and transient local with depth 1 (``pose_transient_local``).
 
-TF (``tf_mode``)
-----------------
-* ``map->camera``: ``map_frame -> <camera frame>`` = the estimate. The camera frame is the image
-  header's ``frame_id`` (or ``camera_frame`` when set). Use when nothing else publishes TF for
-  the camera (a hand-held camera, a bag without odometry).
-* ``map->odom`` (REP 105, default): the node subscribes to ``/tf`` and ``/tf_static`` itself
-  (no tf2_ros here), keeps the latest transform of every frame and chains
-  ``odom_frame -> ... -> camera frame`` through whatever the tree has (normally
-  ``odom -> base_link -> camera_link -> camera_optical``), then publishes
-  ``T_map_odom = T_map_camera * inv(T_odom_camera)`` so that odometry keeps owning
-  ``odom -> base``. The *latest* ``odom -> camera`` is used (no interpolation to the image
-  stamp). Without such a chain no TF is published, ``tf_missing`` counts it and a throttled
-  warning names the missing link.
-* ``none``: no TF.
-``base_frame`` is not used in the computation (the chain is found through whatever frames exist);
-it is used to say which link is missing (``odom -> base_frame`` or ``base_frame -> camera``) in the
-warning when the chain is broken. Below ``confidence_gate`` the poses are published (with their
-large covariance) but no TF.
+TF (``tf_mode``): ``map_odom`` (REP 105), ``map_camera`` or ``none``; see
+:mod:`pae_ros.ros.tf_publisher`. The node subscribes to ``/tf`` and ``/tf_static`` itself and keeps
+a short per-edge history (:mod:`pae_ros.ros.tf`, no tf2_ros here): ``odom -> camera`` is looked up
+**at the image stamp** (interpolated), waiting at most ``tf_wait`` s when odometry lags; a frame
+older than the history is counted (``count.tf_too_old``) and gets no TF. Only confident (>=
+``confidence_gate``), in-scene estimates (``Estimate.in_scene`` when the pipeline provides it) move
+TF or ``/initialpose``; the others are published as poses with their large covariance.
 
 Failure behaviour
 -----------------
-A bad parameter value or a missing / corrupt bundle at start: one error line, exit code 2 / 1.
-Malformed images, non-finite estimates and inference exceptions never stop the node: they are
-logged (throttled per reason) and counted per reason in ``/diagnostics``. SIGINT / SIGTERM: the
-worker thread is joined, the GPU cache released, exit code 0.
+A bad parameter (wrong type, out of range, unknown name, ``k`` above the pose table) or a missing /
+corrupt bundle at start: one error line, exit code 2 / 1. Malformed images, non-finite estimates
+and inference exceptions never stop the node: they are logged (throttled per reason) and counted
+per reason in ``/diagnostics``. SIGINT / SIGTERM: the worker thread is joined, exit code 0.
 """
 from __future__ import annotations
 
 import gc
 import math
-import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.node import Node
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.logging import get_logger
 
-from pae_ros.image_codec import DEFAULT_MAX_DIM, ImageDecodeError
-
-NODE_NAME = "pae_localizer"
-TF_MODES = ("none", "map->camera", "map->odom")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-FRAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+from pae_ros.image_codec import ImageDecodeError
+from pae_ros.ros.params import (NODE_NAME, PARAMETER_NAMES, PARAMETERS, TF_MODES, ConfigError,  # noqa: F401
+                                ParamSpec, check_command_line, declare_and_read)
 
 #: exit codes of :func:`main`
 EXIT_OK, EXIT_STARTUP, EXIT_PARAMS = 0, 1, 2
 
-# --------------------------------------------------------------------------- parameters
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One declared parameter: the single table the node, the docs and the tests read."""
-
-    name: str
-    default: Any
-    description: str
-    constraints: str = ""
-    #: returns an error sentence or None
-    check: Callable[[Any], str | None] | None = None
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-
-    @property
-    def kind(self) -> type:
-        return type(self.default)
-
-
-def _one_of(options):
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
-
-
-def _frame(v):
-    if not FRAME_RE.match(v):
-        return "must be a TF frame id (letters, digits, _ . / -, no leading '/')"
-    return None
-
-
-PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("bundle", "", "path of the model bundle (.pae, a safetensors file) written by `pae train`",
-              "required", lambda v: None if v.strip() else "is required: the path of a bundle written by `pae train`"),
-    ParamSpec("device", "auto", "inference device: auto (first GPU when present, else CPU), cpu, cuda, cuda:N",
-              "auto | cpu | cuda | cuda:N",
-              lambda v: None if DEVICE_RE.match(v) else "must be auto, cpu, cuda or cuda:N"),
-    ParamSpec("backend", "auto",
-              "APR inference engine: auto (ONNX Runtime on the CPU, torch on a GPU), torch, onnx (CPU only)",
-              "auto | torch | onnx", _one_of(("auto", "torch", "onnx"))),
-    ParamSpec("threads", 1,
-              "CPU threads for inference (torch intra-op and ONNX Runtime); 1 was fastest for one frame at a "
-              "time on a small CPU and leaves cores to DDS; 0 = the libraries' default", ">= 0",
-              lambda v: None if v >= 0 else "must be >= 0 (0 = library default)", int_range=(0, 256)),
-    ParamSpec("refine", True, "refine the APR pose with the PAE (kNN + latent fit); false = APR alone"),
-    ParamSpec("k", -1, "refinement neighbours; -1 = the bundle's value", ">= 1, or -1",
-              lambda v: None if v == -1 or v >= 1 else "must be >= 1, or -1 for the bundle's value",
-              int_range=(-1, 100000)),
-    ParamSpec("steps", -1, "refinement optimisation steps; -1 = the bundle's value", ">= 0, or -1",
-              lambda v: None if v >= -1 else "must be >= 0, or -1 for the bundle's value",
-              int_range=(-1, 100000)),
-    ParamSpec("image_topic", "/camera/image_raw",
-              "image topic (sensor_msgs/Image); with compressed:=true the node subscribes "
-              "<image_topic>/compressed. Remappable with -r", "a valid topic name",
-              lambda v: None if v.strip() else "must be a topic name"),
-    ParamSpec("compressed", False, "subscribe <image_topic>/compressed (sensor_msgs/CompressedImage, jpeg/png)"),
-    ParamSpec("camera_frame", "", "camera (optical) frame for TF; empty = the image header's frame_id",
-              "frame id or empty", lambda v: None if v == "" else _frame(v)),
-    ParamSpec("map_frame", "map", "frame of the output poses (the bundle's world frame)", "frame id", _frame),
-    ParamSpec("odom_frame", "odom", "odometry frame (tf_mode map->odom)", "frame id", _frame),
-    ParamSpec("base_frame", "base_link",
-              "robot body frame; not used in the maths (odom -> camera is chained through whatever "
-              "/tf holds), only to name the missing link when that chain is broken", "frame id", _frame),
-    ParamSpec("tf_mode", "map->odom",
-              "TF to publish: map->odom (REP 105, needs odom -> camera on /tf), map->camera, none",
-              " | ".join(TF_MODES), _one_of(TF_MODES)),
-    ParamSpec("image_qos", "auto",
-              "image subscription reliability: auto (match the publishers), reliable, best_effort",
-              "auto | reliable | best_effort", _one_of(("auto", "reliable", "best_effort"))),
-    ParamSpec("confidence_gate", 0.0,
-              "below this confidence (0..1) the pose is published (with its large covariance) but no TF",
-              "0.0 <= value <= 1.0",
-              lambda v: None if 0.0 <= v <= 1.0 else "must be in [0, 1]", float_range=(0.0, 1.0)),
-    ParamSpec("publish_reconstruction", False,
-              "publish pae/reconstruction: the decoder's image at the estimated pose (bundles with a decoder)"),
-    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", "> 0",
-              lambda v: None if 0.0 < v <= 3600.0 else "must be > 0 (seconds)"),
-    ParamSpec("max_image_size", DEFAULT_MAX_DIM,
-              "largest accepted image width or height, pixels (larger ones are counted as too_large)", ">= 16",
-              lambda v: None if v >= 16 else "must be >= 16 (pixels)", int_range=(16, 1 << 20)),
-)
-
-PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
-
-
-class ConfigError(Exception):
-    """A parameter has a bad value; the message names it."""
-
 
 class StartupError(Exception):
-    """The node cannot start (bundle missing / corrupt, device unavailable)."""
+    """The node cannot start (bundle missing / corrupt, device unavailable, k above the table)."""
 
-
-def _descriptor(p: ParamSpec) -> ParameterDescriptor:
-    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-    d = ParameterDescriptor(name=p.name, type=types[p.kind], description=p.description,
-                            additional_constraints=p.constraints, read_only=True)
-    if p.kind is float:
-        d.dynamic_typing = True  # accept `-p confidence_gate:=1` (an integer) too; checked below
-    if p.float_range:
-        d.floating_point_range = [FloatingPointRange(from_value=p.float_range[0], to_value=p.float_range[1], step=0.0)]
-    if p.int_range:
-        d.integer_range = [IntegerRange(from_value=p.int_range[0], to_value=p.int_range[1], step=0)]
-    return d
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def declare_and_read(node: Node) -> dict[str, Any]:
-    """Declare every :data:`PARAMETERS` entry on ``node`` and return validated values.
-
-    Raises :class:`ConfigError` naming every bad parameter.
-    """
-    errors: list[str] = []
-    values: dict[str, Any] = {}
-    for p in PARAMETERS:
-        try:
-            v = node.declare_parameter(p.name, p.default, _descriptor(p)).value
-        except Exception as e:  # InvalidParameterTypeException / InvalidParameterValueException
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            errors.append(f"parameter '{p.name}' must be {_TYPE_WORDS[p.kind]}"
-                          f"{' (' + p.constraints + ')' if p.constraints else ''}: {reason}")
-            continue
-        if p.kind is float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                errors.append(f"parameter '{p.name}' must be a number, got {v!r}")
-                continue
-            v = float(v)
-            if not math.isfinite(v):
-                errors.append(f"parameter '{p.name}' must be finite, got {v!r}")
-                continue
-        if p.check is not None:
-            msg = p.check(v)
-            if msg:
-                errors.append(f"parameter '{p.name}' {msg} (got {v!r})")
-                continue
-        values[p.name] = v
-    if not errors:
-        if values["map_frame"] == values["odom_frame"]:
-            errors.append(f"parameters 'map_frame' and 'odom_frame' must differ (both {values['map_frame']!r})")
-    if errors:
-        raise ConfigError("; ".join(errors))
-    return values
+    def __init__(self, text: str, code: int = EXIT_STARTUP):
+        super().__init__(text)
+        self.code = code
 
 
 # --------------------------------------------------------------------------- keep-latest slot
@@ -277,8 +132,10 @@ class LatestSlot:
 # --------------------------------------------------------------------------- the node
 
 
-class LocalizerNode(Node):
-    """``pae_localizer``: see the module docstring. Construct, then :meth:`start`, spin, :meth:`close`."""
+class LocalizerNode(LifecycleNode):
+    """``pae_localizer``: see the module docstring. ``main`` constructs it and drives the lifecycle
+    (``autostart``); tests may call :meth:`start` (configure + activate) or :meth:`setup` (around
+    an already built localizer), then :meth:`close`."""
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
@@ -290,29 +147,80 @@ class LocalizerNode(Node):
         self.tf_mode: str = p["tf_mode"]
         self.gate: float = p["confidence_gate"]
         self.max_dim: int = p["max_image_size"]
+        self.tf_wait: float = p["tf_wait"]
         try:
             base = self.resolve_topic_name(p["image_topic"])
             self.image_topic = self.resolve_topic_name(base + "/compressed") if p["compressed"] else base
+            info_topic = p["camera_info_topic"] or (base.rsplit("/", 1)[0] + "/camera_info")
+            self.camera_info_topic = self.resolve_topic_name(info_topic)
         except Exception as e:
-            raise ConfigError(f"parameter 'image_topic' is not a valid topic name "
-                              f"({p['image_topic']!r}): {e}") from None
+            raise ConfigError(f"parameter 'image_topic' / 'camera_info_topic' is not a valid topic name "
+                              f"({p['image_topic']!r}, {p['camera_info_topic']!r}): {e}") from None
         self.localizer = None
         self.info: dict = {}
         self.stats = None
-        self._slot = LatestSlot()
+        self._slot = None
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._active = False
         self._sub = None
+        self._subs: list = []
+        self._timers: list = []
+        self._pubs: list = []
         self._reliability = None
         self._tf_buffer = None
         self._tf_chain_missing = False
         self._last_log: dict[str, float] = {}
         self._cuda = False
+        self._camera_warning: str | None = None
+        self._startup_error = None
+        self._base_seen = False
+        self._camera_checked: tuple | None = None
+        self._train_camera = None
+        self.pub_pose = self.pub_pose_cov = self.pub_apr = self.pub_diag = self.pub_recon = None
+        self.tf_out = None
+        self.reloc = None
+
+    # ---- lifecycle transitions -------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            localizer, warm_s, load_s = self._load()
+            self.configure_with(localizer, warm_s, load_s)
+        except StartupError as e:
+            self.get_logger().error(str(e))
+            self._startup_error = e
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.activate_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.deactivate_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.cleanup_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.deactivate_io()
+        self.cleanup_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def is_active(self) -> bool:
+        return self._active
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self) -> None:
-        """Load the bundle, warm up, create publishers / subscriptions, start the worker, log
-        ``ready``. Raises :class:`StartupError` with one clear sentence."""
+        """Configure and activate directly (no lifecycle services involved). Raises
+        :class:`StartupError` with one clear sentence."""
+        localizer, warm_s, load_s = self._load()
+        self.setup(localizer, warm_s, load_s)
+
+    def _load(self):
+        """(localizer, warm-up s per frame, load s). Raises :class:`StartupError`."""
         from pathlib import Path
 
         p = self.params
@@ -324,22 +232,43 @@ class LocalizerNode(Node):
         from pae_ros.pipeline import Localizer
         try:
             localizer = Localizer.from_bundle(
-                str(bundle), device=p["device"], refine=p["refine"],
+                str(bundle), device=p["device"], refine=None if p["refine"] == "auto" else p["refine"],
                 k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"],
                 backend=p["backend"], threads=p["threads"] or None)
-            warm_s = localizer.warmup()
         except BundleError as e:
             raise StartupError(f"cannot start: bad bundle: {e}") from None
         except Exception as e:  # device unavailable, bad k/steps, a bundle this code cannot build
             raise StartupError(f"cannot start with bundle '{bundle}' on device '{p['device']}': "
                                f"{type(e).__name__}: {e}") from None
-        self.setup(localizer, warm_s, time.monotonic() - t0)
+        table = localizer.info.get("table_size")
+        if p["k"] != -1 and table is not None and p["k"] > int(table):
+            raise StartupError(f"cannot start: parameter 'k' = {p['k']} is larger than the bundle's pose table "
+                               f"({table} poses): use k <= {table} or -1 for the bundle's value", EXIT_PARAMS)
+        try:
+            warm_s = localizer.warmup()
+        except Exception as e:
+            raise StartupError(f"cannot start: warm-up failed on device '{p['device']}': "
+                               f"{type(e).__name__}: {e}") from None
+        return localizer, warm_s, time.monotonic() - t0
 
     def setup(self, localizer, warm_s: float = 0.0, load_s: float = 0.0) -> None:
-        """Publishers, subscriptions, timers and the worker around a loaded ``localizer``
-        (anything with the :class:`pae_ros.pipeline.Localizer` interface); logs ``ready``."""
+        """Configure around a loaded ``localizer`` (anything with the
+        :class:`pae_ros.pipeline.Localizer` interface) and activate."""
+        self.configure_with(localizer, warm_s, load_s)
+        self.activate_io()
+
+    def configure_with(self, localizer, warm_s: float = 0.0, load_s: float = 0.0) -> None:
+        """Publishers, services and state around ``localizer``; logs ``configured``."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+        from sensor_msgs.msg import Image
+
         from pae_ros.ros import qos
         from pae_ros.ros.diagnostics import NodeStats
+        from pae_ros.ros.frames import training_camera
+        from pae_ros.ros.services import Relocalization
+        from pae_ros.ros.tf import TfBuffer
+        from pae_ros.ros.tf_publisher import TfOutput
 
         p = self.params
         self.localizer = localizer
@@ -347,43 +276,120 @@ class LocalizerNode(Node):
         self._cuda = str(info.get("device", "")).startswith("cuda")
         self.info = {"device": info.get("device", "?"), "bundle_id": info.get("bundle_id", "?"),
                      "image_topic": self.image_topic, "image_qos": "?", "tf_mode": self.tf_mode,
-                     "refine": info.get("refine"), "k": info.get("k"), "steps": info.get("steps")}
+                     "pose_frame": p["pose_frame"], "refine": info.get("refine"), "k": info.get("k"),
+                     "steps": info.get("steps"), "enabled": True}
         self.stats = NodeStats()
-
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-        from sensor_msgs.msg import Image
-        from tf2_msgs.msg import TFMessage
-
-        self.pub_pose = self.create_publisher(PoseStamped, "pae/pose", qos.OUTPUT_QOS)
-        self.pub_pose_cov = self.create_publisher(PoseWithCovarianceStamped, "pae/pose_with_covariance", qos.OUTPUT_QOS)
-        self.pub_apr = self.create_publisher(PoseStamped, "pae/apr_pose", qos.OUTPUT_QOS)
+        self._load_info = (warm_s, load_s, info.get("backend", "torch"))
+        pose_qos = qos.pose_qos(p["pose_transient_local"])
+        self.pub_pose = self.create_publisher(PoseStamped, "pae/pose", pose_qos)
+        self.pub_pose_cov = self.create_publisher(PoseWithCovarianceStamped, "pae/pose_with_covariance", pose_qos)
+        self.pub_apr = self.create_publisher(PoseStamped, "pae/apr_pose", pose_qos)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.OUTPUT_QOS)
-        self.pub_tf = self.create_publisher(TFMessage, "/tf", qos.TF_QOS) if self.tf_mode != "none" else None
         self.pub_recon = (self.create_publisher(Image, "pae/reconstruction", qos.OUTPUT_QOS)
                           if p["publish_reconstruction"] else None)
+        self._pubs = [x for x in (self.pub_pose, self.pub_pose_cov, self.pub_apr, self.pub_diag, self.pub_recon) if x]
         if p["publish_reconstruction"] and not info.get("decoder", False):
             self.get_logger().warning("publish_reconstruction is true but the bundle has no decoder: "
                                       "nothing will be published on pae/reconstruction")
-        if self.tf_mode == "map->odom":
-            from pae_ros.ros.tf import TfBuffer
+        self._tf_buffer = TfBuffer(p["tf_history"])
+        self.tf_out = TfOutput(self, p)
+        self.tf_out.create()
+        self.pub_tf = self.tf_out._pub
+        self.reloc = Relocalization(self, p)
+        self.reloc.create()
+        header = getattr(getattr(localizer, "bundle", None), "header", None) or {}
+        self._train_camera = training_camera(header.get("intrinsics"), (info.get("scenes") or [None])[0])
+        self.get_logger().info(f"configured: bundle {self.info['bundle_id']} on {self.info['device']} "
+                               f"({info.get('backend', 'torch')}), load+warm-up {load_s:.1f} s")
 
-            self._tf_buffer = TfBuffer()
-            self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.TF_QOS)
-            self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), qos.TF_STATIC_SUB_QOS)
+    def activate_io(self) -> None:
+        """Subscriptions, timers and the worker; logs ``ready``."""
+        from sensor_msgs.msg import CameraInfo
+        from tf2_msgs.msg import TFMessage
 
+        from pae_ros.ros import qos
+
+        if self._active:
+            return
+        p = self.params
+        self._stopping.clear()
+        self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._run_worker, name="pae_inference", daemon=True)
         self._worker.start()
+        self._subs = []
+        if self.tf_mode == "map_odom" or p["pose_frame"] != "camera":  # else no TF is ever looked up
+            self._subs += [
+                self.create_subscription(TFMessage, "/tf", lambda m: self._on_tf(m, False), qos.TF_QOS),
+                self.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True),
+                                         qos.TF_STATIC_SUB_QOS)]
+        if self._train_camera is not None:
+            self._subs.append(self.create_subscription(CameraInfo, self.camera_info_topic, self._on_camera_info,
+                                                       qos.image_profile("best_effort")))
+        self._active = True
         self._subscribe(initial=True)
         if p["image_qos"] == "auto":
-            self.create_timer(1.0, self._recheck_qos)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+            self._timers.append(self.create_timer(1.0, self._recheck_qos))
+        self._timers.append(self.create_timer(p["diagnostics_period"], self._publish_diagnostics))
+        self.tf_out.activate()
+        warm_s, load_s, backend = self._load_info
         kind = "CompressedImage" if p["compressed"] else "Image"
         self.get_logger().info(
-            f"ready: bundle {self.info['bundle_id']} on {self.info['device']} ({info.get('backend', 'torch')}) "
-            f"(refine={info.get('refine')}, load+warm-up {load_s:.1f} s, {warm_s * 1000:.0f} ms/frame), "
+            f"ready: bundle {self.info['bundle_id']} on {self.info['device']} ({backend}) "
+            f"(refine={self.info['refine']}, load+warm-up {load_s:.1f} s, {warm_s * 1000:.0f} ms/frame), "
             f"listening on {self.image_topic} [{kind}, {self._reliability}], tf_mode={self.tf_mode}, "
-            f"confidence_gate={self.gate}")
+            f"pose_frame={p['pose_frame']}, confidence_gate={self.gate}")
+
+    def deactivate_io(self) -> None:
+        """Unsubscribe, stop timers and the worker (joined)."""
+        if not self._active:
+            return
+        self._active = False
+        self.tf_out.deactivate()
+        for t in self._timers:
+            self.destroy_timer(t)
+        self._timers = []
+        for s in self._subs + ([self._sub] if self._sub is not None else []):
+            self.destroy_subscription(s)
+        self._subs, self._sub, self._reliability = [], None, None
+        self._stop_worker()
+        self.get_logger().info("deactivated: not subscribed, nothing published")
+
+    def cleanup_io(self) -> None:
+        """Destroy publishers and services, drop the model."""
+        if self.localizer is None:
+            return
+        for pub in self._pubs:
+            self.destroy_publisher(pub)
+        self._pubs = []
+        self.pub_pose = self.pub_pose_cov = self.pub_apr = self.pub_diag = self.pub_recon = None
+        if self.tf_out is not None:
+            self.tf_out.destroy()
+        if self.reloc is not None:
+            self.reloc.destroy()
+        self.localizer = None
+        gc.collect()
+        self._release_gpu()
+        self.get_logger().info("cleaned up: bundle unloaded")
+
+    def _stop_worker(self) -> bool:
+        self._stopping.set()
+        if self._slot is not None:
+            self._slot.close()
+        joined = True
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            joined = not self._worker.is_alive()
+            self._worker = None
+        return joined
+
+    def _release_gpu(self) -> None:
+        if self._cuda:
+            try:
+                import torch
+
+                torch.cuda.empty_cache()
+            except Exception:
+                pass
 
     def _subscribe(self, initial: bool = False) -> None:
         """(Re)create the image subscription with the reliability ``image_qos`` asks for."""
@@ -391,6 +397,8 @@ class LocalizerNode(Node):
 
         from pae_ros.ros import qos
 
+        if not self._active:
+            return
         infos = self.get_publishers_info_by_topic(self.image_topic)
         rel, why = qos.choose_image_reliability(self.params["image_qos"], [i.qos_profile.reliability for i in infos])
         if not initial and rel == self._reliability:
@@ -434,6 +442,9 @@ class LocalizerNode(Node):
         from pae_ros.ros.conversions import check_image_msg
 
         t_recv = time.monotonic()
+        if self.reloc is not None and not self.reloc.enabled:
+            self.stats.count("paused")
+            return
         try:
             check_image_msg(msg, self.max_dim)
         except ImageDecodeError as e:
@@ -450,28 +461,56 @@ class LocalizerNode(Node):
     def _on_tf(self, msg, static: bool) -> None:
         from pae_ros.ros.conversions import transform_from_msg
 
+        buf = self._tf_buffer
         for t in msg.transforms:
             try:
                 parent, child, tr, q, ns = transform_from_msg(t)
-                self._tf_buffer.set_transform(parent, child, tr, q, ns, static)
+                if not buf.set_transform(parent, child, tr, q, ns, static):
+                    self.stats.count("tf_ignored")
             except Exception:  # malformed transform: ignore it
-                continue
+                self.stats.count("tf_ignored")
+
+    def _on_camera_info(self, msg) -> None:
+        """Compare the incoming camera with the bundle's training camera (once per distinct camera)."""
+        from pae_ros.ros.frames import compare_cameras
+
+        try:
+            if self._train_camera is None:
+                return
+            key = (int(msg.width), int(msg.height), float(msg.k[0]), float(msg.k[4]))
+            if key == self._camera_checked:
+                return
+            self._camera_checked = key
+            w, h, fx, fy = key
+            if w <= 0 or h <= 0 or fx <= 0 or fy <= 0:
+                self._camera_warning = f"camera_info on {self.camera_info_topic} has no valid intrinsics ({key})"
+            else:
+                ok, text = compare_cameras(self._train_camera, w, h, fx, fy, self.params["fov_tolerance"])
+                self._camera_warning = None if ok else text
+                self.info["camera_check"] = text
+            if self._camera_warning:
+                self.get_logger().warning(self._camera_warning)
+        except Exception as e:
+            self._log_throttled("camera_info", f"camera_info check failed: {type(e).__name__}: {e}")
 
     def _publish_diagnostics(self) -> None:
         from pae_ros.ros.diagnostics import diagnostic_array
 
         try:
             snap = self.stats.snapshot()
-            missing = self.tf_mode == "map->odom" and snap["period_localized"] > 0 and self._tf_chain_missing
-            self.pub_diag.publish(diagnostic_array(self.get_clock().now().to_msg(),
-                                                   self.get_fully_qualified_name(), snap, self.info, missing))
+            missing = self.tf_mode == "map_odom" and snap["period_localized"] > 0 and self._tf_chain_missing
+            self.info["enabled"] = self.reloc.enabled if self.reloc is not None else True
+            warnings = [self._camera_warning] if self._camera_warning else None
+            self.pub_diag.publish(diagnostic_array(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
+                                                   snap, self.info, missing, warnings=warnings))
         except Exception as e:
             self._log_throttled("diag", f"diagnostics failed: {type(e).__name__}: {e}")
 
     # ---- the worker thread -----------------------------------------------------------------
     def _run_worker(self) -> None:
+        slot = self._slot
         while not self._stopping.is_set():
-            item = self._slot.take()
+            item = slot.take()
             if item is None:
                 break
             try:
@@ -503,15 +542,31 @@ class LocalizerNode(Node):
             return
         t_inferred = time.monotonic()
         stamp = msg.header.stamp
-        hdr = cv.header(stamp, self.map_frame)
+        s_ns = cv.stamp_ns(stamp)
+        in_scene = bool(getattr(est, "in_scene", True))
         below = est.confidence < self.gate
+        confident = in_scene and not below
+        if not in_scene:
+            self.stats.count("out_of_scene")
+        # which stage produced the pose (the pipeline's Estimate.method when it has one)
+        self.info["last_method"] = getattr(est, "method", "refined" if getattr(est, "refined", False) else "apr")
         camera_frame = self.params["camera_frame"] or msg.header.frame_id.lstrip("/")
-        if self.pub_tf is not None and not below:
-            self._publish_tf(stamp, camera_frame, est)
-        self.pub_pose.publish(cv.pose_stamped(hdr, est.position, est.quaternion))
-        self.pub_pose_cov.publish(cv.pose_with_covariance(hdr, est.position, est.quaternion, est.covariance))
-        self.pub_apr.publish(cv.pose_stamped(hdr, est.apr_position, est.apr_quaternion))
-        if self.pub_recon is not None:
+        hdr = cv.header(stamp, self.map_frame)
+        out = self._output_pose(s_ns, camera_frame, est)
+        if confident and self.tf_mode != "none":
+            self._publish_tf(s_ns, camera_frame, est)
+        cov_msg = None
+        if out is not None:
+            t_out, q_out, cov_out = out
+            self.pub_pose.publish(cv.pose_stamped(hdr, t_out, q_out))
+            cov_msg = cv.pose_with_covariance(hdr, t_out, q_out, cov_out)
+            self.pub_pose_cov.publish(cov_msg)
+            if self.reloc is not None and self.reloc.offer(cov_msg, t_out, confident):
+                self.get_logger().info(f"published /initialpose at ({t_out[0]:.2f}, {t_out[1]:.2f}, {t_out[2]:.2f}) m, "
+                                       f"confidence {est.confidence:.2f}")
+        if self.pub_apr.get_subscription_count() > 0:
+            self.pub_apr.publish(cv.pose_stamped(hdr, est.apr_position, est.apr_quaternion))
+        if self.pub_recon is not None and self.pub_recon.get_subscription_count() > 0:
             img = self.localizer.reconstruct(est.position, est.quaternion, getattr(est, "scene", None))
             if img is not None:
                 self.pub_recon.publish(cv.rgb_to_image(cv.header(stamp, camera_frame), img))
@@ -523,31 +578,74 @@ class LocalizerNode(Node):
             self._log_throttled("gate", f"confidence {est.confidence:.3f} < confidence_gate {self.gate}: "
                                         "pose published, no TF", level="info")
 
-    def _publish_tf(self, stamp, camera_frame: str, est) -> None:
-        from tf2_msgs.msg import TFMessage
+    def _output_pose(self, s_ns: int, camera_frame: str, est):
+        """(t, q, cov) that pae/pose* publish (``pose_frame``), or None (base wanted, no chain)."""
+        from pae_ros.ros.frames import camera_to_base, flatten_2d
+        from pae_ros.ros.tf import TfLookupError
 
-        from pae_ros.ros import conversions as cv
-        from pae_ros.ros.tf import map_to_odom
+        mode = self.params["pose_frame"]
+        if mode == "camera":
+            return est.position, est.quaternion, est.covariance
+        if mode == "auto" and self._base_seen:
+            mode = "base"  # once the mount was seen, never switch back to camera poses on the same topic
+        try:
+            if not camera_frame:
+                raise TfLookupError("unconnected", "the image header has no frame_id and camera_frame is empty")
+            try:
+                t_cb, q_cb = self._tf_buffer.lookup_or_raise(camera_frame, self.base_frame, s_ns)
+            except TfLookupError as e:
+                if e.reason == "unconnected" and mode == "auto":
+                    raise
+                t_cb, q_cb = self._tf_buffer.wait_for(camera_frame, self.base_frame, s_ns, self.tf_wait)
+            self._base_seen = True
+        except TfLookupError as e:
+            n = self.stats.count("base_tf_missing")
+            if mode == "base":
+                self._log_throttled("base_tf", f"pose_frame base: no TF {self.base_frame} -> {camera_frame or '?'} "
+                                               f"({e}): pose not published [{n} so far]")
+                return None
+            self._log_throttled("base_tf", f"no TF {self.base_frame} -> {camera_frame or '?'} ({e}): publishing "
+                                           "the camera pose; publish the camera mount on /tf_static or set "
+                                           f"pose_frame:=camera [{n} so far]", period_s=30.0)
+            return est.position, est.quaternion, est.covariance
+        t, q, cov = camera_to_base(est.position, est.quaternion, est.covariance, t_cb, q_cb)
+        if self.params["two_d_mode"]:
+            t, q, cov = flatten_2d(t, q, cov)
+        return t, q, cov
+
+    def _publish_tf(self, s_ns: int, camera_frame: str, est) -> None:
+        from pae_ros.ros.tf import TfLookupError, map_to_odom
 
         if not camera_frame:
             self.stats.missing_tf()
             self._log_throttled("noframe", "image header has no frame_id and camera_frame is empty: no TF published")
             return
-        if self.tf_mode == "map->camera":
-            t = cv.transform_stamped(stamp, self.map_frame, camera_frame, est.position, est.quaternion)
-        else:
-            found = self._tf_buffer.lookup(self.odom_frame, camera_frame)
-            if found is None:
-                self._tf_chain_missing = True
-                self.stats.missing_tf()
-                self._log_throttled("tf", f"no TF chain {self.odom_frame} -> {camera_frame} on /tf, /tf_static "
-                                          f"({self._describe_missing(camera_frame)}): map -> odom not published; "
-                                          "publish odometry TF or set tf_mode:=map->camera")
+        if self.tf_mode == "map_camera":
+            self.tf_out.camera(s_ns, camera_frame, est.position, est.quaternion)
+            return
+        try:
+            t_oc, q_oc = self._tf_buffer.wait_for(self.odom_frame, camera_frame, s_ns, self.tf_wait)
+        except TfLookupError as e:
+            if e.reason == "too_old":
+                n = self.stats.count("tf_too_old")
+                self._log_throttled("tf_old", f"image stamp older than the TF history ({e}): no map -> odom "
+                                              f"for this frame [{n} so far]")
                 return
-            self._tf_chain_missing = False
-            t_mo, q_mo = map_to_odom(est.position, est.quaternion, *found)
-            t = cv.transform_stamped(stamp, self.map_frame, self.odom_frame, t_mo, q_mo)
-        self.pub_tf.publish(TFMessage(transforms=[t]))
+            if e.reason == "future":
+                n = self.stats.count("tf_timeout")
+                self._log_throttled("tf_wait", f"odom -> {camera_frame} not available at the image stamp "
+                                               f"within tf_wait {self.tf_wait} s ({e}): no map -> odom for this "
+                                               f"frame [{n} so far]")
+                return
+            self._tf_chain_missing = True
+            self.stats.missing_tf()
+            self._log_throttled("tf", f"no TF chain {self.odom_frame} -> {camera_frame} on /tf, /tf_static "
+                                      f"({self._describe_missing(camera_frame)}): map -> odom not published; "
+                                      "publish odometry TF or set tf_mode:=map_camera")
+            return
+        self._tf_chain_missing = False
+        t_mo, q_mo = map_to_odom(est.position, est.quaternion, t_oc, q_oc)
+        self.tf_out.set_correction(s_ns, t_mo, q_mo)
 
     def _describe_missing(self, camera_frame: str) -> str:
         buf = self._tf_buffer
@@ -576,22 +674,13 @@ class LocalizerNode(Node):
     # ---- shutdown --------------------------------------------------------------------------
     def close(self) -> None:
         """Stop and join the worker, drop the model, release the GPU cache, destroy the node."""
-        self._stopping.set()
-        self._slot.close()
-        joined = True
-        if self._worker is not None:
-            self._worker.join(timeout=30.0)
-            joined = not self._worker.is_alive()
+        had_worker = self._worker is not None
+        self._active = False
+        joined = self._stop_worker()
         self.localizer = None
         gc.collect()
-        if self._cuda:
-            try:
-                import torch
-
-                torch.cuda.empty_cache()
-            except Exception:
-                pass
-        if self._worker is not None:
+        self._release_gpu()
+        if had_worker:
             n = self.stats.frames_localized if self.stats is not None else 0
             text = (f"stopped: {n} frames localized, worker {'joined' if joined else 'did not stop'}"
                     f"{', GPU cache released' if self._cuda else ''}")
@@ -608,22 +697,26 @@ class LocalizerNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``localizer``. Returns the exit code: 0 on SIGINT / SIGTERM, 1 start-up
     failure (bundle, device), 2 bad parameter."""
+    argv = list(sys.argv if args is None else args)
     rclpy.init(args=args)
     node: LocalizerNode | None = None
     code = EXIT_OK
     try:
         try:
             node = LocalizerNode()
+            check_command_line(argv, node.get_fully_qualified_name())
         except ConfigError as e:
             get_logger(NODE_NAME).error(f"cannot start: {e}")
             return EXIT_PARAMS
-        try:
-            node.start()
-        except StartupError as e:
-            if rclpy.ok():
-                node.get_logger().error(str(e))
-                code = EXIT_STARTUP
-            return code
+        if node.params["autostart"]:
+            node._startup_error = None
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                err = getattr(node, "_startup_error", None)
+                return err.code if err is not None else EXIT_STARTUP
+            node.trigger_activate()
+        else:
+            node.get_logger().info("autostart is false: unconfigured, waiting for `ros2 lifecycle set "
+                                   f"{node.get_fully_qualified_name()} configure`")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

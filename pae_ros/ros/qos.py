@@ -7,7 +7,9 @@
   large frames that travel as fragmented UDP; a reliable one receives them all but does not match
   a best-effort publisher. ``auto`` therefore matches the publishers' reliability
   (``get_publishers_info_by_topic``): best effort if any publisher is best effort, else reliable.
-* Outputs (poses, diagnostics, reconstruction): reliable, volatile, depth 10 (the rclpy default).
+* Poses: reliable, transient local, depth 1 (as AMCL's ``amcl_pose``: a late joiner gets the last
+  pose; :func:`pose_qos`, parameter ``pose_transient_local``), or volatile depth 10.
+* Other outputs (diagnostics, reconstruction, ``/initialpose``): reliable, volatile, depth 10.
 """
 from __future__ import annotations
 
@@ -53,3 +55,16 @@ def choose_image_reliability(mode: str, publisher_reliabilities: list) -> tuple[
         return "best_effort", (f"image_qos=auto: matching {len(publisher_reliabilities)} publisher(s), "
                                "at least one best effort")
     return "reliable", f"image_qos=auto: matching {len(publisher_reliabilities)} reliable publisher(s)"
+
+
+def pose_qos(transient_local: bool) -> QoSProfile:
+    """Pose outputs: reliable; transient local depth 1 (as AMCL's ``amcl_pose``: a late joiner gets
+    the last pose) or volatile depth 10."""
+    if transient_local:
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return OUTPUT_QOS
+
+
+#: ``/initialpose``: reliable, volatile, depth 10 (what AMCL and RViz use)
+INITIAL_POSE_QOS = OUTPUT_QOS

@@ -1,0 +1,77 @@
+"""Out-of-scene gate: is this image from the scene the bundle was trained on?
+
+Per-frame features (dimensionless; which ones exist depends on the bundle):
+
+* ``self_consistency``: ``|z - PAE(APR pose)|^2 / |z|^2`` (the APR contradicts its own latent);
+* ``manifold``: ``min_c |z - PAE(c)|^2 / |z|^2`` over the refinement candidates, the latent's
+  distance to the PAE manifold at train poses;
+* ``residual``: relative residual of the convex latent fit;
+* ``retrieval_cos``: cosine of the best train image (a similarity floor; needs the bundle's
+  ``table.descriptors``).
+
+The gate is fitted at training on held-back **in-scene** frames (:func:`fit_ood_gate`, called by
+the training pipeline; stored in the bundle header under ``ood``): each feature's threshold is
+its in-scene ``quantile`` (upper for distances, lower for ``retrieval_cos``) widened by
+``margin`` (a factor for distances, a subtraction for the cosine). A frame is in-scene when every
+feature the gate knows and the frame has is inside its threshold.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: features where a LOW value means out of scene (the rest: a HIGH value means out of scene)
+LOWER_IS_OUT = ("retrieval_cos",)
+#: measured (fit on one test walk, scored on the others; bench/bench_refine_accuracy.py): the retrieval
+#: cosine floor does most of the work; self_consistency lost 10 % more in-scene frames for no gain on
+#: the courtyard; the manifold distance alone (a bundle without descriptors) gated only 59 % (courtyard)
+#: and 27 % (plaza). cos_margin 0.02 lost 13.5 % of the plaza's other walks, 0.04 about 6 %.
+DEFAULT_FEATURES = ("manifold", "retrieval_cos")
+
+
+def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = 0.99, margin: float = 1.25,
+                 cos_margin: float = 0.04, names=DEFAULT_FEATURES) -> dict:
+    """Thresholds from in-scene frames: ``{name: (N,) values}`` -> the ``ood`` header dict.
+
+    ``quantile`` in (0.5, 1): share of held-back in-scene frames inside each threshold before the
+    margin. Features that are absent or have fewer than 10 finite values are left out."""
+    if not 0.5 < quantile < 1.0:
+        raise ValueError(f"ood quantile must be in (0.5, 1), got {quantile}")
+    rules = {}
+    n_used = 0
+    for name in names:
+        if name not in features:
+            continue
+        v = np.asarray(features[name], np.float64)
+        v = v[np.isfinite(v)]
+        if len(v) < 10:
+            continue
+        n_used = max(n_used, len(v))
+        if name in LOWER_IS_OUT:
+            rules[name] = {"below": float(np.quantile(v, 1.0 - quantile) - cos_margin)}
+        else:
+            rules[name] = {"above": float(np.quantile(v, quantile) * margin)}
+    if not rules:
+        raise ValueError(f"fit_ood_gate: no usable feature among {sorted(features)} (need >= 10 finite values)")
+    return {"version": 1, "rules": rules, "quantile": quantile, "margin": margin, "cos_margin": cos_margin,
+            "frames": n_used}
+
+
+def apply_ood_gate(gate: dict | None, features: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, list[list[str]]]:
+    """-> (in_scene (n,) bool, per frame the names of the rules it failed). No gate: all in scene.
+    A non-finite feature value counts as failed."""
+    inside = np.ones(n, bool)
+    failed: list[list[str]] = [[] for _ in range(n)]
+    if not gate:
+        return inside, failed
+    for name, rule in gate["rules"].items():
+        if name not in features:
+            continue
+        v = np.asarray(features[name], np.float64)
+        if "below" in rule:
+            bad = ~(v >= rule["below"])
+        else:
+            bad = ~(v <= rule["above"])
+        inside &= ~bad
+        for i in np.flatnonzero(bad):
+            failed[i].append(name)
+    return inside, failed
