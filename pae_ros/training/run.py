@@ -234,18 +234,18 @@ def _shares_backbone(cfg: Config) -> bool:
     from .. import pipeline
 
     rule = getattr(pipeline, "_backbone_frozen", None)
-    frozen = rule(cfg) if rule is not None else cfg.apr.freeze_backbone
-    return bool(frozen) and cfg.model.backbone == "efficientnet_lite0"
+    return bool(rule(cfg) if rule is not None else cfg.apr.freeze_backbone)
 
 
 def _describer(cfg: Config, apr, dev):
-    """The retrieval describer: the APR's own backbone when it is the frozen ImageNet-pretrained
-    one (no second network), else a fresh ImageNet-pretrained EfficientNet-Lite0."""
+    """The retrieval describer the Localizer uses at run time (``Localizer.describe_batch``): the
+    APR's own backbone when it is frozen (no second network), else a fresh
+    ``Describer(None, cfg.model.backbone)`` (ImageNet-pretrained for ``efficientnet_lite0``)."""
     from ..retrieval import Describer
 
     if _shares_backbone(cfg):
         return Describer(apr.backbone, device=dev), "apr_backbone"
-    return Describer(None, name="efficientnet_lite0", device=dev), "efficientnet_lite0_imagenet"
+    return Describer(None, name=cfg.model.backbone, device=dev), f"{cfg.model.backbone}_pretrained"
 
 
 def table_descriptors(cfg: Config, apr, table_frames, dev, data: FrameImages | None, feats: dict | None,
