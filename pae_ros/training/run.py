@@ -430,9 +430,15 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         tensors.update(_prefixed("decoder", dec))
         bundle = _save(partial, header, tensors)
 
-    # retrieval descriptors of every train frame (the final table's rows; fold tables use subsets)
+    # retrieval descriptors of every train frame (the final table's rows; fold tables use subsets);
+    # only from ImageNet weights: a fresh describer of a non-pretrained backbone (tiny_cnn, *_scratch)
+    # is randomly initialised, so its descriptors would differ between training and run time
     table_digest = frames_digest(frames)
-    if (header.get("descriptors", {}).get("table_digest") == table_digest and "table.descriptors" in tensors
+    desc = None
+    if cfg.model.backbone != "efficientnet_lite0":
+        header.pop("descriptors", None)
+        tensors.pop("table.descriptors", None)
+    elif (header.get("descriptors", {}).get("table_digest") == table_digest and "table.descriptors" in tensors
             and len(tensors["table.descriptors"]) == len(frames)):
         desc = tensors["table.descriptors"].float().numpy()
     else:
@@ -440,7 +446,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
         header["descriptors"] = {**info, "table_digest": table_digest}
         stats["descriptors_s"] = time.perf_counter() - t0
-    desc_of = {frame_key(f): d for f, d in zip(frames, desc)}
+    desc_of = None if desc is None else {frame_key(f): d for f, d in zip(frames, desc)}
 
     fold_loc = None
     if "calibrate" in stages and folds:
@@ -500,7 +506,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
 
     # the final pose table: every train frame (the held-out walks too), with retrieval descriptors
     tensors.update(_table_tensors(frames, scenes))
-    tensors["table.descriptors"] = torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32))
+    if desc is not None:
+        tensors["table.descriptors"] = torch.from_numpy(np.ascontiguousarray(desc, dtype=np.float32))
     header["metric_scales"] = _metric_scales(frames)
     header["table_frames"] = {"count": len(frames), "digest": table_digest, "includes_holdout": True}
 
