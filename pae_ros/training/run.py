@@ -333,6 +333,10 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         torch.cuda.set_device(dev)
     workdir, out = Path(workdir), Path(out)
     workdir.mkdir(parents=True, exist_ok=True)
+    if stages and set(stages) <= {"map"}:  # the map alone: beside an existing bundle, which stays as it is
+        from ..geometric.build import run_map_stage
+
+        return {"map": run_map_stage(load_bundle(bundle_in or out), train)}
     frames, bad = check_poses(train.frames, skip_bad)
     scenes = scenes_of(DatasetSplit(frames, [], {}))
     folds = holdout_folds(cfg, frames)
