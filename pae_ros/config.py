@@ -157,9 +157,20 @@ class DecoderTrainConfig:
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
 
 
+#: the values of ``refine.enabled``
+REFINE_ENABLED = ("auto", True, False)
+
+
+class AutoBool:
+    """Type marker of a key that takes ``auto``, ``true`` or ``false`` (YAML booleans or strings);
+    the value is stored as ``"auto"``, ``True`` or ``False``."""
+
+
 @dataclass
 class RefineConfig:
-    enabled: bool = True
+    #: publish the refined pose: ``auto`` (default: the held-out walks decide at training, the bundle
+    #: header ``published`` records ``"apr"`` or ``"refined"``), ``true`` (always refined) or ``false`` (the APR)
+    enabled: AutoBool = "auto"
     #: number of nearest train poses
     k: int = 3
     #: optimiser steps of the convex-weight fit (AdamW on softmax logits, fresh per query)
@@ -177,6 +188,8 @@ class RefineConfig:
     retrieval_k: int = 2
 
     def validate(self, p: str) -> None:
+        _check(self.enabled in REFINE_ENABLED and type(self.enabled) in (str, bool), f"{p}.enabled",
+               f"must be auto, true or false, got {self.enabled!r}")
         _check(self.k >= 1, f"{p}.k", "must be >= 1")
         _check(self.candidates in ("auto", "knn", "retrieval", "union"), f"{p}.candidates",
                f"must be auto, knn, retrieval or union, got {self.candidates!r}")
@@ -189,14 +202,31 @@ class RefineConfig:
 
 @dataclass
 class CalibrationConfig:
-    #: share of each train sequence held back from training to calibrate sigma ...
+    #: what is held out of training to calibrate sigma and decide ``refine: auto``: ``walk`` (a whole
+    #: train walk per scene; a scene with one walk gives its longest contiguous stretch of
+    #: ``holdout_fraction`` of its frames) or ``blocks`` (short blocks inside every walk: near-duplicates
+    #: of their neighbours, so the fitted sigma is too small on new viewpoints; kept for comparison)
+    holdout: str = "walk"
+    #: share of a single-walk scene held out as one stretch (``walk``), or of every walk (``blocks``);
+    #: 0 turns calibration off
     holdout_fraction: float = 0.15
-    #: ... in blocks of this many consecutive frames spread along the sequence
+    #: ``blocks`` only: consecutive frames per block, spread along each walk
     holdout_block: int = 8
+    #: number of folds: each holds out another walk per scene (cross-validation over walks); the
+    #: sigma model is fitted on all folds' held-out frames. Each fold trains its own APR and PAE.
+    folds: int = 1
+    #: train the published APR/PAE/decoder on every train frame (the fold models, trained without
+    #: their held-out walk, serve calibration only). false: publish fold 1's models (one training
+    #: less; they never saw the held-out walk). The final pose table holds every train frame either way.
+    refit: bool = True
 
     def validate(self, p: str) -> None:
+        _check(self.holdout in ("walk", "blocks"), f"{p}.holdout", f"must be walk or blocks, got {self.holdout!r}")
         _check(0.0 <= self.holdout_fraction < 0.5, f"{p}.holdout_fraction", "must be in [0, 0.5)")
         _check(self.holdout_block >= 1, f"{p}.holdout_block", "must be >= 1")
+        _check(1 <= self.folds <= 10, f"{p}.folds", "must be in [1, 10]")
+        _check(self.refit or self.folds == 1, f"{p}.refit", "false needs folds: 1 (several folds need a refit)")
+        _check(self.holdout == "walk" or self.folds == 1, f"{p}.folds", "more than 1 needs holdout: walk")
 
 
 @dataclass
@@ -253,6 +283,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if tp is AutoBool:
+        if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+            value = {"auto": "auto", "true": True, "false": False}[value.lower()]
+        _check(isinstance(value, bool) or value == "auto", key, f"expected auto, true or false, got {value!r}")
+        return value
     if tp is bool:
         _check(isinstance(value, bool), key, f"expected a boolean (true/false), got {value!r}")
         return value
