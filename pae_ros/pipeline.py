@@ -163,6 +163,12 @@ class Localizer:
         self.scenes: list[str] = list(bundle.header["scenes"])
         self.position_mean = bundle.position_mean
         self.position_scale = bundle.position_scale
+        #: sigma (m) published when nothing calibrated applies (uncalibrated, out of scene, non-finite):
+        #: the scene's radius (largest distance of a train camera from the table's median), at least
+        #: the normalisation scale, so it is never smaller than any honest calibrated sigma
+        tp = np.asarray(bundle.table_positions, np.float64)
+        radius = float(np.max(np.linalg.norm(tp - np.median(tp, 0), axis=1))) if len(tp) else 0.0
+        self.unknown_sigma_m = max(float(self.position_scale), radius)
         self.resize = int(bundle.header["input"]["resize"])
         self.crop = int(bundle.header["input"]["crop"])
         cal = bundle.header.get("calibration") or {}
@@ -396,7 +402,7 @@ class Localizer:
         for j, i in enumerate(ok_rows):
             failed[i] = failed_sub[j]
         # uncalibrated (or out-of-scene / non-finite): an honest "we don't know", never a tiny fixed covariance
-        sp = np.full(n, self.position_scale)
+        sp = np.full(n, self.unknown_sigma_m)
         so = np.full(n, np.pi / 2)
         conf = np.zeros(n)
         model = self.sigma_models.get("refined" if ref is not None else "apr")
@@ -405,7 +411,7 @@ class Localizer:
             sp[ok_rows], so[ok_rows] = sp_s, so_s
             conf[ok_rows] = model.confidence(sp_s)
         gated = ~in_scene & finite
-        sp[gated], so[gated], conf[gated] = self.position_scale, np.pi / 2, 0.0
+        sp[gated], so[gated], conf[gated] = self.unknown_sigma_m, np.pi / 2, 0.0
         row_of = {int(i): j for j, i in enumerate(ok_rows)}
         method = "refined" if ref is not None else "apr"
         out = []

@@ -178,10 +178,10 @@ def test_uncalibrated_bundle_is_honest(tiny_bundle, tmp_path, loc, images):
         cal = loc.localize(img)
         np.testing.assert_allclose(e.position, cal.position, atol=1e-9)  # same pose, only the uncertainty differs
         assert e.confidence == 0.0
-        assert e.sigma_position_m == pytest.approx(unc.position_scale)
+        assert e.sigma_position_m == pytest.approx(unc.unknown_sigma_m) and unc.unknown_sigma_m >= unc.position_scale
         assert e.sigma_orientation_rad == pytest.approx(np.pi / 2)
         assert e.sigma_position_m > cal.sigma_position_m, "uncalibrated sigma must not be smaller than a calibrated one"
-        np.testing.assert_allclose(np.diag(e.covariance), [unc.position_scale ** 2] * 3 + [(np.pi / 2) ** 2] * 3)
+        np.testing.assert_allclose(np.diag(e.covariance), [unc.unknown_sigma_m ** 2] * 3 + [(np.pi / 2) ** 2] * 3)
 
 
 def test_bundle_without_pae_or_decoder(tiny_bundle, tmp_path, images):
@@ -244,8 +244,9 @@ def test_one_non_finite_row_leaves_the_others_refined_and_calibrated(tiny_bundle
         e, c = ests[i], clean[i]
         assert e.refined and e.method == "refined" and e.finite
         np.testing.assert_allclose(e.position, c.position, atol=1e-9)
-        assert e.confidence == pytest.approx(c.confidence, rel=1e-9) and e.confidence > 0
-        assert e.sigma_position_m == pytest.approx(c.sigma_position_m, rel=1e-9)
+        # float32 APR outputs differ in the last bits between batch compositions (~1e-8 relative)
+        assert e.confidence == pytest.approx(c.confidence, rel=1e-6) and e.confidence > 0
+        assert e.sigma_position_m == pytest.approx(c.sigma_position_m, rel=1e-6)
         assert e.extras["neighbors"] == c.extras["neighbors"]
 
 
@@ -309,7 +310,7 @@ def test_out_of_scene_gate(tiny_bundle, images):
         assert e.in_scene == (plain.extras["manifold"] <= np.median(vals))
         np.testing.assert_allclose(e.position, plain.position, atol=1e-9)  # the pose is still given
         if not e.in_scene:
-            assert e.confidence == 0.0 and e.sigma_position_m == pytest.approx(loc.position_scale)
+            assert e.confidence == 0.0 and e.sigma_position_m == pytest.approx(loc.unknown_sigma_m)
             assert e.extras["out_of_scene"] == ["manifold"]
         else:
             assert e.confidence == pytest.approx(plain.confidence, rel=1e-9)
