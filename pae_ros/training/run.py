@@ -148,6 +148,11 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         header["metric_scales"] = {"position_m": ps, "orientation_rad": os_}
         bundle = save_bundle(out, header, tensors)
 
+    if "map" in stages:  # optional geometric stage's sparse map, beside the bundle (bound to its final id)
+        from ..geometric.build import run_map_stage
+
+        stats["map"] = run_map_stage(bundle, train)
+
     stats["seconds"] = time.perf_counter() - t_all
     stats["bundle"] = {"path": str(out), "bytes": out.stat().st_size, "bundle_id": bundle.bundle_id}
     if writer is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common_args import add_data_arguments, add_device_argument, read_split, setup_logging
 
-STAGE_CHOICES = ("all", "apr", "pae", "decoder", "calibrate")
+STAGE_CHOICES = ("all", "apr", "pae", "decoder", "calibrate", "map")  # map: optional, never part of "all"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out.with_name(out.name + ".work")
-    run_stages = STAGES if "all" in stages else stages
+    run_stages = (STAGES + tuple(s for s in stages if s == "map")) if "all" in stages else stages
     from ..bundle import BundleError
 
     try:

@@ -1,0 +1,164 @@
+"""The map stage of training: a sparse map for a bundle, calibrated on held-out train walks.
+
+``build_bundle_map(bundle, train_split)`` finds the image of every row of the bundle's train
+pose table (by exact pose), builds the map (:func:`.mapping.build_map`), then fits the
+covariance scales by leave-one-walk-out: up to ``calib_queries`` train frames are localized
+against a retrieval shortlist drawn only from the *other* walks (sequences) of their scene, so
+the calibration sees new viewpoints as a test walk does. With a single walk, the shortlist
+excludes the frames within ``window`` frames of the query instead.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import load_rgb
+from ..geometry import orientation_error_rad
+from .calibrate import calibrate_covariance
+from .mapping import MapSettings, build_map
+from .sparse_map import SparseMap, map_path_for, save_map
+from .stage import GeometricStage, StageSettings
+
+log = logging.getLogger("pae.geometric")
+
+
+def frames_for_table(bundle, frames) -> list:
+    """The frame of every bundle table row (matched by exact pose). Raises ValueError naming a row
+    without an image (the dataset is not the one the bundle was trained on)."""
+    key = lambda p, q: tuple(np.round(np.r_[p, q], 9))
+    by_pose = {key(f.position, f.quaternion): f for f in frames}
+    out = []
+    for i, (p, q) in enumerate(zip(bundle.table_positions, bundle.table_quaternions)):
+        f = by_pose.get(key(p, q))
+        if f is None:
+            raise ValueError(f"bundle table row {i} (position {np.round(p, 3).tolist()}) has no train frame with "
+                             f"that pose in the dataset: is it the dataset the bundle was trained on?")
+        out.append(f)
+    return out
+
+
+def retrieval_descriptors(images: list[np.ndarray], resize: int, crop: int, describer=None, chunk: int = 32) -> np.ndarray:
+    """(N, D) retrieval descriptors (:mod:`pae_ros.retrieval`) of RGB images at the bundle's input size."""
+    from ..preprocess import to_batch
+    from ..retrieval import Describer
+
+    describer = describer or Describer(None)
+    return np.concatenate([describer(to_batch(images[i:i + chunk], resize, crop)) for i in range(0, len(images), chunk)])
+
+
+def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = 120,
+                     shortlist_k: int = 10, window: int = 15, stage_settings: StageSettings | None = None,
+                     descriptors: np.ndarray | None = None, seed: int = 0, progress=None) -> tuple[SparseMap, dict]:
+    """Build and calibrate the map of ``bundle`` from the train split it was trained on.
+
+    Returns (map, stats). ``descriptors``: the train images' retrieval descriptors in table order
+    (default: the bundle's ``table.descriptors``, else computed with the pretrained backbone).
+    """
+    t0 = time.perf_counter()
+    frames = frames_for_table(bundle, train.frames)
+    sidx = bundle.table_scene_idx
+    intr = [train.intrinsics.get(f.scene) for f in frames]
+    missing = sorted({f.scene for f, i in zip(frames, intr) if i is None})
+    if missing:
+        raise ValueError(f"no camera intrinsics for scene(s) {missing}: the map stage needs "
+                         f"<scene>/intrinsics.json (width, height, fx, fy, cx, cy)")
+    images = [load_rgb(f.image_path) for f in frames]
+    smap = build_map(images, bundle.table_positions, bundle.table_quaternions, intr, sidx, settings, bundle, progress)
+    stats = {"build_s": time.perf_counter() - t0, **smap.meta["stats"]}
+    if smap.n_points == 0:
+        return smap, stats
+    stats.update(calibrate_map(smap, bundle, frames, images, calib_queries, shortlist_k, window, stage_settings,
+                               descriptors, seed))
+    smap.meta["stats"] = {**smap.meta["stats"], **{k: v for k, v in stats.items() if k != "calibration"}}
+    return smap, stats
+
+
+def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: MapSettings | None = None,
+                  progress=None) -> dict:
+    """Build, calibrate and save the map beside the bundle (``<bundle>.map``). Returns stats."""
+    path = Path(map_path) if map_path else map_path_for(bundle.path)
+    smap, stats = build_bundle_map(bundle, train, settings, progress=progress)
+    if smap.n_points == 0:
+        raise ValueError(f"the sparse map of {bundle.path} has no 3-D points: too little texture or overlap "
+                         f"between the train images (no map written)")
+    save_map(path, smap)
+    stats.update(path=str(path), map_bytes=path.stat().st_size,
+                 bundle_bytes=Path(bundle.path).stat().st_size if bundle.path else None)
+    log.info("sparse map written: %s (%.1f MB, %d points, bundle %s)", path, path.stat().st_size / 1e6,
+             smap.n_points, bundle.bundle_id)
+    return stats
+
+
+def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
+                  shortlist_k: int = 10, window: int = 15, stage_settings: StageSettings | None = None,
+                  descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Fit the map's covariance scales (``smap.meta["calibration"]``) leave-one-walk-out; returns stats.
+
+    ``frames`` / ``images``: the bundle table rows' frames and RGB images (:func:`frames_for_table`).
+    """
+    stats: dict = {}
+    sidx = bundle.table_scene_idx
+    t1 = time.perf_counter()
+    if descriptors is None:
+        if "table.descriptors" in bundle.tensors:
+            descriptors = bundle.tensors["table.descriptors"].float().numpy()
+        else:
+            descriptors = retrieval_descriptors(images, int(bundle.header["input"]["resize"]),
+                                                int(bundle.header["input"]["crop"]))
+    desc = np.asarray(descriptors, np.float32)
+    seq = np.array([f"{f.scene}/{f.sequence}" for f in frames])
+    order_in_seq = np.zeros(len(frames), np.int64)
+    for s in np.unique(seq):
+        rows = np.nonzero(seq == s)[0]
+        order_in_seq[rows] = np.arange(len(rows))
+    rng = np.random.default_rng(seed)
+    q_rows = np.sort(rng.choice(len(frames), size=min(calib_queries, len(frames)), replace=False))
+    stage = GeometricStage(smap, settings=stage_settings, covariance_scale=(1.0, 1.0))
+    pe, sp, re, sr = [], [], [], []
+    for r in q_rows:
+        same_scene = sidx == sidx[r]
+        if len(np.unique(seq[same_scene])) > 1:
+            allowed = same_scene & (seq != seq[r])
+        else:
+            allowed = same_scene & (np.abs(order_in_seq - order_in_seq[r]) > window)
+        cand = np.nonzero(allowed)[0]
+        if not len(cand):
+            continue
+        sim = desc[cand] @ desc[r]
+        short = cand[np.argsort(-sim)[:shortlist_k]]
+        res = stage(images[r], short)
+        if res.accepted:
+            pe.append(float(np.linalg.norm(res.position - bundle.table_positions[r])))
+            re.append(float(orientation_error_rad(res.quaternion[None], bundle.table_quaternions[r][None])[0]))
+            sp.append(res.sigma_position_m)
+            sr.append(res.sigma_orientation_rad)
+    stats["calibration_queries"] = int(len(q_rows))
+    stats["calibration_accepted"] = len(pe)
+    try:
+        cal = calibrate_covariance(pe, sp, re, sr)
+        cal["median_position_error_m"] = float(np.median(pe))
+        smap.meta["calibration"] = cal
+        stats["calibration"] = cal
+    except ValueError as e:
+        log.warning("geometric covariance left uncalibrated: %s", e)
+        stats["calibration"] = None
+    stats["calibration_s"] = time.perf_counter() - t1
+    smap.meta["stats"] = {**smap.meta.get("stats", {}), **{k: v for k, v in stats.items() if k != "calibration"}}
+    return stats
+
+
+def recalibrate_map(bundle, train, map_path: str | Path | None = None, stage_settings: StageSettings | None = None,
+                    ) -> dict:
+    """Refit the covariance scales of an existing map (e.g. after changing the stage settings) and save it."""
+    from .sparse_map import load_map
+
+    path = Path(map_path) if map_path else map_path_for(bundle.path)
+    smap = load_map(path, bundle)
+    frames = frames_for_table(bundle, train.frames)
+    stats = calibrate_map(smap, bundle, frames, [load_rgb(f.image_path) for f in frames],
+                          stage_settings=stage_settings)
+    save_map(path, smap)
+    return stats

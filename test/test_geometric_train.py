@@ -1,0 +1,69 @@
+"""``pae train --stage map``: the sparse map beside a real (tiny) bundle, bound to it, calibrated."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import TINY_CONFIG  # noqa: E402
+from geometric_scene import write_textured_room  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny bundle (APR + PAE, no decoder) trained by ``pae train`` on the textured room."""
+    import torch
+
+    from pae_ros.cli import main
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("geo_train")
+    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
+    cfg["decoder"] = {"enabled": False}
+    import yaml
+
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "model.pae"
+    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
+                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
+    return root, out
+
+
+def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):
+    from pae_ros.bundle import load_bundle
+    from pae_ros.cli import main
+    from pae_ros.geometric import load_map, map_path_for, open_stage
+    from pae_ros.datasets import load_rgb, read_dataset
+
+    root, out = trained
+    assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(root / "data"),
+                 "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
+    bundle = load_bundle(out)
+    smap = load_map(map_path_for(out), bundle)          # bound: loads without complaint
+    assert smap.n_points > 100 and smap.meta["bundle_id"] == bundle.bundle_id
+    assert smap.n_images == len(bundle.table_positions)
+    cal = smap.meta["calibration"]
+    assert cal["position_scale"] > 0 and cal["queries"] >= 5
+    # the map's rows are the bundle table's rows: a test frame localizes against its nearest rows
+    te = read_dataset(root / "data", "7scenes", "test")
+    f = te.frames[5]
+    near = np.argsort(np.linalg.norm(bundle.table_positions - f.position, axis=1))[:5]
+    r = open_stage(bundle)(load_rgb(f.image_path), near)
+    assert r.accepted and np.linalg.norm(r.position - f.position) < 0.1
+
+
+def test_map_stage_on_another_dataset_says_so(trained, tmp_path, capsys):
+    from pae_ros.cli import main
+
+    root, out = trained
+    other = write_textured_room(tmp_path, train_walks=1, test_walks=1, frames=5, seed=3).parent
+    rc = main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(other),
+               "--format", "7scenes", "--device", "cpu", "--quiet"])
+    assert rc == 2
+    assert "no train frame with that pose" in capsys.readouterr().err
