@@ -1,10 +1,13 @@
-"""APR training throughput: end-to-end (backbone fine-tuned, augmentation) vs cached backbone features.
+"""APR training throughput: end-to-end (backbone fine-tuned, augmentation) vs the quick preset's cached features.
 
 Both runs use ``pae_ros.training.train_apr.train_apr`` with the same model (the quick preset's
-APR on the pretrained EfficientNet-Lite0, 128 px input) and batch size, on the same frames:
+APR on the pretrained EfficientNet-Lite0, at the preset's input size) and batch size, on the
+same frames:
 
 * ``end_to_end``: ``apr.freeze_backbone = false``, random crop + colour jitter 0.3 (as ``full``);
-* ``cached``: the quick preset as is: frozen backbone, features computed once (centre crops).
+* ``cached``: the quick preset as is: frozen backbone front, features computed once (the centre
+  crop plus the preset's augmented views, ``apr.cache_views``), and with ``apr.finetune_blocks`` the
+  backbone's last blocks trained on top of the cache (partial fine-tuning).
 
 Printed: images/s of each (training loop only, as ``train_apr`` reports it), the feature-cache
 time, the speed-up, and the wall-time ratio over a whole quick-preset APR stage (its epochs)
@@ -25,6 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+
+def _backbone_mode(cfg) -> str:
+    if not cfg.apr.freeze_backbone:
+        return "fine-tuned"
+    if cfg.apr.finetune_blocks:
+        return f"frozen but its last {cfg.apr.finetune_blocks} blocks"
+    return "frozen"
+
+
+def _views(stats) -> str:
+    v = stats.get("cache_views") or 1
+    return "centre crops" if v == 1 else f"{v} cached views per frame (centre + {v - 1} augmented)"
 
 
 def main(argv=None) -> int:
@@ -78,8 +94,8 @@ def main(argv=None) -> int:
                                      f"model {base_cfg.model.type}/{base_cfg.model.backbone} "
                                      f"{base_cfg.input.crop}px")
         runs = {
-            "end_to_end": ({"apr": {"freeze_backbone": False, "cache_features": False, "epochs": args.epochs,
-                                    "batch_size": bs},
+            "end_to_end": ({"apr": {"freeze_backbone": False, "cache_features": False, "finetune_blocks": 0,
+                                    "cache_views": 1, "epochs": args.epochs, "batch_size": bs},
                             "input": {"random_crop": True, "color_jitter": 0.3}}, True),
             "cached": ({"apr": {"freeze_backbone": True, "cache_features": True, "epochs": args.cached_epochs,
                                 "batch_size": bs}}, False),
@@ -101,8 +117,8 @@ def main(argv=None) -> int:
             common.line("train_apr", {"mode": name, "device": str(dev), "batch": bs, "frames": len(frames),
                                       "epochs": cfg.apr.epochs},
                         st["images_per_s"], "images/s",
-                        f"backbone {'frozen' if cfg.apr.freeze_backbone else 'fine-tuned'}, "
-                        f"{'random crop + colour jitter' if augment else 'centre crops'}{cache}; "
+                        f"backbone {_backbone_mode(cfg)}, "
+                        f"{'random crop + colour jitter' if augment else _views(st)}{cache}; "
                         f"train_apr wall {wall:.1f} s incl. checkpoints; image loading {load_s:.1f} s")
             torch.manual_seed(0)
         e2e, cached = stats["end_to_end"], stats["cached"]

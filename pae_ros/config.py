@@ -82,8 +82,18 @@ class APRTrainConfig:
     s_q_init: float = -3.0
     #: freeze the pretrained backbone and train only the rest
     freeze_backbone: bool = False
-    #: with a frozen backbone: compute backbone features once (centre crop, no augmentation)
+    #: with freeze_backbone: still train the last this many backbone blocks that the model uses
+    #: (posenet: the last blocks and the head conv; mstransformer: those before its stride-16 /
+    #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached.
+    #: The backbone is then no longer the ImageNet one: retrieval needs its own describer.
+    finetune_blocks: int = 0
+    #: learning rate of those backbone blocks, as a factor of apr.lr
+    tail_lr_scale: float = 0.1
+    #: with a frozen backbone: compute backbone features once and train the rest from them
     cache_features: bool = False
+    #: views cached per frame: the centre crop plus cache_views - 1 augmented ones (random crop
+    #: when input.random_crop, colour jitter input.color_jitter); each epoch draws one per frame
+    cache_views: int = 1
     num_workers: int = 0
 
     def validate(self, p: str) -> None:
@@ -94,6 +104,11 @@ class APRTrainConfig:
         _check(0 < self.lr_gamma <= 1, f"{p}.lr_gamma", "must be in (0, 1]")
         _check(not self.cache_features or self.freeze_backbone, f"{p}.cache_features",
                "needs freeze_backbone: true (features of a training backbone change)")
+        _check(self.finetune_blocks >= 0, f"{p}.finetune_blocks", "must be >= 0")
+        _check(self.finetune_blocks == 0 or self.freeze_backbone, f"{p}.finetune_blocks",
+               "needs freeze_backbone: true (without it the whole backbone trains)")
+        _check(self.tail_lr_scale > 0, f"{p}.tail_lr_scale", "must be > 0")
+        _check(self.cache_views >= 1, f"{p}.cache_views", "must be >= 1")
         _check(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
 
 
@@ -142,9 +157,20 @@ class DecoderTrainConfig:
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
 
 
+#: the values of ``refine.enabled``
+REFINE_ENABLED = ("auto", True, False)
+
+
+class AutoBool:
+    """Type marker of a key that takes ``auto``, ``true`` or ``false`` (YAML booleans or strings);
+    the value is stored as ``"auto"``, ``True`` or ``False``."""
+
+
 @dataclass
 class RefineConfig:
-    enabled: bool = True
+    #: publish the refined pose: ``auto`` (default: the held-out walks decide at training, the bundle
+    #: header ``published`` records ``"apr"`` or ``"refined"``), ``true`` (always refined) or ``false`` (the APR)
+    enabled: AutoBool = "auto"
     #: number of nearest train poses
     k: int = 3
     #: optimiser steps of the convex-weight fit (AdamW on softmax logits, fresh per query)
@@ -162,6 +188,8 @@ class RefineConfig:
     retrieval_k: int = 2
 
     def validate(self, p: str) -> None:
+        _check(self.enabled in REFINE_ENABLED and type(self.enabled) in (str, bool), f"{p}.enabled",
+               f"must be auto, true or false, got {self.enabled!r}")
         _check(self.k >= 1, f"{p}.k", "must be >= 1")
         _check(self.candidates in ("auto", "knn", "retrieval", "union"), f"{p}.candidates",
                f"must be auto, knn, retrieval or union, got {self.candidates!r}")
@@ -174,14 +202,31 @@ class RefineConfig:
 
 @dataclass
 class CalibrationConfig:
-    #: share of each train sequence held back from training to calibrate sigma ...
+    #: what is held out of training to calibrate sigma and decide ``refine: auto``: ``walk`` (a whole
+    #: train walk per scene; a scene with one walk gives its longest contiguous stretch of
+    #: ``holdout_fraction`` of its frames) or ``blocks`` (short blocks inside every walk: near-duplicates
+    #: of their neighbours, so the fitted sigma is too small on new viewpoints; kept for comparison)
+    holdout: str = "walk"
+    #: share of a single-walk scene held out as one stretch (``walk``), or of every walk (``blocks``);
+    #: 0 turns calibration off
     holdout_fraction: float = 0.15
-    #: ... in blocks of this many consecutive frames spread along the sequence
+    #: ``blocks`` only: consecutive frames per block, spread along each walk
     holdout_block: int = 8
+    #: number of folds: each holds out another walk per scene (cross-validation over walks); the
+    #: sigma model is fitted on all folds' held-out frames. Each fold trains its own APR and PAE.
+    folds: int = 1
+    #: train the published APR/PAE/decoder on every train frame (the fold models, trained without
+    #: their held-out walk, serve calibration only). false: publish fold 1's models (one training
+    #: less; they never saw the held-out walk). The final pose table holds every train frame either way.
+    refit: bool = True
 
     def validate(self, p: str) -> None:
+        _check(self.holdout in ("walk", "blocks"), f"{p}.holdout", f"must be walk or blocks, got {self.holdout!r}")
         _check(0.0 <= self.holdout_fraction < 0.5, f"{p}.holdout_fraction", "must be in [0, 0.5)")
         _check(self.holdout_block >= 1, f"{p}.holdout_block", "must be >= 1")
+        _check(1 <= self.folds <= 10, f"{p}.folds", "must be in [1, 10]")
+        _check(self.refit or self.folds == 1, f"{p}.refit", "false needs folds: 1 (several folds need a refit)")
+        _check(self.holdout == "walk" or self.folds == 1, f"{p}.folds", "more than 1 needs holdout: walk")
 
 
 @dataclass
@@ -208,13 +253,16 @@ class Config:
 
 #: named presets: overrides applied on top of the defaults (then a user file, then --set)
 PRESETS: dict[str, dict] = {
-    # minutes on a 2-core CPU: PoseNet-style heads on frozen, cached EfficientNet-Lite0 features
-    # (an MS-Transformer on cached stride-16 maps was 0.9 m vs 1.2 m median on the demo scene but
-    # took ~10x longer to train on this CPU; see README)
+    # minutes on a 2-core CPU: a 1-layer MS-Transformer-style APR (both branches on the stride-16
+    # map, 8 x 8 tokens at 128 px) over frozen, cached EfficientNet-Lite0 features. Chosen over
+    # PoseNet heads on pooled features, partial fine-tuning of the last backbone blocks, cached
+    # augmented views and 192 px input by APR accuracy on both built-in scenes (courtyard and
+    # plaza) per CPU second; the figures and commands are in the apr branch report / README.
     "quick": {
-        "model": {"type": "posenet"},
+        "model": {"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1,
+                  "transformer_ffn_dim": 256},
         "input": {"resize": 128, "crop": 128, "random_crop": False, "color_jitter": 0.0},
-        "apr": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "lr_step_epochs": 40, "freeze_backbone": True,
+        "apr": {"epochs": 30, "batch_size": 32, "lr": 3e-4, "lr_step_epochs": 20, "freeze_backbone": True,
                 "cache_features": True},
         "pae": {"epochs": 300, "batch_size": 64},
         "decoder": {"epochs": 60},
@@ -235,6 +283,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    if tp is AutoBool:
+        if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+            value = {"auto": "auto", "true": True, "false": False}[value.lower()]
+        _check(isinstance(value, bool) or value == "auto", key, f"expected auto, true or false, got {value!r}")
+        return value
     if tp is bool:
         _check(isinstance(value, bool), key, f"expected a boolean (true/false), got {value!r}")
         return value

@@ -162,7 +162,8 @@ def run(args) -> int:
     else:
         from .training.run import train_all
 
-        stats = train_all(cfg, train, bundle_path, out / "train_work", args.device)
+        # a retraining starts afresh: an earlier demo's checkpoints are discarded, not refused
+        stats = train_all(cfg, train, bundle_path, out / "train_work", args.device, restart=True)
         if stats.get("apr", {}).get("images_per_s"):
             print(f"      APR training throughput {stats['apr']['images_per_s']:.0f} images/s", flush=True)
     _done(t0, str(bundle_path))

@@ -22,7 +22,9 @@ TINY_CONFIG = {
     "apr": {"epochs": 12, "batch_size": 16, "lr": 2e-3, "lr_step_epochs": 8},
     "pae": {"epochs": 60, "batch_size": 32, "hidden": [32, 64]},
     "decoder": {"epochs": 5, "image_size": 32},
-    "refine": {"k": 3, "steps": 20, "lr": 0.1},
+    # always publish the refined pose (refine: auto would decide on the tiny held-out walk; the
+    # pipeline and refinement tests exercise refinement)
+    "refine": {"enabled": True, "k": 3, "steps": 20, "lr": 0.1},
     "calibration": {"holdout_fraction": 0.15, "holdout_block": 4},
 }
 

@@ -1,11 +1,19 @@
-"""Calibrate the confidence into sigmas on held-back train frames (see :mod:`pae_ros.confidence`)."""
+"""Calibrate the confidence into sigmas, and decide ``refine: auto``, on held-out train walks.
+
+Each calibration fold holds out whole train walks (:func:`pae_ros.training.data.walk_folds`); a
+Localizer whose APR, PAE **and pose table** never saw them runs on their images
+(:func:`holdout_pass`). The per-frame errors and confidence features of all folds are pooled:
+:func:`fit_calibration` fits the ``apr`` and ``refined`` sigma models (see
+:mod:`pae_ros.confidence`), :func:`decide_published` compares the refined and the APR position
+errors on the same frames (paired bootstrap of the median difference).
+"""
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
-from ..confidence import fit_sigma_model
+from ..confidence import CHI3_RADIUS_68, CHI3_RADIUS_95, SigmaModel, coverage, fit_sigma_model
 from ..geometry import orientation_error_rad, position_error
 from ..pipeline import Localizer
 
@@ -13,6 +21,9 @@ log = logging.getLogger("pae.train.calibrate")
 
 APR_FEATURES = ["self_consistency"]
 REFINED_FEATURES = ["self_consistency", "residual", "spread"]
+#: Localizer.info keys that are not refinement settings (everything else is recorded)
+_NOT_SETTINGS = {"bundle_id", "bundle_path", "device", "backend", "threads", "scenes", "model", "backbone",
+                 "input", "table_size", "decoder", "calibrated", "refine", "published"}
 
 
 def run_frames(loc: Localizer, images: list[np.ndarray], batch: int = 32):
@@ -33,15 +44,120 @@ def run_frames(loc: Localizer, images: list[np.ndarray], batch: int = 32):
     return cat
 
 
-def calibrate(loc: Localizer, images: list[np.ndarray], positions: np.ndarray, quaternions: np.ndarray) -> dict:
-    """Fit the ``apr`` and ``refined`` sigma models; returns the bundle's ``calibration`` dict."""
+def holdout_pass(loc: Localizer, images: list[np.ndarray], positions: np.ndarray, quaternions: np.ndarray) -> dict:
+    """Run ``loc`` (APR + refinement with its own table) on held-out frames (m, wxyz).
+
+    Returns per-frame arrays: ``apr``/``refined`` -> ``{"pos_err" (N,) m, "ori_err" (N,) rad,
+    "feats" {name: (N,)}}``."""
     r = run_frames(loc, images)
+    return {"apr": {"pos_err": position_error(r["apr_p"], positions),
+                    "ori_err": orientation_error_rad(r["apr_q"], quaternions), "feats": r["feats_apr"]},
+            "refined": {"pos_err": position_error(r["ref_p"], positions),
+                        "ori_err": orientation_error_rad(r["ref_q"], quaternions), "feats": r["feats_ref"]}}
+
+
+def pool_passes(passes: list[dict]) -> dict:
+    """Concatenate the per-frame arrays of several :func:`holdout_pass` results."""
+    out = {}
+    for m in ("apr", "refined"):
+        out[m] = {"pos_err": np.concatenate([p[m]["pos_err"] for p in passes]),
+                  "ori_err": np.concatenate([p[m]["ori_err"] for p in passes]),
+                  "feats": {n: np.concatenate([p[m]["feats"][n] for p in passes]) for n in passes[0][m]["feats"]}}
+    return out
+
+
+def coverage_scale(err: np.ndarray, sigma: np.ndarray) -> float:
+    """The factor ``c`` on sigma whose 1- and 2-sigma coverage of ``err`` is nearest 68.3 % and
+    95.4 % (squared distance; the smallest ``|log c|`` among ties). Maximum likelihood under a
+    Gaussian lets a few large errors inflate every sigma; this matches the coverage itself."""
+    err, sigma = np.asarray(err, np.float64), np.asarray(sigma, np.float64)
+    cs = np.exp(np.linspace(np.log(0.5), np.log(4.0), 209))
+    c1 = (err[None, :] <= CHI3_RADIUS_68 * cs[:, None] * sigma[None, :]).mean(1)
+    c2 = (err[None, :] <= CHI3_RADIUS_95 * cs[:, None] * sigma[None, :]).mean(1)
+    loss = (c1 - 0.683) ** 2 + (c2 - 0.954) ** 2
+    best = np.flatnonzero(loss <= loss.min() + 1e-12)
+    return float(cs[best[np.argmin(np.abs(np.log(cs[best])))]])
+
+
+def _rescaled(m: SigmaModel, feats: dict, pos_err, ori_err) -> tuple[SigmaModel, dict]:
+    sp, so = m.sigmas(feats)
+    cp, co = coverage_scale(pos_err, sp), coverage_scale(ori_err, so)
+    tp, to = list(m.theta_position), list(m.theta_orientation)
+    tp[0] += float(np.log(cp))
+    to[0] += float(np.log(co))
+    out = SigmaModel(list(m.features), tp, to, sigma_ref_m=1.0)
+    sp, so = out.sigmas(feats)
+    out.sigma_ref_m = float(np.median(sp))
+    out.coverage = {"position": coverage(pos_err, sp), "orientation": coverage(ori_err, so), "frames": int(len(pos_err)),
+                    "maximum_likelihood": m.coverage}
+    return out, {"position": cp, "orientation": co}
+
+
+def fit_calibration(pooled: dict) -> dict:
+    """Fit the ``apr`` and ``refined`` sigma models on pooled held-out frames: the bundle's
+    ``calibration`` dict (method -> SigmaModel dict, plus ``coverage_scale``: the factor applied
+    to the maximum-likelihood sigma, see :func:`coverage_scale`)."""
     models = {}
-    for name, p, q, feats, names in (("apr", r["apr_p"], r["apr_q"], r["feats_apr"], APR_FEATURES),
-                                     ("refined", r["ref_p"], r["ref_q"], r["feats_ref"], REFINED_FEATURES)):
-        m = fit_sigma_model(feats, names, position_error(p, positions), orientation_error_rad(q, quaternions))
-        models[name] = m.to_dict()
+    for name, names in (("apr", APR_FEATURES), ("refined", REFINED_FEATURES)):
+        r = pooled[name]
+        m = fit_sigma_model(r["feats"], names, r["pos_err"], r["ori_err"])
+        m, scale = _rescaled(m, r["feats"], r["pos_err"], r["ori_err"])
+        models[name] = {**m.to_dict(), "coverage_scale": scale}
         cov = m.coverage["position"]
-        log.info("calibrated %s sigma on %d held-back frames: median sigma %.3f m, %.0f%% within 1 sigma-radius "
-                 "(expected 68%%)", name, len(images), m.sigma_ref_m, 100 * cov["within_1sigma"])
+        log.info("calibrated %s sigma on %d held-out frames: median sigma %.3f m, %.0f%% within 1 sigma-radius "
+                 "(expected 68%%), %.0f%% within 2 (95%%)", name, len(r["pos_err"]), m.sigma_ref_m,
+                 100 * cov["within_1sigma"], 100 * cov["within_2sigma"])
     return models
+
+
+def calibrate(loc: Localizer, images: list[np.ndarray], positions: np.ndarray, quaternions: np.ndarray) -> dict:
+    """One localizer, one set of held-out frames: the bundle's ``calibration`` dict."""
+    return fit_calibration(holdout_pass(loc, images, positions, quaternions))
+
+
+def paired_median_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % interval of ``median(b) - median(a)`` over paired resamples of the frames."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n, len(a)))
+    d = np.median(b[idx], axis=1) - np.median(a[idx], axis=1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def decide_published(apr_err: np.ndarray, ref_err: np.ndarray, enabled, seed: int = 0) -> dict:
+    """Which pose the bundle publishes: ``refine.enabled`` ``True`` -> refined, ``False`` -> apr,
+    ``"auto"`` -> refined only when it beats the APR on the held-out frames: the paired bootstrap
+    95 % interval of median(refined) - median(APR) position error lies below zero.
+
+    Returns ``{"published", "rule", "frames", "median_position_m": {apr, refined},
+    "median_difference_m", "difference_ci95_m"}`` (the figures that decided it)."""
+    apr_err, ref_err = np.asarray(apr_err, np.float64), np.asarray(ref_err, np.float64)
+    out: dict = {"frames": int(len(apr_err)), "setting": enabled}
+    if len(apr_err):
+        lo, hi = paired_median_bootstrap(apr_err, ref_err, seed=seed)
+        out.update(median_position_m={"apr": float(np.median(apr_err)), "refined": float(np.median(ref_err))},
+                   median_difference_m=float(np.median(ref_err) - np.median(apr_err)), difference_ci95_m=[lo, hi])
+    if enabled is True or enabled is False:
+        out.update(published="refined" if enabled else "apr", rule=f"refine.enabled: {str(enabled).lower()}")
+    elif len(apr_err) < 5:
+        out.update(published="refined", rule="auto with fewer than 5 held-out frames: refined (the default before "
+                                              "auto); nothing to decide on")
+    else:
+        better = out["difference_ci95_m"][1] < 0
+        out.update(published="refined" if better else "apr",
+                   rule="auto: refined when the 95 % paired-bootstrap interval of median(refined) - median(apr) "
+                        "position error on the held-out walks is below 0")
+    return out
+
+
+def calibration_settings(loc: Localizer) -> dict:
+    """The refinement settings a Localizer runs with (every ``info`` key that is a setting: k,
+    steps, lr, orientation, metric, and candidate settings when the Localizer reports them)."""
+    if hasattr(loc, "refine_settings"):  # the Localizer's own list, which it compares at start
+        return dict(loc.refine_settings())
+    info = loc.info
+    s = {k: v for k, v in info.items() if k not in _NOT_SETTINGS}
+    s.setdefault("metric", loc.cfg.refine.metric)
+    s.setdefault("weight_decay", loc.cfg.refine.weight_decay)
+    return s

@@ -38,7 +38,44 @@ def load_checkpoint(path: Path) -> dict:
             what = f" ({g.group(1)})" if g else ""
             why = (f"it holds Python objects a pae_ros checkpoint never contains{what}, so it was not written by "
                    f"pae_ros or was modified; it was not loaded (nothing in it ran). "
-                   f"Delete it to start the stage afresh")
+                   f"Pass --restart (or delete it) to start afresh")
         else:
             why = " ".join(text.split(". ")[0].split()) or type(e).__name__
         raise RuntimeError(f"cannot resume from {path}: {why}") from None
+
+
+class CheckpointExistsError(ValueError):
+    """A run would overwrite an earlier run's checkpoint; the message says how to go on."""
+
+
+def checkpoint_epoch(path: Path) -> str:
+    """``"epoch E/N"`` of a checkpoint for messages (``"unreadable"`` when it cannot be read)."""
+    try:
+        st = load_checkpoint(path)
+    except RuntimeError:
+        return "unreadable"
+    return f"epoch {st.get('epoch', '?')}/{st.get('epochs', '?')}"
+
+
+def module_digest(module) -> str:
+    """Short SHA-256 of a module's state (names, dtypes, shapes, bytes): which teacher a PAE
+    checkpoint, or which PAE a decoder checkpoint, was trained against."""
+    from ..bundle import tensors_digest
+
+    return tensors_digest({k: v.detach().cpu() for k, v in module.state_dict().items()})[:16]
+
+
+def checkpoint_every(epochs: int, saves: int = 20) -> int:
+    """Save every this many epochs (about ``saves`` checkpoints per stage, and always the last)."""
+    return max(1, epochs // saves)
+
+
+def load_resume_state(path: Path, expect: dict) -> dict:
+    """Load a checkpoint to resume from; every ``expect`` item must equal the stored one."""
+    state = load_checkpoint(path)
+    for k, v in expect.items():
+        if state.get(k) != v:
+            raise RuntimeError(f"cannot resume from {path}: it was trained with a different {k.replace('_', ' ')} "
+                               f"(pass --restart to discard it)")
+    return state
+

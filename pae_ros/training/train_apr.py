@@ -3,7 +3,10 @@
 Resumable (``<workdir>/apr_last.ckpt``, written atomically after every epoch), seeded, logs to
 TensorBoard event files (``<workdir>/tb``), shows progress bars, and scales out with
 ``torchrun`` (DistributedDataParallel, gloo on CPU / nccl on GPU). With a frozen backbone it can
-cache backbone features once (centre crops, no augmentation) and train the rest from them.
+cache backbone features once and train the rest from them: of the centre crop and optionally of
+``apr.cache_views - 1`` augmented views per frame (one drawn per frame each epoch), and, with
+``apr.finetune_blocks = N``, the features *before* the backbone's last N blocks, which then train
+with the heads (partial fine-tuning; BatchNorm statistics stay frozen).
 """
 from __future__ import annotations
 
@@ -29,14 +32,18 @@ class _Trainable(nn.Module):
     """APR + learned pose loss in one module, so DDP averages the gradients of both (the
     learned weights s_x, s_q too) and sees one forward for image and cached-feature batches."""
 
-    def __init__(self, apr, loss_fn, multi_scene: bool):
+    def __init__(self, apr, loss_fn, multi_scene: bool, tail_start: int | None = None):
         super().__init__()
         self.apr = apr
         self.loss_fn = loss_fn
         self.multi_scene = multi_scene
+        self.tail_start = tail_start  # cached inputs are backbone trunk outputs up to this block
 
     def forward(self, inputs, x, q, scene_idx):
         if isinstance(inputs, dict):
+            if self.tail_start is not None:
+                full = self.apr.backbone.run_tail(inputs, self.tail_start, self.apr.feature_keys)
+                inputs = {k: full[k] for k in self.apr.feature_keys}
             out = self.apr.forward_features(inputs, scene_idx)
         else:
             out = self.apr(inputs, scene_idx)
@@ -62,6 +69,90 @@ def compute_features(apr, data: FrameImages, device, batch_size: int = 64, show_
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def tail_start_of(apr, finetune_blocks: int) -> int | None:
+    """Index of the first trained backbone block for ``apr.finetune_blocks`` (None: none trains).
+
+    The trained blocks are the last ``finetune_blocks`` of those the model's outputs need: for
+    PoseNet (pooled features) the backbone's last blocks and its head conv; for an
+    MS-Transformer on stride-16 maps the blocks just before the stride-16 tap (the later ones
+    are never run). ValueError when fewer blocks exist."""
+    if finetune_blocks <= 0:
+        return None
+    bb = apr.backbone
+    stop = bb._tail_stop(apr.feature_keys)
+    if finetune_blocks > stop:
+        raise ValueError(f"apr.finetune_blocks {finetune_blocks}: the model's outputs {list(apr.feature_keys)} come from "
+                         f"the first {stop} blocks of the {type(bb).__name__} backbone")
+    return stop - finetune_blocks
+
+
+def _view_images(data: FrameImages, indices, view: int, seed: int) -> torch.Tensor:
+    """Normalised crops of ``indices``: view 0 is the centre crop, view v > 0 an augmented one
+    (random crop when ``data.random_crop``, colour jitter ``data.jitter``), seeded by (seed, v, i)."""
+    import numpy as np
+
+    from ..preprocess import crop, normalize
+    from .data import color_jitter
+
+    if view == 0:
+        return data.centre_batch(indices)
+    s = data.crop_size
+    out = []
+    for i in indices:
+        rng = np.random.default_rng((seed, 7, view, int(i)))
+        img = data.images[i]
+        h, w = img.shape[:2]
+        if data.random_crop:
+            img = crop(img, s, int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1)))
+        else:
+            img = crop(img, s)
+        if data.jitter > 0:
+            img = color_jitter(img, data.jitter, rng)
+        out.append(img)
+    return normalize(np.stack(out))
+
+
+@torch.no_grad()
+def cache_views(apr, data: FrameImages, device, views: int = 1, start: int | None = None, seed: int = 0,
+                batch_size: int = 64, show_progress: bool = True, dtype=torch.float16) -> dict[str, torch.Tensor]:
+    """Backbone features of ``views`` views per item -> ``{key: (views, N, ...)}`` on ``device``.
+
+    ``start`` None: the model's feature keys; else the trunk outputs up to block ``start``
+    (``"cut"`` plus the taps before it that the model uses), for :meth:`run_tail`."""
+    from ..progress import tqdm
+
+    apr.backbone.eval()
+    out: dict[str, list] = {}
+    steps = [(v, i) for v in range(views) for i in range(0, len(data), batch_size)]
+    for v, i in tqdm(steps, desc="caching backbone features", unit="batch", disable=not show_progress, leave=False):
+        idx = list(range(i, min(i + batch_size, len(data))))
+        images = _view_images(data, idx, v, seed).to(device)
+        if start is None:
+            feats = apr.features(images)
+        else:
+            trunk = apr.backbone.run_trunk(images, start)
+            feats = {k: t for k, t in trunk.items() if k == "cut" or k in apr.feature_keys}
+        for k, t in feats.items():
+            out.setdefault(k, []).append(t.to(dtype))
+    n = len(data)
+    return {k: torch.cat(t).reshape(views, n, *t[0].shape[1:]) for k, t in out.items()}
+
+
+@torch.no_grad()
+def _features_after_tail(apr, trunk: dict[str, torch.Tensor], start: int, batch_size: int = 64,
+                         dtype=torch.float16) -> dict[str, torch.Tensor]:
+    """The model's feature keys from cached trunk outputs (one view), through the trained tail."""
+    apr.backbone.eval()
+    n = len(trunk["cut"])
+    out: dict[str, list] = {}
+    for i in range(0, n, batch_size):
+        full = apr.backbone.run_tail({k: v[i:i + batch_size].float() for k, v in trunk.items()}, start,
+                                     apr.feature_keys)
+        for k in apr.feature_keys:
+            out.setdefault(k, []).append(full[k].to(dtype))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, device: torch.device,
               dist_info: DistInfo = DistInfo(), resume: bool = False, show_progress: bool = True,
               pretrained_weights: bool = True):
@@ -78,10 +169,25 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     ckpt_path = workdir / "apr_last.ckpt"
     apr = build_apr(cfg.model, len(scenes), pretrained_weights=pretrained_weights).to(device)
     loss_fn = LearnedPoseLoss(ac.s_x_init, ac.s_q_init).to(device)
+    tail_start = tail_start_of(apr, ac.finetune_blocks) if ac.freeze_backbone else None
+    tail_params: list = []
     if ac.freeze_backbone:
         apr.backbone.requires_grad_(False)
-    params = [p for p in apr.parameters() if p.requires_grad] + list(loss_fn.parameters())
-    opt = torch.optim.Adam(params, lr=ac.lr, weight_decay=ac.weight_decay)
+        if tail_start is not None:
+            for m in apr.backbone.tail_modules(tail_start, apr.feature_keys):
+                m.requires_grad_(True)
+                tail_params += list(m.parameters())
+    n_views = ac.cache_views
+    if n_views > 1 and not (data.random_crop or data.jitter > 0):
+        log.warning("apr.cache_views %d: no augmentation is configured (input.random_crop false, "
+                    "input.color_jitter 0), so every view would be the centre crop: caching one view", n_views)
+        n_views = 1
+    tail_ids = {id(p) for p in tail_params}
+    params = [p for p in apr.parameters() if p.requires_grad and id(p) not in tail_ids] + list(loss_fn.parameters())
+    groups = [{"params": params}]
+    if tail_params:
+        groups.append({"params": tail_params, "lr": ac.lr * ac.tail_lr_scale})
+    opt = torch.optim.Adam(groups, lr=ac.lr, weight_decay=ac.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=ac.lr_step_epochs, gamma=ac.lr_gamma)
     start_epoch = 0
     if resume and ckpt_path.exists():
@@ -101,11 +207,12 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     cache_s = 0.0
     if ac.cache_features:
         t0 = time.perf_counter()
-        feats = compute_features(apr, data, device, show_progress=show_progress and dist_info.is_main)
+        feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
+                            show_progress=show_progress and dist_info.is_main)
         cache_s = time.perf_counter() - t0
 
     multi_scene = len(scenes) > 1
-    model = _Trainable(apr, loss_fn, multi_scene)
+    model = _Trainable(apr, loss_fn, multi_scene, tail_start if feats is not None else None)
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -133,6 +240,8 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
         else:
             order = list(sampler)
             loader = [order[i:i + ac.batch_size] for i in range(0, len(order), ac.batch_size)]
+            view_of = torch.randint(n_views, (len(data),),
+                                    generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
         bar = tqdm(loader, desc=f"APR epoch {epoch + 1}/{ac.epochs}", unit="batch", leave=False,
                    disable=not (show_progress and dist_info.is_main))
         sums = {"loss": 0.0, "loss_x": 0.0, "loss_q": 0.0}
@@ -144,7 +253,8 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
                 inputs = img.to(device, non_blocking=True)
             else:
                 idx = torch.as_tensor(batch)
-                inputs = {k: v[idx.to(v.device)].float() for k, v in feats.items()}
+                v_idx = view_of[idx]
+                inputs = {k: v[v_idx.to(v.device), idx.to(v.device)].float() for k, v in feats.items()}
                 x, q, s = data.x[idx], data.q[idx], data.scene_idx[idx]
             x, q, s = x.to(device), q.to(device), s.to(device)
             loss, parts = model(inputs, x, q, s)
@@ -176,8 +286,12 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     if writer is not None:
         writer.close()
     apr.eval()
+    if feats is not None:  # what the PAE stage reuses: the centre-crop features the model reads
+        centre = {k: v[0] for k, v in feats.items()}
+        feats = centre if tail_start is None else _features_after_tail(apr, centre, tail_start)
     stats = {"epochs": ac.epochs, "images": len(data), "world_size": dist_info.world_size,
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
              "feature_cache_s": cache_s if feats is not None else None,
-             "cached_features": feats is not None, "final_loss": last}
+             "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
+             "trained_backbone_blocks": ac.finetune_blocks if tail_start is not None else 0, "final_loss": last}
     return apr, loss_fn, stats, feats

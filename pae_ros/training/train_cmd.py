@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated stages to run: {', '.join(STAGE_CHOICES)}; later stages read --bundle")
     p.add_argument("--bundle", default=None, help="input bundle for stages after apr (default: --out)")
     p.add_argument("--workdir", default=None, help="checkpoints and TensorBoard logs (default: <out>.work/)")
-    p.add_argument("--resume", action="store_true", help="resume APR training from <workdir>/apr_last.ckpt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoints in the workdir (apr/pae/decoder_last.ckpt, "
+                        "fold*/)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the workdir's checkpoints of an earlier run and train from scratch (without "
+                        "--resume or --restart, a run refuses to overwrite them)")
     add_device_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -43,7 +48,13 @@ def run(args) -> int:
     except (ConfigError, DatasetError) as e:
         print(f"pae train: {e}", file=sys.stderr)
         return 2
-    from .run import STAGES, train_all
+    from .checkpoint import CheckpointExistsError
+    from .data import BadPoseError
+    from .run import STAGES, NonFiniteBundleError, train_all
+
+    if args.resume and args.restart:
+        print("pae train: --resume and --restart exclude each other", file=sys.stderr)
+        return 2
 
     out = Path(args.out)
     workdir = Path(args.workdir) if args.workdir else out.with_name(out.name + ".work")
@@ -52,10 +63,14 @@ def run(args) -> int:
 
     try:
         stats = train_all(cfg, train, out, workdir, args.device, run_stages, resume=args.resume,
-                          show_progress=not args.quiet, bundle_in=Path(args.bundle) if args.bundle else None)
-    except (BundleError, DatasetError, ValueError) as e:
-        # a missing/mismatched input bundle, an unreadable image, a bad device: one line;
-        # whatever earlier stages wrote stays on disk
+                          show_progress=not args.quiet, bundle_in=Path(args.bundle) if args.bundle else None,
+                          restart=args.restart, skip_bad=args.skip_bad)
+    except NonFiniteBundleError as e:
+        print(f"pae train: {e}", file=sys.stderr)
+        return 1
+    except (BundleError, DatasetError, BadPoseError, CheckpointExistsError, ValueError) as e:
+        # a missing/mismatched input bundle, an unreadable image, bad poses, an earlier run's
+        # checkpoint, a bad device: one line; checkpoints and <workdir>/partial.pae stay on disk
         print(f"pae train: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

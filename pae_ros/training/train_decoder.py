@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 from ..config import Config
 from ..models import build_decoder
 from ..preprocess import crop, resize_shorter
+from .checkpoint import checkpoint_every, load_resume_state, save_checkpoint
 
 log = logging.getLogger("pae.train.decoder")
 
@@ -29,8 +31,11 @@ def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, device, show_progress: bool = True,
-                  writer=None):
-    """Train on (latent, image) pairs; returns ``(decoder (eval), stats)``. L1 loss, Adam."""
+                  writer=None, ckpt_path: Path | None = None, resume: bool = False, pae_id: str = ""):
+    """Train on (latent, image) pairs; returns ``(decoder (eval), stats)``. L1 loss, Adam.
+
+    ``ckpt_path`` / ``resume``: as :func:`pae_ros.training.train_pae.train_pae`; ``pae_id`` (a
+    digest of the PAE whose latents it decodes) must match on resume."""
     from ..progress import tqdm
 
     dc = cfg.decoder
@@ -43,7 +48,19 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     t0 = time.perf_counter()
     last = 0.0
-    for epoch in tqdm(range(dc.epochs), desc="decoder", unit="epoch", leave=False, disable=not show_progress):
+    start = 0
+    expect = {"decoder_config": {**cfg.to_dict()["decoder"], "epochs": None}, "frames": n, "pae": pae_id,
+              "epochs": dc.epochs}
+    if resume and ckpt_path is not None and Path(ckpt_path).exists():
+        st = load_resume_state(Path(ckpt_path), expect)
+        dec.load_state_dict(st["decoder"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["generator"])
+        start, last = int(st["epoch"]), float(st["last"])
+        log.info("resuming decoder training at epoch %d/%d from %s", start, dc.epochs, ckpt_path)
+    every = checkpoint_every(dc.epochs)
+    for epoch in tqdm(range(start, dc.epochs), desc="decoder", unit="epoch", leave=False, disable=not show_progress):
         dec.train()
         perm = torch.randperm(n, generator=gen).to(device)
         tot, nb = 0.0, 0
@@ -59,6 +76,10 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
         last = tot / max(nb, 1)
         if writer is not None:
             writer.add_scalar("decoder/l1", last, epoch)
+        if ckpt_path is not None and ((epoch + 1) % every == 0 or epoch + 1 == dc.epochs):
+            save_checkpoint(Path(ckpt_path), {**expect, "decoder": dec.state_dict(), "optimizer": opt.state_dict(),
+                                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                                              "epoch": epoch + 1, "last": last})
     dec.eval()
     with torch.no_grad():
         train_psnr = float(torch.cat([psnr_db(dec(z[i:i + 256]), y[i:i + 256]) for i in range(0, n, 256)]).mean())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..config import Config
 from ..models import PoseAutoEncoder
+from .checkpoint import checkpoint_every, load_resume_state, save_checkpoint
 from .data import FrameImages
 from .losses import LearnedPoseLoss
 
@@ -52,8 +54,15 @@ def teacher_outputs(apr, data: FrameImages, device, batch_size: int = 64, feats=
 
 
 def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, teacher: dict, n_scenes: int,
-              device, show_progress: bool = True, writer=None):
-    """Train and return ``(pae (eval mode), stats)``. ``teacher`` from :func:`teacher_outputs`."""
+              device, show_progress: bool = True, writer=None, ckpt_path: Path | None = None, resume: bool = False,
+              teacher_id: str = ""):
+    """Train and return ``(pae (eval mode), stats)``. ``teacher`` from :func:`teacher_outputs`.
+
+    ``ckpt_path``: resumable state written atomically every few epochs and after the last
+    (weights, optimiser, scheduler, shuffling generator); with ``resume`` training continues from
+    it, exactly as an uninterrupted run. ``teacher_id`` (a digest of the APR) is stored and must
+    match on resume: a PAE is only worth resuming against the teacher it was fitting.
+    """
     from ..progress import tqdm
 
     pc = cfg.pae
@@ -79,8 +88,20 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
     n = len(data)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     t0 = time.perf_counter()
-    bar = tqdm(range(pc.epochs), desc="PAE", unit="epoch", leave=False, disable=not show_progress)
     last = {}
+    start = 0
+    expect = {"pae_config": {**cfg.to_dict()["pae"], "epochs": None}, "latent_dim": d, "frames": n,
+              "teacher": teacher_id, "epochs": pc.epochs}
+    if resume and ckpt_path is not None and Path(ckpt_path).exists():
+        st = load_resume_state(Path(ckpt_path), expect)
+        pae.load_state_dict(st["pae"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["generator"])
+        start, last = int(st["epoch"]), dict(st["last"])
+        log.info("resuming PAE training at epoch %d/%d from %s", start, pc.epochs, ckpt_path)
+    every = checkpoint_every(pc.epochs)
+    bar = tqdm(range(start, pc.epochs), desc="PAE", unit="epoch", leave=False, disable=not show_progress)
     for epoch in bar:
         perm = torch.randperm(n, generator=gen).to(device)
         sums = np.zeros(3)
@@ -105,6 +126,10 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
         if writer is not None:
             for k, v in last.items():
                 writer.add_scalar(f"pae/{k}", v, epoch)
+        if ckpt_path is not None and ((epoch + 1) % every == 0 or epoch + 1 == pc.epochs):
+            save_checkpoint(Path(ckpt_path), {**expect, "pae": pae.state_dict(), "optimizer": opt.state_dict(),
+                                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                                              "epoch": epoch + 1, "last": last})
     pae.eval()
     n_params = sum(p.numel() for p in pae.parameters())
     stats = {"epochs": pc.epochs, "encode": pc.encode, "seconds": time.perf_counter() - t0, "final": last,
