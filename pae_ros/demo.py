@@ -179,7 +179,14 @@ def run(args) -> int:
             load_map(map_path_for(bundle_path), bundle)
             print(f"      reusing {map_path_for(bundle_path)}", flush=True)
         except MapError:
-            st = run_map_stage(bundle, train)
+            try:
+                st = run_map_stage(bundle, train)
+            except ValueError as e:  # no 3-D points: the demo goes on without the geometric stage
+                print(f"      no sparse map: {e}", flush=True)
+                st = None
+        else:
+            st = None
+        if st is not None:
             print(f"      sparse map {st['path']}: {st['map_bytes'] / 1e6:.1f} MB (bundle {st['bundle_bytes'] / 1e6:.1f} MB), "
                   f"built in {time.perf_counter() - t_map:.0f} s", flush=True)
 
