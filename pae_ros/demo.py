@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=10.0, help="frame rate (Hz) of the replayed test walk")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="scene and training seed")
+    p.add_argument("--no-map", action="store_true",
+                   help="skip the sparse map (geometric stage); by default it is built beside the bundle after training")
 
 
 def _step(i: int, n: int, text: str) -> float:
@@ -165,6 +167,28 @@ def run(args) -> int:
         if stats.get("apr", {}).get("images_per_s"):
             print(f"      APR training throughput {stats['apr']['images_per_s']:.0f} images/s", flush=True)
     _done(t0, str(bundle_path))
+
+    if not getattr(args, "no_map", False):
+        # the geometric stage's map (pae train --stage map): rebuilt when missing or bound to another bundle
+        from .geometric import MapError, load_map, map_path_for
+        from .geometric.build import run_map_stage
+
+        t_map = time.perf_counter()
+        bundle = load_bundle(bundle_path)
+        try:
+            load_map(map_path_for(bundle_path), bundle)
+            print(f"      reusing {map_path_for(bundle_path)}", flush=True)
+        except MapError:
+            try:
+                st = run_map_stage(bundle, train)
+            except ValueError as e:  # no 3-D points: the demo goes on without the geometric stage
+                print(f"      no sparse map: {e}", flush=True)
+                st = None
+        else:
+            st = None
+        if st is not None:
+            print(f"      sparse map {st['path']}: {st['map_bytes'] / 1e6:.1f} MB (bundle {st['bundle_bytes'] / 1e6:.1f} MB), "
+                  f"built in {time.perf_counter() - t_map:.0f} s", flush=True)
 
     t0 = _step(3, n, "offline evaluation on the test walk (pae eval)")
     from .pipeline import Localizer

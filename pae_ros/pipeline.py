@@ -104,7 +104,8 @@ class Localizer:
                  steps: int | None = None, lr: float | None = None, orientation: str | None = None,
                  metric: str | None = None, backend: str = "torch", threads: int | None = None,
                  candidates: str | None = None, retrieval_k: int | None = None, ood: dict | bool | None = None,
-                 table_descriptors: np.ndarray | None = None):
+                 table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
+                 geometric_k: int = 10):
         """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
         refinement and decoder stay in torch; 3x faster per frame here), or ``auto`` (onnx on the
         CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and
@@ -117,7 +118,10 @@ class Localizer:
         ``ood``: the out-of-scene gate dict (:func:`pae_ros.ood.fit_ood_gate`); None = the
         bundle header's ``ood`` (no gate when absent), False = off.
         ``table_descriptors``: (N, D) retrieval descriptors of the pose table's rows, when the
-        bundle has no ``table.descriptors`` tensor (e.g. computed with :class:`pae_ros.retrieval.Describer`)."""
+        bundle has no ``table.descriptors`` tensor (e.g. computed with :class:`pae_ros.retrieval.Describer`).
+        ``geometric``: the geometric stage (:mod:`pae_ros.geometric_adapter`): ``auto`` = the map
+        beside the bundle (``<bundle>.map``) when present, ``off``, or a map path. ``geometric_k``:
+        retrieval top-k train images in its shortlist (united with the refinement's candidates)."""
         self.bundle = bundle
         self.device = resolve_device(device)
         if backend not in ("auto", "torch", "onnx"):
@@ -204,6 +208,12 @@ class Localizer:
 
             self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop, threads)
         self.calibration_mismatch = self._check_calibration_settings()
+        from .geometric_adapter import open_geometric
+
+        if geometric_k < 1:
+            raise ValueError(f"geometric_k must be >= 1, got {geometric_k}")
+        self.geometric_k = int(geometric_k)
+        self.geometric = open_geometric(bundle, geometric)
 
     @classmethod
     def from_bundle(cls, path: str | Path, **kwargs) -> "Localizer":
@@ -250,7 +260,9 @@ class Localizer:
                 "method": "refined" if self.refine_enabled else "apr", "candidates": self.candidate_mode,
                 "retrieval_k": self.retrieval_k, "retrieval": self.retrieval is not None,
                 "ood_gate": sorted(self.ood_gate["rules"]) if self.ood_gate else None,
-                "calibration_mismatch": self.calibration_mismatch}
+                "calibration_mismatch": self.calibration_mismatch,
+                "geometric": self.geometric is not None, "geometric_k": self.geometric_k,
+                "geometric_map": None if self.geometric is None else str(self.geometric.map.path)}
 
     # --- building blocks (used by evaluation, which sweeps refinement settings) -----------------
     def normalise_positions(self, p: np.ndarray) -> np.ndarray:
@@ -432,7 +444,39 @@ class Localizer:
                 covariance=covariance_6x6(float(sp[i]), float(so[i])),
                 scene=self.scenes[int(apr.scene_idx[i])], refined=ref is not None and j is not None, finite=ok,
                 extras=extras, method=method if j is not None else "apr", in_scene=bool(in_scene[i])))
+        if self.geometric is not None:
+            for i in range(n):
+                if out[i].finite and out[i].in_scene:
+                    desc = None if apr.descriptors is None else apr.descriptors[i:i + 1]
+                    out[i] = self._geometric_fix(images[i], out[i], desc)
         return out
+
+    def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None) -> Estimate:
+        from .geometric_adapter import apply_fix, shortlist
+
+        top = None
+        if self.retrieval is not None and descriptor is not None:
+            multi = len(self.scenes) > 1
+            s_idx = np.array([self.scenes.index(prior.scene)]) if multi else None
+            top, _ = self.retrieval.query(descriptor, min(self.geometric_k, len(self.bundle.table_positions)), s_idx)
+            top = top[0]
+        rows = shortlist(top, prior.extras.get("neighbors"))
+        if not rows:  # no retrieval and no refinement: the APR's nearest table poses
+            d = np.linalg.norm(self.bundle.table_positions - prior.position, axis=1)
+            rows = np.argsort(d)[: self.geometric_k].tolist()
+        res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
+                             prior.sigma_orientation_rad)
+        return apply_fix(prior, res)
+
+    def localize_geometric(self, rgb: np.ndarray, prior: Estimate) -> Estimate:
+        """The geometric stage on one RGB uint8 image given its APR/PAE estimate ``prior`` (from
+        :meth:`localize`): the fix (``method="geometric"``) or ``prior`` with
+        ``extras["geometric_reason"]``. For a slower thread (tens of ms per call); ``prior``
+        returned unchanged when the stage is off or the prior is non-finite / out of scene."""
+        if self.geometric is None or not prior.finite or not prior.in_scene:
+            return prior
+        desc = self.describe([rgb]) if self.retrieval is not None else None
+        return self._geometric_fix(rgb, prior, desc)
 
     def localize(self, rgb: np.ndarray) -> Estimate:
         """Localize one RGB uint8 image (H, W, 3)."""

@@ -1,0 +1,125 @@
+"""The geometric stage inside the Localizer: a tiny bundle + its map on geo's textured room.
+
+Accepted path: test frames published as ``method == "geometric"`` close to the ground truth, with
+the fix's covariance; fallback path: a blank image keeps the APR/PAE pose and names the reason;
+``geometric="off"`` and a missing map path behave as documented; ``pae eval`` gets the row."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import TINY_CONFIG  # noqa: E402
+from geometric_scene import write_textured_room  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mapped(tmp_path_factory):
+    import torch
+    import yaml
+
+    from pae_ros.cli import main
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("geo_loc")
+    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
+    cfg["decoder"] = {"enabled": False}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "model.pae"
+    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
+                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
+    assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(root / "data"),
+                 "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
+    return root, out, _table_descriptors(root, out)
+
+
+def _table_descriptors(root, out):
+    """Retrieval descriptors of the bundle's table rows from the train images (the tiny bundle has
+    no ``table.descriptors``; callers then compute them, as pae eval does)."""
+    from pae_ros.datasets import load_rgb, read_dataset
+    from pae_ros.geometric.build import frames_for_table
+    from pae_ros.pipeline import Localizer
+
+    loc = Localizer.from_bundle(out, device="cpu", geometric="off")
+    frames = frames_for_table(loc.bundle, read_dataset(root / "data", "7scenes", "train").frames)
+    return loc.describe([load_rgb(f.image_path) for f in frames])
+
+
+def test_localizer_publishes_geometric_fixes_and_falls_back(mapped):
+    from pae_ros.datasets import load_rgb, read_dataset
+    from pae_ros.pipeline import Localizer
+
+    root, out, desc = mapped
+    loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc)          # geometric="auto": the map beside the bundle
+    assert loc.info["geometric"] and loc.info["geometric_map"].endswith(".map")
+    te = read_dataset(root / "data", "7scenes", "test")
+    frames = te.frames[2:12:3]
+    imgs = [load_rgb(f.image_path) for f in frames]
+    ests = loc.localize_batch(imgs)
+    geo = [e for e in ests if e.method == "geometric"]
+    assert len(geo) >= len(ests) // 2, [e.extras.get("geometric_reason") for e in ests]
+    for e, f in zip(ests, frames):
+        assert "geometric_reason" in e.extras
+        if e.method == "geometric":
+            assert np.linalg.norm(e.position - f.position) < 0.15
+            assert np.linalg.norm(e.position - f.position) < np.linalg.norm(e.apr_position - f.position)
+            assert e.covariance.shape == (6, 6) and e.sigma_position_m < 0.5
+            assert np.allclose(e.covariance, e.covariance.T)
+    # the per-frame call (the node's slower thread) agrees with the batch path
+    plain = Localizer.from_bundle(out, device="cpu", geometric="off", table_descriptors=desc)
+    assert not plain.info["geometric"]
+    prior = plain.localize(imgs[0])
+    assert prior.method != "geometric" and "geometric_reason" not in prior.extras
+    one = loc.localize_geometric(imgs[0], prior)
+    assert "geometric_reason" in one.extras
+    from pae_ros.geometric_adapter import shortlist
+
+    rows = shortlist(loc.retrieval.query(loc.describe(imgs[:1]), loc.geometric_k)[0][0], prior.extras.get("neighbors"))
+    direct = loc.geometric(imgs[0], rows, prior.position, prior.quaternion, prior.sigma_position_m,
+                           prior.sigma_orientation_rad)
+    assert one.extras["geometric_reason"] == direct.reason
+    assert (one.method == "geometric") == direct.accepted
+    if direct.accepted:
+        assert np.allclose(one.position, direct.position) and np.allclose(one.covariance, direct.covariance)
+    else:
+        assert np.allclose(one.position, prior.position)
+    assert np.allclose(one.apr_position, prior.apr_position)
+    # fallback: a textureless image keeps its APR/PAE pose and says why
+    blank = np.full_like(imgs[0], 128)
+    fb = loc.localize_geometric(blank, plain.localize(blank))
+    assert fb.method != "geometric" and fb.extras["geometric_reason"] in ("no_features", "too_few_matches")
+
+
+def test_geometric_map_path_errors(mapped, tmp_path):
+    from pae_ros.geometric import MapError
+    from pae_ros.pipeline import Localizer
+
+    _, out, desc = mapped
+    with pytest.raises(MapError, match="does not exist"):
+        Localizer.from_bundle(out, device="cpu", geometric=str(tmp_path / "nope.map"))
+    bad = tmp_path / "corrupt.map"
+    bad.write_bytes(b"not a map")
+    with pytest.raises(MapError):
+        Localizer.from_bundle(out, device="cpu", geometric=str(bad))
+
+
+def test_eval_report_has_the_geometric_section(mapped):
+    from pae_ros.datasets import read_dataset
+    from pae_ros.pipeline import Localizer
+    from pae_ros.training.evaluate import evaluate
+
+    root, out, desc = mapped
+    loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc)
+    te = read_dataset(root / "data", "7scenes", "test")
+    te.frames = te.frames[::3]
+    rep = evaluate(loc, te, n_boot=50)
+    g = rep["geometric"]
+    assert g is not None and 0 < g["accepted_share"] <= 1
+    assert "geometric" in rep["published"]["by_method"] or any(
+        k == "geometric" for k in rep["published"].get("by_method", {}))
