@@ -7,6 +7,7 @@ metres, quaternion wxyz, camera axes OpenCV optical (x right, y down, z forward)
 from __future__ import annotations
 
 import logging
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,8 +465,13 @@ class Localizer:
         if not rows:  # no retrieval and no refinement: the APR's nearest table poses
             d = np.linalg.norm(self.bundle.table_positions - prior.position, axis=1)
             rows = np.argsort(d)[: self.geometric_k].tolist()
-        res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
-                             prior.sigma_orientation_rad)
+        try:
+            res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
+                                 prior.sigma_orientation_rad)
+        except ValueError as e:  # e.g. an image whose aspect the map's intrinsics cannot describe
+            out = dataclasses.replace(prior, extras=dict(prior.extras))
+            out.extras["geometric_reason"] = f"unusable image: {e}"
+            return out
         return apply_fix(prior, res)
 
     def localize_geometric(self, rgb: np.ndarray, prior: Estimate) -> Estimate:

@@ -231,10 +231,19 @@ class LocalizerNode(LifecycleNode):
         from pae_ros.bundle import BundleError
         from pae_ros.pipeline import Localizer
         try:
-            localizer = Localizer.from_bundle(
-                str(bundle), device=p["device"], refine=None if p["refine"] == "auto" else p["refine"],
+            from pae_ros.bundle import load_bundle
+
+            loaded = load_bundle(str(bundle))
+            n_table = len(loaded.table_positions)
+            if p["k"] != -1 and p["k"] > n_table:  # before the Localizer warns about calibration settings
+                raise StartupError(f"cannot start: parameter 'k' = {p['k']} is larger than the bundle's pose table "
+                                   f"({n_table} poses): use k <= {n_table} or -1 for the bundle's value", EXIT_PARAMS)
+            localizer = Localizer(
+                loaded, device=p["device"], refine=None if p["refine"] == "auto" else p["refine"],
                 k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"],
                 backend=p["backend"], threads=p["threads"] or None)
+        except StartupError:
+            raise
         except BundleError as e:
             raise StartupError(f"cannot start: bad bundle: {e}") from None
         except Exception as e:  # device unavailable, bad k/steps, a bundle this code cannot build
