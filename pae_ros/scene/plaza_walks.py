@@ -28,7 +28,7 @@ import numpy as np
 
 from ..coverage import coverage_distance
 from .plaza import WALK_LIMIT, obstacles as plaza_obstacles
-from .walks import Walk, _catmull_rom, _Path, _smooth, look_quaternion
+from .walks import Walk, _arc_length, _catmull_rom, _Path, _smooth, _walking_heading, look_quaternion
 
 RECIPES = ("sidestep", "turnaround", "high")
 #: per recipe, the share of its frames meant to be > 2 m and < 1 m from a similar-view train frame
@@ -88,16 +88,10 @@ def _train_path(rng: np.random.Generator, length: float, obs: np.ndarray, limit:
         xy = _catmull_rom(np.array(pts), per_seg=60)
         if not _clear(xy, obs, limit).all():
             continue
-        seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
-        s = np.concatenate([[0.0], np.cumsum(seg)])
-        if s[-1] < length:
+        xy, s, total = _arc_length(xy)
+        if total < length:
             continue
-        keep = np.concatenate([[True], seg > 1e-9])
-        xy, s = xy[keep], s[keep]
-        d = np.gradient(xy, s, axis=0)
-        heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
-        k = np.ones(15) / 15
-        heading = np.convolve(np.pad(heading, 7, mode="edge"), k, mode="valid")
+        heading = _walking_heading(xy, s, 15)
         yaw = heading + _smooth(rng, s, 0.45, (4.0, 16.0))                 # looking around, ~26 deg
         pitch = -0.05 + _smooth(rng, s, 0.06, (4.0, 12.0))
         roll = _smooth(rng, s, 0.03, (3.0, 8.0))

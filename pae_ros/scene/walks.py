@@ -105,6 +105,23 @@ def _catmull_rom(pts: np.ndarray, per_seg: int = 40) -> np.ndarray:
     return np.concatenate(out, 0)
 
 
+def _arc_length(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A polyline (N, 2) m -> (its points without zero-length steps, their arc length s (m), total length m)."""
+    seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    keep = np.concatenate([[True], seg > 1e-9])
+    return xy[keep], s[keep], float(s[-1])
+
+
+def _walking_heading(xy: np.ndarray, s: np.ndarray, window: int) -> np.ndarray:
+    """Heading (rad, unwrapped) along a path, box-smoothed over ``window`` (odd) samples: a walker
+    looks ahead, not along the spline's tangent."""
+    d = np.gradient(xy, s, axis=0)
+    heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
+    k = np.ones(window) / window
+    return np.convolve(np.pad(heading, window // 2, mode="edge"), k, mode="valid")
+
+
 def _train_path(rng: np.random.Generator, length: float) -> _Path:
     """A random smooth walk at least ``length`` m long inside the walk area."""
     half, clear = WALK_HALF, CENTRE_CLEARANCE
@@ -133,17 +150,10 @@ def _train_path(rng: np.random.Generator, length: float) -> _Path:
         xy = _catmull_rom(np.array(pts))
         if not _inside(xy, half, clear).all():
             continue
-        seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
-        s = np.concatenate([[0.0], np.cumsum(seg)])
-        if s[-1] < length:
+        xy, s, total = _arc_length(xy)
+        if total < length:
             continue
-        keep = np.concatenate([[True], seg > 1e-9])
-        xy, s = xy[keep], s[keep]
-        d = np.gradient(xy, s, axis=0)
-        heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
-        # smooth the heading a little (a walker looks ahead, not along the spline's tangent)
-        k = np.ones(9) / 9
-        heading = np.convolve(np.pad(heading, 4, mode="edge"), k, mode="valid")
+        heading = _walking_heading(xy, s, 9)
         yaw = heading + _smooth(rng, s, 0.45)                              # looking around, ~26 deg
         pitch = -0.06 + _smooth(rng, s, 0.07, (3.0, 9.0))                  # ~ -3 +- 4 deg
         roll = _smooth(rng, s, 0.03, (2.0, 6.0))                           # ~ 2 deg
