@@ -79,3 +79,20 @@ def load_resume_state(path: Path, expect: dict) -> dict:
                                f"(pass --restart to discard it)")
     return state
 
+
+
+def training_state(expect: dict, name: str, module, opt, sched, gen, epoch: int, last) -> dict:
+    """The checkpoint of a simple training loop: ``expect`` (what a resume must match), the module's
+    weights under ``name``, optimiser, scheduler and RNG state, the next epoch and the last losses."""
+    return {**expect, name: module.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "epoch": epoch, "last": last}
+
+
+def resume_training(path: Path, expect: dict, name: str, module, opt, sched, gen) -> tuple[int, object]:
+    """Restore what :func:`training_state` saved (checked against ``expect``); returns (epoch, last)."""
+    st = load_resume_state(path, expect)
+    module.load_state_dict(st[name])
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    gen.set_state(st["generator"])
+    return int(st["epoch"]), st["last"]

@@ -13,7 +13,7 @@ from torch import nn
 from ..config import Config
 from ..models import build_decoder
 from ..preprocess import crop, resize_shorter
-from .checkpoint import checkpoint_every, load_resume_state, save_checkpoint
+from .checkpoint import checkpoint_every, resume_training, save_checkpoint, training_state
 
 log = logging.getLogger("pae.train.decoder")
 
@@ -52,12 +52,8 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
     expect = {"decoder_config": {**cfg.to_dict()["decoder"], "epochs": None}, "frames": n, "pae": pae_id,
               "epochs": dc.epochs}
     if resume and ckpt_path is not None and Path(ckpt_path).exists():
-        st = load_resume_state(Path(ckpt_path), expect)
-        dec.load_state_dict(st["decoder"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["generator"])
-        start, last = int(st["epoch"]), float(st["last"])
+        start, last = resume_training(Path(ckpt_path), expect, "decoder", dec, opt, sched, gen)
+        last = float(last)
         log.info("resuming decoder training at epoch %d/%d from %s", start, dc.epochs, ckpt_path)
     every = checkpoint_every(dc.epochs)
     for epoch in tqdm(range(start, dc.epochs), desc="decoder", unit="epoch", leave=False, disable=not show_progress):
@@ -77,9 +73,7 @@ def train_decoder(cfg: Config, latents: torch.Tensor, targets: torch.Tensor, dev
         if writer is not None:
             writer.add_scalar("decoder/l1", last, epoch)
         if ckpt_path is not None and ((epoch + 1) % every == 0 or epoch + 1 == dc.epochs):
-            save_checkpoint(Path(ckpt_path), {**expect, "decoder": dec.state_dict(), "optimizer": opt.state_dict(),
-                                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                                              "epoch": epoch + 1, "last": last})
+            save_checkpoint(Path(ckpt_path), training_state(expect, "decoder", dec, opt, sched, gen, epoch + 1, last))
     dec.eval()
     with torch.no_grad():
         train_psnr = float(torch.cat([psnr_db(dec(z[i:i + 256]), y[i:i + 256]) for i in range(0, n, 256)]).mean())

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import Config
 from ..models import PoseAutoEncoder
-from .checkpoint import checkpoint_every, load_resume_state, save_checkpoint
+from .checkpoint import checkpoint_every, resume_training, save_checkpoint, training_state
 from .data import FrameImages
 from .losses import LearnedPoseLoss
 
@@ -93,12 +93,8 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
     expect = {"pae_config": {**cfg.to_dict()["pae"], "epochs": None}, "latent_dim": d, "frames": n,
               "teacher": teacher_id, "epochs": pc.epochs}
     if resume and ckpt_path is not None and Path(ckpt_path).exists():
-        st = load_resume_state(Path(ckpt_path), expect)
-        pae.load_state_dict(st["pae"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        gen.set_state(st["generator"])
-        start, last = int(st["epoch"]), dict(st["last"])
+        start, last = resume_training(Path(ckpt_path), expect, "pae", pae, opt, sched, gen)
+        last = dict(last)
         log.info("resuming PAE training at epoch %d/%d from %s", start, pc.epochs, ckpt_path)
     every = checkpoint_every(pc.epochs)
     bar = tqdm(range(start, pc.epochs), desc="PAE", unit="epoch", leave=False, disable=not show_progress)
@@ -127,9 +123,7 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
             for k, v in last.items():
                 writer.add_scalar(f"pae/{k}", v, epoch)
         if ckpt_path is not None and ((epoch + 1) % every == 0 or epoch + 1 == pc.epochs):
-            save_checkpoint(Path(ckpt_path), {**expect, "pae": pae.state_dict(), "optimizer": opt.state_dict(),
-                                              "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                                              "epoch": epoch + 1, "last": last})
+            save_checkpoint(Path(ckpt_path), training_state(expect, "pae", pae, opt, sched, gen, epoch + 1, last))
     pae.eval()
     n_params = sum(p.numel() for p in pae.parameters())
     stats = {"epochs": pc.epochs, "encode": pc.encode, "seconds": time.perf_counter() - t0, "final": last,
