@@ -113,7 +113,9 @@ def test_reconstruct(loc, tiny_dataset):
 def test_info_and_warmup(loc):
     info = loc.info
     assert info["scenes"] == ["room"] and info["refine"] is True and info["device"] == "cpu"
-    assert info["k"] == 3 and info["steps"] == 20 and info["decoder"] is True
+    uniform = loc.bundle.header["refine_weights"] == "uniform"  # the training's refine.weights: auto decision
+    assert info["weights"] == ("uniform" if uniform else "pae")
+    assert info["k"] == 3 and info["steps"] == (0 if uniform else 20) and info["decoder"] is True
     assert info["bundle_id"] == loc.bundle.bundle_id and info["calibrated"] == ["apr", "refined"]
     assert info["table_size"] == len(loc.bundle.table_positions)
     assert info["method"] == "refined" and info["candidates"] == "knn" and info["calibration_mismatch"] == {}
@@ -280,6 +282,7 @@ def test_calibration_settings_mismatch_warns(tiny_bundle, tmp_path, caplog):
 
     def settings(h):
         h["calibration_settings"] = {"k": 3, "steps": 20, "lr": 0.1, "candidates": "knn"}
+        h["refine_weights"] = "pae"  # the PAE fit with the config's 20 steps, as calibrated
         return h
 
     path = _variant(tiny_bundle, tmp_path, "calset.pae", settings)
