@@ -311,9 +311,13 @@ def test_rate_bound_holds(scene, probe):
 
 def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
     ns, frame_id = "/geo_off", "geo_off_cam"
-    node = InProcessNode(ns, {"geometric": "off", "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
+    from pae_ros.ros.params import check_command_line
+
+    # `-p geometric:=off` reaches the node as the YAML boolean false: accepted, read as off
+    check_command_line(["localizer", "--ros-args", "-p", "geometric:=off"], "/pae_localizer")
+    node = InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
     try:  # the real start-up path: the Localizer is built with geometric=off
-        assert node.node._geo is None and node.node.localizer.geometric is None
+        assert node.node.params["geometric"] == "off" and node.node._geo is None and node.node.localizer.geometric is None
         assert node.node.info["geometric"] == "off"
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[1]

@@ -85,7 +85,7 @@ def _refine(v):
 
 
 def _geometric(v):
-    if v in ("auto", "off"):
+    if isinstance(v, bool) or v in ("auto", "off"):
         return None
     if not v.strip():
         return "must be auto, off or the path of a map file written by `pae train --stage map`"
@@ -185,8 +185,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("geometric", "auto",
               "geometric stage (local features + PnP against the sparse map) on its own thread: auto (the map "
               "beside the bundle, <bundle>.map, when present), off, or the path of a map (pae train --stage map); "
-              "accepted fixes are published on the pose topics stamped with their own image",
-              "auto | off | a map path", _geometric),
+              "accepted fixes are published on the pose topics stamped with their own image; "
+              "`geometric:=off` reaches the node as the YAML boolean false, also accepted (true = auto)",
+              "auto | off | a map path", _geometric, also=(bool,)),
     ParamSpec("geometric_rate_hz", 2.0,
               "upper bound on geometric queries (and so fixes) per second; 0 = as fast as the stage runs",
               ">= 0", lambda v: None if 0.0 <= v <= 1000.0 else "must be in [0, 1000] (Hz, 0 = unbounded)"),
@@ -392,6 +393,8 @@ def declare_and_read(node) -> dict[str, Any]:
         values["tf_mode"] = normalize_tf_mode(values["tf_mode"])
         r = values["refine"]
         values["refine"] = r if isinstance(r, bool) else {"auto": "auto", "true": True, "false": False}[r]
+        g = values["geometric"]  # YAML reads `off` / `on` as booleans
+        values["geometric"] = ("auto" if g else "off") if isinstance(g, bool) else g
         if values["map_frame"] == values["odom_frame"]:
             errors.append(f"parameters 'map_frame' and 'odom_frame' must differ (both {values['map_frame']!r})")
     if errors:
