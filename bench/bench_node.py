@@ -523,9 +523,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pae_bench_node_"))
     try:
         path, kind = common.bundle_from_args(args, tmp)
+        images = (f"the first {args.frames} test images of {args.data}" if args.geometric
+                  else f"{args.width}x{args.height}")
         common.header("bench_node", f"bundle {kind} {path.name}, ROS_DOMAIN_ID={dom}, localhost only, "
-                                    f"{args.width}x{args.height} rgb8 reliable at "
-                                    f"{', '.join(f'{r:g}' for r in args.rates)} Hz")
+                                    f"{images} rgb8 reliable at {', '.join(f'{r:g}' for r in args.rates)} Hz")
         rgb = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
         if args.geometric and (args.data is None or kind != "trained"):
             raise SystemExit("--geometric needs --bundle (with its .map beside it) and --data")
