@@ -63,8 +63,9 @@ class Estimate:
     #: the out-of-scene gate's verdict (True when the bundle has no gate); when False the
     #: confidence is 0 and the covariance the uninformative one
     in_scene: bool = True
-    #: (D,) float32 unit retrieval descriptor of the image when retrieval is on (else None), so
-    #: :meth:`Localizer.localize_geometric` on another thread needs no second backbone forward
+    #: (D,) float32 unit retrieval descriptor of the image when retrieval is on (else None); handed
+    #: back to the same Localizer's :meth:`Localizer.localize_geometric` (``descriptor=``) it saves
+    #: a second backbone forward
     descriptor: np.ndarray | None = None
 
 
@@ -482,16 +483,18 @@ class Localizer:
             return out
         return apply_fix(prior, res)
 
-    def localize_geometric(self, rgb: np.ndarray, prior: Estimate) -> Estimate:
+    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None) -> Estimate:
         """The geometric stage on one RGB uint8 image given its APR/PAE estimate ``prior`` (from
         :meth:`localize`): the fix (``method="geometric"``) or ``prior`` with
         ``extras["geometric_reason"]``. For a slower thread (tens of ms per call); ``prior``
-        returned unchanged when the stage is off or the prior is non-finite / out of scene."""
+        returned unchanged when the stage is off or the prior is non-finite / out of scene.
+        ``descriptor``: the image's (D,) retrieval descriptor from **this** Localizer (its
+        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward)."""
         if self.geometric is None or not prior.finite or not prior.in_scene:
             return prior
         desc = None
-        if self.retrieval is not None:  # the prior's own descriptor when it carries one (no second forward)
-            desc = prior.descriptor[None] if prior.descriptor is not None else self.describe([rgb])
+        if self.retrieval is not None:
+            desc = np.asarray(descriptor, np.float32)[None] if descriptor is not None else self.describe([rgb])
         return self._geometric_fix(rgb, prior, desc)
 
     def localize(self, rgb: np.ndarray, geometric: bool | None = None) -> Estimate:

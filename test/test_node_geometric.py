@@ -70,6 +70,12 @@ def scene(mapped):
     assert len(ok) >= 2 and bad, [(r[3].extras.get("geometric_reason"), r[2].in_scene) for r in scales[1]]
     a, b = ok[0], ok[-1]
     assert np.linalg.norm(te.frames[a].position - te.frames[b].position) > 0.5
+    # the prior's own descriptor (what the node hands the thread) gives the same fix, with no second forward
+    img, _, prior, fix = scales[1][a]
+    assert prior.descriptor is not None and prior.descriptor.shape == (loc.retrieval.descriptors.shape[1],)
+    again = loc.localize_geometric(img, prior, descriptor=prior.descriptor)
+    np.testing.assert_allclose(again.position, fix.position)
+    np.testing.assert_allclose(again.covariance, fix.covariance)
     return SimpleNamespace(loc=loc, out=out, picks=(a, b, bad[0]), rows=scales)
 
 

@@ -19,7 +19,7 @@ CPU bound: ``threads`` is handed to ``cv2.setNumThreads`` when the thread starts
 pool is **process-wide**, so this also bounds OpenCV calls elsewhere in the node (the resize in
 preprocessing, image decoding). With ``threads == 1`` OpenCV runs sequentially in the calling
 thread, so the stage's features (SIFT/ORB), matching (BFMatcher) and PnP (RANSAC + LM) use at most
-one core. The stage uses no torch when the prior carries its retrieval descriptor
+one core. The stage uses no torch when the node hands it the prior's retrieval descriptor
 (``Estimate.descriptor``); without one (a Localizer built without it) the descriptor is computed
 here with torch's process-wide intra-op thread count (the node's ``threads``), which this module
 does not change (torch's setting is not per thread). ``threads == 0`` leaves OpenCV's default.

@@ -336,9 +336,13 @@ class LocalizerNode(LifecycleNode):
         if p["geometric"] != "off" and getattr(localizer, "geometric", None) is not None:
             from pae_ros.ros.geometric_worker import GeometricWorker
 
-            self._geo = GeometricWorker(localizer.localize_geometric, self._publish_fix, p["geometric_rate_hz"],
-                                        p["geometric_threads"], on_error=self._geo_error)
+            def stage(rgb, prior, loc=localizer):  # the prior's own descriptor: no second backbone forward
+                return loc.localize_geometric(rgb, prior, descriptor=getattr(prior, "descriptor", None))
+
+            self._geo = GeometricWorker(stage, self._publish_fix, p["geometric_rate_hz"], p["geometric_threads"],
+                                        on_error=self._geo_error)
             self.info["geometric"] = info.get("geometric_map") or "on"
+            self.info["last_fix_stamp"] = "none"  # written by the geometric thread: the key exists before
         else:
             self.info["geometric"] = "off"
         if p["geometric"] not in ("auto", "off") and self._geo is None:
