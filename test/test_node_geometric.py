@@ -304,8 +304,10 @@ def test_rate_bound_holds(scene, probe):
         second = {id(v[1]) for v in poses.values() if len(v) == 2}   # the fix: a stamp's second pose
         fix_times = sorted(t for t, m in cols["pose"].timed() if id(m) in second)
         assert len(fix_times) == fixes
-        gaps = np.diff(fix_times)
-        assert gaps.size == 0 or gaps.min() > 0.6 / rate, gaps  # 1/rate apart, minus query-time jitter
+        starts = [t for t in geo.query_starts if t >= t_first]
+        assert len(starts) == queries and np.diff(starts).min() >= 1.0 / rate - 1e-6, np.diff(starts)
+        # fixes arrive about 1/rate apart (minus the jitter of the query time under load)
+        assert np.diff(fix_times).min() > 0.25 / rate, np.diff(fix_times)
         # APR/PAE poses still for (nearly) every frame, at the camera's rate
         assert sum(1 for s in stamps if poses[s]) >= n - 3
         for w, s in zip(which, stamps):

@@ -92,6 +92,8 @@ class GeometricWorker:
         self.last_method = "none"
         self.last_reason = "none"
         self._query_s: deque[float] = deque(maxlen=QUERY_WINDOW)
+        #: monotonic start times of the last queries (the rate bound: >= 1 / rate_hz apart)
+        self.query_starts: deque[float] = deque(maxlen=QUERY_WINDOW)
         self._query_cpu_s: deque[float] = deque(maxlen=QUERY_WINDOW)
         self._cpu_total_s = 0.0
         self._last_report = (time.monotonic(), 0.0, 0, 0)  # t, cpu, queries, fixes
@@ -163,6 +165,7 @@ class GeometricWorker:
             rgb, prior, context = item
             t0, c0 = time.monotonic(), time.thread_time()
             not_before = t0 + period
+            self.query_starts.append(t0)
             try:
                 est = self._localize(rgb, prior)
             except Exception as e:

@@ -648,6 +648,9 @@ class LocalizerNode(LifecycleNode):
         from pae_ros.ros import conversions as cv
 
         stamp, s_ns, camera_frame = context
+        if not self._active or (self.reloc is not None and not self.reloc.enabled):
+            self.stats.count("geometric_not_published_inactive")  # deactivated / ~/set_enabled false meanwhile
+            return
         arrays = (est.position, est.quaternion, est.covariance)
         if not all(np.all(np.isfinite(a)) for a in arrays):
             self.stats.count("geometric_nonfinite")
