@@ -419,7 +419,9 @@ def run_geometric(bundle: Path, dev: str, rate: float, args, tmp: Path) -> None:
         delta = {k: int(d1[k]) - int(d0[k]) for k in ("frames_in", "frames_localized", "frames_dropped")}
         common.line("node_geometric_apr_rate", {**base, "geometric": mode}, apr_hz, "poses/s",
                     f"stamps with an APR/PAE pose on /pae/pose: {len(per)} of {len(stamps)} images published in "
-                    f"{pub_s:.1f} s; keep-latest drops {delta['frames_dropped']}; node exit code {rc}")
+                    f"{pub_s:.1f} s; keep-latest drops {delta['frames_dropped']}; node latency p50 "
+                    f"{float(d1['latency_p50_ms']):.1f} ms, p95 {float(d1['latency_p95_ms']):.1f} ms (/diagnostics, "
+                    f"callback to published); node exit code {rc}")
         if mode == "auto":
             g = {k: float(d1.get(f"geometric.{k}", "nan")) for k in ("queries", "fixes", "fallbacks", "dropped",
                                                                       "query_p50_s", "query_cpu_p50_s")}
