@@ -24,6 +24,16 @@ overhead with little transport load. One fresh node per rate.
 
     .venv/bin/python bench/bench_node.py [--device cpu|cuda|auto] [--rates 30 5] [--duration 10]
 
+``--geometric --data DATASET --bundle BUNDLE`` (a bundle with its map beside it, e.g.
+``out/demo/model.pae`` + ``model.pae.map`` and ``data/demo_scene``) measures instead the geometric
+thread: the dataset's first ``--frames`` test images, cycled at each ``--rates`` value, through one
+node with ``geometric:=off`` and one with ``geometric:=auto`` (``--geometric-rate-hz``, default
+the node's 2.0; 0 = unbounded). Printed: APR/PAE poses per second (stamps with a pose on
+``/pae/pose`` over the publishing time) for both, fixes per second (stamps with a second pose,
+the fix), the node's ``geometric.query_p50_s`` and mean ``geometric.cpu_share`` (of one core)
+from ``/diagnostics``, and, for comparison, ``Localizer.localize`` with the stage inline (the node
+before the geometric thread) per frame in this process.
+
 ``--tf-timing`` prints instead the map-pose error that TF timing alone causes (no DDS, no model):
 a robot driving a circle at 1 m/s and 0.5 rad/s, odometry on /tf at 50 Hz equal to the truth, a
 perfect camera estimate at the image stamp, the image processed 0 / 100 / 300 ms after its
@@ -79,7 +89,7 @@ def _kill_leftovers() -> None:
 
 
 def start_node(bundle: Path, device: str, log: Path, threads: int | None = None,
-               backend: str = "auto") -> subprocess.Popen:
+               backend: str = "auto", extra: dict | None = None) -> subprocess.Popen:
     """The node as the launch file starts it, with the same inference settings as the in-process
     pipeline it is compared with (``backend``, ``threads``; the node's own default is 1 thread)."""
     cmd = [sys.executable, "-m", "pae_ros.ros.localizer_node", "--ros-args",
@@ -87,6 +97,8 @@ def start_node(bundle: Path, device: str, log: Path, threads: int | None = None,
            "-p", f"bundle:={bundle}", "-p", f"device:={device}", "-p", "tf_mode:=map_camera", "-p", "pose_frame:=camera",
            "-p", f"backend:={backend}", "-p", f"threads:={threads or 1}",
            "-p", "diagnostics_period:=0.5", "-r", f"/camera/image_raw:={IMAGE_TOPIC}"]
+    for k, v in (extra or {}).items():
+        cmd[-2:-2] = ["-p", f"{k}:={v}"]
     env = dict(os.environ)
     if threads:  # torch reads OMP_NUM_THREADS at start-up: the node gets what this process uses
         env["OMP_NUM_THREADS"] = str(threads)
@@ -207,14 +219,17 @@ class Probe:
         return box["v"]
 
     def publish_for(self, msg, rate_hz: float, seconds: float) -> list[int]:
-        """Publish ``msg`` at ``rate_hz`` for ``seconds`` with fresh stamps; returns the stamps (ns)."""
+        """Publish ``msg`` (or a list of messages, cycled) at ``rate_hz`` for ``seconds`` with fresh
+        stamps; returns the stamps (ns)."""
         from builtin_interfaces.msg import Time
 
+        msgs = msg if isinstance(msg, list) else [msg]
         period = 1.0 / rate_hz
         stamps = []
         t_next = time.perf_counter()
         t_end = t_next + seconds
         while t_next < t_end:
+            msg = msgs[len(stamps) % len(msgs)]
             ns = time.time_ns()
             msg.header.stamp = Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
             self.pub.publish(msg)
@@ -241,11 +256,12 @@ def run_device(bundle: Path, dev: str, rate: float, args, rgb, tmp: Path) -> Non
     from pae_ros.image_codec import encode_image
     from pae_ros.pipeline import Localizer
 
-    loc = Localizer.from_bundle(bundle, device=dev, backend=args.backend, threads=args.threads or 1)
+    # the APR/PAE path alone in both (a map beside the bundle would add the geometric stage: --geometric)
+    loc = Localizer.from_bundle(bundle, device=dev, backend=args.backend, threads=args.threads or 1, geometric="off")
     loc.warmup()
     pipe_before = pipeline_ms(loc, rgb, args.pipeline_repeats, rate)
     log = tmp / f"node_{dev}_{rate:g}.log"
-    node = start_node(bundle, dev, log, args.threads, args.backend)
+    node = start_node(bundle, dev, log, args.threads, args.backend, {"geometric": "off"})
     probe = None
     try:
         wait_for_log(node, log, "ready:", args.ready_timeout)
@@ -327,6 +343,109 @@ def run_device(bundle: Path, dev: str, rate: float, args, rgb, tmp: Path) -> Non
                 f"node run; back to back {pipe_b2b:.2f} ms")
 
 
+def run_geometric(bundle: Path, dev: str, rate: float, args, tmp: Path) -> None:
+    """APR/PAE pose rate with and without the geometric thread, fixes per second (module docstring)."""
+    import numpy as np
+
+    from pae_ros.datasets import load_rgb, read_dataset
+    from pae_ros.geometric import map_path_for
+    from pae_ros.image_codec import encode_image
+    from pae_ros.pipeline import Localizer
+
+    if not map_path_for(bundle).is_file():
+        raise SystemExit(f"--geometric needs the map beside the bundle: {map_path_for(bundle)} not found")
+    te = read_dataset(args.data, "7scenes", "test")
+    imgs = [load_rgb(f.image_path) for f in te.frames[: args.frames]]
+    # the node before the geometric thread: the stage inline, every frame
+    loc = Localizer.from_bundle(bundle, device=dev, backend=args.backend, threads=args.threads or 1)
+    loc.warmup()
+    inline, plain, methods = [], [], []
+    for img in imgs[:20]:
+        t0 = time.perf_counter()
+        est = loc.localize(img)
+        inline.append(time.perf_counter() - t0)
+        methods.append(est.method)
+        t0 = time.perf_counter()
+        loc.localize(img, geometric=False)
+        plain.append(time.perf_counter() - t0)
+    del loc
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    msgs = []
+    for img in imgs:
+        f = encode_image(img, "rgb8")
+        msgs.append(Image(header=Header(frame_id="camera_optical"), height=f.height, width=f.width,
+                          encoding=f.encoding, is_bigendian=f.is_bigendian, step=f.step, data=f.data))
+    base = {"device": dev, "rate_hz": f"{rate:g}", "image": f"{imgs[0].shape[1]}x{imgs[0].shape[0]}",
+            "geometric_rate_hz": f"{args.geometric_rate_hz:g}"}
+    rates = {}
+    for mode in ("off", "auto"):
+        log = tmp / f"node_geo_{mode}_{rate:g}.log"
+        extra = {"geometric": mode, "geometric_rate_hz": args.geometric_rate_hz, "geometric_threads": 1}
+        node = start_node(bundle, dev, log, args.threads, args.backend, extra)
+        probe = None
+        try:
+            wait_for_log(node, log, "ready:", args.ready_timeout)
+            probe = Probe()
+            wait_until(lambda: probe.pub.get_subscription_count() >= 1, 30, f"the node's subscription to {IMAGE_TOPIC}")
+            wait_until(lambda: probe.node.count_publishers("/pae/pose") >= 1, 30, "the node's /pae/pose publisher")
+            probe.diag_after(time.monotonic(), timeout=10)
+            probe.publish_for(msgs, rate, args.warmup_s)
+            time.sleep(1.0)
+            d0 = probe.diag_after(time.monotonic())
+            t_w0 = time.monotonic()
+            t0 = time.perf_counter()
+            stamps = probe.publish_for(msgs, rate, args.duration)
+            pub_s = time.perf_counter() - t0
+            t_w1 = time.monotonic()
+            time.sleep(2.0)  # fixes in flight
+            d1 = probe.diag_after(time.monotonic())
+            with probe.lock:
+                poses = list(probe.poses)
+                diags = [v for t, v in probe.diags if t_w0 < t <= t_w1 + 0.5]
+        finally:
+            if probe is not None:
+                probe.close()
+            rc = stop_node(node)
+        measured = set(stamps)
+        per: dict[int, int] = {}
+        for s_, _ in poses:
+            if s_ in measured:
+                per[s_] = per.get(s_, 0) + 1
+        apr_hz = len(per) / pub_s
+        fixes = sum(1 for v in per.values() if v >= 2)
+        rates[mode] = apr_hz
+        delta = {k: int(d1[k]) - int(d0[k]) for k in ("frames_in", "frames_localized", "frames_dropped")}
+        common.line("node_geometric_apr_rate", {**base, "geometric": mode}, apr_hz, "poses/s",
+                    f"stamps with an APR/PAE pose on /pae/pose: {len(per)} of {len(stamps)} images published in "
+                    f"{pub_s:.1f} s; keep-latest drops {delta['frames_dropped']}; node latency p50 "
+                    f"{float(d1['latency_p50_ms']):.1f} ms, p95 {float(d1['latency_p95_ms']):.1f} ms (/diagnostics, "
+                    f"callback to published); node exit code {rc}")
+        if mode == "auto":
+            g = {k: float(d1.get(f"geometric.{k}", "nan")) for k in ("queries", "fixes", "fallbacks", "dropped",
+                                                                      "query_p50_s", "query_cpu_p50_s")}
+            g0 = {k: float(d0.get(f"geometric.{k}", "nan")) for k in ("queries", "fixes", "fallbacks", "dropped")}
+            shares = [float(v["geometric.cpu_share"]) for v in diags if "geometric.cpu_share" in v]
+            reasons = {k.split(".", 2)[2]: v for k, v in d1.items() if k.startswith("geometric.fallback.")}
+            common.line("node_geometric_fix_rate", base, fixes / pub_s, "fixes/s",
+                        f"{fixes} stamps with a fix on /pae/pose; node counters over the window: "
+                        f"{g['queries'] - g0['queries']:.0f} queries, {g['fixes'] - g0['fixes']:.0f} fixes, "
+                        f"{g['fallbacks'] - g0['fallbacks']:.0f} fallbacks (all-run reasons {reasons}), "
+                        f"{g['dropped'] - g0['dropped']:.0f} frames dropped by the geometric slot")
+            common.line("node_geometric_query", base, g["query_p50_s"] * 1000, "ms",
+                        f"geometric.query_p50_s of /diagnostics (wall), CPU {g['query_cpu_p50_s'] * 1000:.0f} ms "
+                        f"per query; cpu_share mean {np.mean(shares) if shares else float('nan'):.2f}, max "
+                        f"{max(shares) if shares else float('nan'):.2f} of one core over {len(shares)} periods")
+    common.line("node_geometric_apr_rate_ratio", base, rates["auto"] / max(rates["off"], 1e-9), "x",
+                f"APR/PAE pose rate with the geometric thread / without ({rates['auto']:.1f} / {rates['off']:.1f} Hz)")
+    common.line("node_geometric_inline_pipeline", {"device": dev, "image": base["image"]},
+                float(np.median(inline)) * 1000, "ms/frame",
+                f"Localizer.localize with the stage inline (the node before the thread: at most "
+                f"{1 / float(np.median(inline)):.1f} Hz; {methods.count('geometric')} of {len(methods)} geometric) vs "
+                f"{float(np.median(plain)) * 1000:.1f} ms without it, in this process, {len(inline)} test images")
+
+
 def tf_timing(latencies_s=(0.0, 0.1, 0.3), v=1.0, w=0.5, odom_hz=50.0) -> list[dict]:
     """Map-pose error from TF timing alone, before (newest odom -> camera) and after (at the
     image stamp); see the module docstring. Returns one dict per latency (m, deg)."""
@@ -382,6 +501,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of both the node (OMP_NUM_THREADS) and the in-process pipeline "
                         "(default: torch's, = CPU count)")
+    p.add_argument("--geometric", action="store_true",
+                   help="measure the geometric thread: APR/PAE pose rate with geometric off and auto, fixes/s "
+                        "(needs --bundle with its map beside it and --data)")
+    p.add_argument("--data", type=Path, default=None, help="7scenes dataset of the bundle (--geometric)")
+    p.add_argument("--frames", type=int, default=40, help="test images cycled (--geometric)")
+    p.add_argument("--geometric-rate-hz", type=float, default=2.0, help="the node's geometric_rate_hz (--geometric)")
     p.add_argument("--tf-timing", action="store_true",
                    help="only print the map-pose error from TF timing at 0 / 100 / 300 ms latency (no DDS)")
     args = p.parse_args(argv)
@@ -400,13 +525,19 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pae_bench_node_"))
     try:
         path, kind = common.bundle_from_args(args, tmp)
+        images = (f"the first {args.frames} test images of {args.data}" if args.geometric
+                  else f"{args.width}x{args.height}")
         common.header("bench_node", f"bundle {kind} {path.name}, ROS_DOMAIN_ID={dom}, localhost only, "
-                                    f"{args.width}x{args.height} rgb8 reliable at "
-                                    f"{', '.join(f'{r:g}' for r in args.rates)} Hz")
+                                    f"{images} rgb8 reliable at {', '.join(f'{r:g}' for r in args.rates)} Hz")
         rgb = np.random.default_rng(0).integers(0, 256, size=(args.height, args.width, 3), dtype=np.uint8)
+        if args.geometric and (args.data is None or kind != "trained"):
+            raise SystemExit("--geometric needs --bundle (with its .map beside it) and --data")
         for dev in common.devices(args.device):
             for rate in args.rates:
-                run_device(path, dev, rate, args, rgb, tmp)
+                if args.geometric:
+                    run_geometric(path, dev, rate, args, tmp)
+                else:
+                    run_device(path, dev, rate, args, rgb, tmp)
     finally:
         _kill_leftovers()
         shutil.rmtree(tmp, ignore_errors=True)

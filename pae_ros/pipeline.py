@@ -63,6 +63,10 @@ class Estimate:
     #: the out-of-scene gate's verdict (True when the bundle has no gate); when False the
     #: confidence is 0 and the covariance the uninformative one
     in_scene: bool = True
+    #: (D,) float32 unit retrieval descriptor of the image when retrieval is on (else None); handed
+    #: back to the same Localizer's :meth:`Localizer.localize_geometric` (``descriptor=``) it saves
+    #: a second backbone forward
+    descriptor: np.ndarray | None = None
 
 
 @dataclass
@@ -396,9 +400,13 @@ class Localizer:
         return self.confidence_features(apr, ref)
 
     # --- the public API ------------------------------------------------------------------------
-    def localize_batch(self, images: list[np.ndarray]) -> list[Estimate]:
+    def localize_batch(self, images: list[np.ndarray], geometric: bool | None = None) -> list[Estimate]:
         """Localize RGB uint8 images (H, W, 3) of any size. Rows are independent: a non-finite
-        APR output in one row leaves the others refined and calibrated."""
+        APR output in one row leaves the others refined and calibrated.
+
+        ``geometric``: None / True run the geometric stage (when the Localizer has one) on every
+        finite in-scene row; False skips it and returns the APR/PAE estimates, for a caller that
+        runs :meth:`localize_geometric` itself (the node's slower thread)."""
         apr = self.predict_apr(self.preprocess(images))
         n = len(images)
         finite = np.isfinite(apr.positions).all(1) & np.isfinite(apr.quaternions).all(1) & \
@@ -455,8 +463,9 @@ class Localizer:
                 sigma_position_m=float(sp[i]), sigma_orientation_rad=float(so[i]),
                 covariance=covariance_6x6(float(sp[i]), float(so[i])),
                 scene=self.scenes[int(apr.scene_idx[i])], refined=ref is not None and j is not None, finite=ok,
-                extras=extras, method=method if j is not None else "apr", in_scene=bool(in_scene[i])))
-        if self.geometric is not None:
+                extras=extras, method=method if j is not None else "apr", in_scene=bool(in_scene[i]),
+                descriptor=None if apr.descriptors is None else np.array(apr.descriptors[i], np.float32)))
+        if self.geometric is not None and geometric is not False:
             for i in range(n):
                 if out[i].finite and out[i].in_scene:
                     desc = None if apr.descriptors is None else apr.descriptors[i:i + 1]
@@ -485,19 +494,23 @@ class Localizer:
             return out
         return apply_fix(prior, res)
 
-    def localize_geometric(self, rgb: np.ndarray, prior: Estimate) -> Estimate:
+    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None) -> Estimate:
         """The geometric stage on one RGB uint8 image given its APR/PAE estimate ``prior`` (from
         :meth:`localize`): the fix (``method="geometric"``) or ``prior`` with
         ``extras["geometric_reason"]``. For a slower thread (tens of ms per call); ``prior``
-        returned unchanged when the stage is off or the prior is non-finite / out of scene."""
+        returned unchanged when the stage is off or the prior is non-finite / out of scene.
+        ``descriptor``: the image's (D,) retrieval descriptor from **this** Localizer (its
+        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward)."""
         if self.geometric is None or not prior.finite or not prior.in_scene:
             return prior
-        desc = self.describe([rgb]) if self.retrieval is not None else None
+        desc = None
+        if self.retrieval is not None:
+            desc = np.asarray(descriptor, np.float32)[None] if descriptor is not None else self.describe([rgb])
         return self._geometric_fix(rgb, prior, desc)
 
-    def localize(self, rgb: np.ndarray) -> Estimate:
-        """Localize one RGB uint8 image (H, W, 3)."""
-        return self.localize_batch([rgb])[0]
+    def localize(self, rgb: np.ndarray, geometric: bool | None = None) -> Estimate:
+        """Localize one RGB uint8 image (H, W, 3); ``geometric`` as in :meth:`localize_batch`."""
+        return self.localize_batch([rgb], geometric)[0]
 
     @torch.inference_mode()
     def reconstruct(self, position, quaternion, scene: str | None = None) -> np.ndarray | None:

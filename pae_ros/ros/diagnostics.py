@@ -19,6 +19,14 @@ Keys published (all values strings, as DiagnosticStatus requires):
 * ``bad_inputs`` (total) and ``bad_input.<reason>`` per reason (image_codec reasons,
   ``nonfinite_estimate``, ``inference_error``)
 * ``device``, ``bundle_id``, ``image_topic``, ``image_qos``, ``tf_mode``, ``last_confidence``
+* with the geometric thread (:mod:`pae_ros.ros.geometric_worker`, the node adds them):
+  ``geometric`` (map path or ``off``), ``geometric.last_method`` (``geometric`` = the last query
+  gave a fix) / ``geometric.last_reason``, ``geometric.offered|dropped|queries|fixes|fallbacks``,
+  ``geometric.fallback.<reason>``, ``geometric.errors.<kind>``, ``geometric.query_rate_hz`` /
+  ``geometric.fix_rate_hz`` (this period), ``geometric.query_p50_s`` / ``query_p95_s`` (wall) and
+  ``query_cpu_p50_s``, ``geometric.cpu_share`` (CPU s of the thread / wall s this period: share of
+  one core), ``geometric.rate_limit_hz``, ``geometric.threads``, ``geometric.opencv_threads``;
+  counters ``count.geometric_published``, ``count.geometric_tf_refused``; ``last_fix_stamp``
 """
 from __future__ import annotations
 

@@ -42,6 +42,20 @@ carried along (:func:`pae_ros.ros.frames.camera_to_base`); or the camera's optic
 chain). ``pae/apr_pose`` is always the camera's (for evaluation against camera ground truth).
 Pose topics are reliable and transient local with depth 1 (``pose_transient_local``).
 
+Geometric fixes (``geometric``: ``auto`` = ``<bundle>.map`` when present, ``off``, or a map path):
+the inference worker runs the Localizer **without** the geometric stage, so the APR/PAE pose
+above is published for every frame at the APR's rate, and hands each in-scene frame to
+:class:`pae_ros.ros.geometric_worker.GeometricWorker`. That thread takes the newest frame (older
+waiting ones are dropped, ``geometric.dropped``), at most ``geometric_rate_hz`` queries per
+second, with ``geometric_threads`` OpenCV threads, and runs ``Localizer.localize_geometric``. An
+accepted fix is published when it arrives on ``pae/pose`` and ``pae/pose_with_covariance`` (the
+fix's covariance) **stamped with its own image's stamp** (older than the newest APR/PAE pose by
+the stage's latency: a filter such as robot_localization places it by stamp), and offered to TF
+with ``newer_only`` (:mod:`pae_ros.ros.tf_publisher`: it never replaces what a newer image set).
+A fallback is counted under its reason (``geometric.fallback.<reason>``) and publishes nothing
+extra. ``/diagnostics`` shows ``geometric.last_method`` (``geometric`` for a fix), the counters,
+``geometric.query_p50_s`` (seconds per query) and ``geometric.cpu_share`` (share of one core).
+
 TF (``tf_mode``): ``map_odom`` (REP 105), ``map_camera`` or ``none``; see
 :mod:`pae_ros.ros.tf_publisher`. The node subscribes to ``/tf`` and ``/tf_static`` itself and keeps
 a short per-edge history (:mod:`pae_ros.ros.tf`, no tf2_ros here): ``odom -> camera`` is looked up
@@ -180,6 +194,7 @@ class LocalizerNode(LifecycleNode):
         self.pub_pose = self.pub_pose_cov = self.pub_apr = self.pub_diag = self.pub_recon = None
         self.tf_out = None
         self.reloc = None
+        self._geo = None
 
     # ---- lifecycle transitions -------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -227,8 +242,15 @@ class LocalizerNode(LifecycleNode):
         bundle = Path(p["bundle"]).expanduser()
         if not bundle.is_file():
             raise StartupError(f"cannot start: bundle not found: '{bundle}' (parameter 'bundle')")
+        geometric = p["geometric"]
+        if geometric not in ("auto", "off"):
+            geometric = str(Path(geometric).expanduser())
+            if not Path(geometric).is_file():
+                raise StartupError(f"cannot start: parameter 'geometric' = {p['geometric']!r}: no map file there "
+                                   "(build one with `pae train --stage map`, or use auto / off)")
         t0 = time.monotonic()
         from pae_ros.bundle import BundleError
+        from pae_ros.geometric.sparse_map import MapError
         from pae_ros.pipeline import Localizer
         try:
             from pae_ros.bundle import load_bundle
@@ -241,9 +263,11 @@ class LocalizerNode(LifecycleNode):
             localizer = Localizer(
                 loaded, device=p["device"], refine=None if p["refine"] == "auto" else p["refine"],
                 k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"],
-                backend=p["backend"], threads=p["threads"] or None)
+                backend=p["backend"], threads=p["threads"] or None, geometric=geometric)
         except StartupError:
             raise
+        except MapError as e:
+            raise StartupError(f"cannot start: parameter 'geometric' = {p['geometric']!r}: {e}") from None
         except BundleError as e:
             raise StartupError(f"cannot start: bad bundle: {e}") from None
         except Exception as e:  # device unavailable, bad k/steps, a bundle this code cannot build
@@ -308,8 +332,26 @@ class LocalizerNode(LifecycleNode):
         self.reloc.create()
         header = getattr(getattr(localizer, "bundle", None), "header", None) or {}
         self._train_camera = training_camera(header.get("intrinsics"), (info.get("scenes") or [None])[0])
+        self._geo = None
+        if p["geometric"] != "off" and getattr(localizer, "geometric", None) is not None:
+            from pae_ros.ros.geometric_worker import GeometricWorker
+
+            def stage(rgb, prior, loc=localizer):  # the prior's own descriptor: no second backbone forward
+                return loc.localize_geometric(rgb, prior, descriptor=getattr(prior, "descriptor", None))
+
+            self._geo = GeometricWorker(stage, self._publish_fix, p["geometric_rate_hz"], p["geometric_threads"],
+                                        on_error=self._geo_error)
+            self.info["geometric"] = info.get("geometric_map") or "on"
+            self.info["last_fix_stamp"] = "none"  # written by the geometric thread: the key exists before
+        else:
+            self.info["geometric"] = "off"
+        if p["geometric"] not in ("auto", "off") and self._geo is None:
+            self.get_logger().warning(f"geometric map {p['geometric']!r} given but the localizer has no geometric "
+                                      "stage: no fixes will be published")
+        geo = (f", geometric map {self.info['geometric']} at <= {p['geometric_rate_hz']:g} Hz "
+               f"({p['geometric_threads']} OpenCV thread(s))" if self._geo is not None else ", geometric off")
         self.get_logger().info(f"configured: bundle {self.info['bundle_id']} on {self.info['device']} "
-                               f"({info.get('backend', 'torch')}), load+warm-up {load_s:.1f} s")
+                               f"({info.get('backend', 'torch')}), load+warm-up {load_s:.1f} s{geo}")
 
     def activate_io(self) -> None:
         """Subscriptions, timers and the worker; logs ``ready``."""
@@ -325,6 +367,8 @@ class LocalizerNode(LifecycleNode):
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._run_worker, name="pae_inference", daemon=True)
         self._worker.start()
+        if self._geo is not None:
+            self._geo.start()
         self._subs = []
         if self.tf_mode == "map_odom" or p["pose_frame"] != "camera":  # else no TF is ever looked up
             self._subs += [
@@ -376,6 +420,7 @@ class LocalizerNode(LifecycleNode):
         if self.reloc is not None:
             self.reloc.destroy()
         self.localizer = None
+        self._geo = None
         gc.collect()
         self._release_gpu()
         self.get_logger().info("cleaned up: bundle unloaded")
@@ -389,6 +434,8 @@ class LocalizerNode(LifecycleNode):
             self._worker.join(timeout=30.0)
             joined = not self._worker.is_alive()
             self._worker = None
+        if self._geo is not None:  # after the inference worker: nothing offers frames any more
+            joined = self._geo.stop(30.0) and joined
         return joined
 
     def _release_gpu(self) -> None:
@@ -510,8 +557,9 @@ class LocalizerNode(LifecycleNode):
             missing = self.tf_mode == "map_odom" and snap["period_localized"] > 0 and self._tf_chain_missing
             self.info["enabled"] = self.reloc.enabled if self.reloc is not None else True
             warnings = [self._camera_warning] if self._camera_warning else None
+            info = dict(self.info, **self._geo.diagnostics()) if self._geo is not None else self.info
             self.pub_diag.publish(diagnostic_array(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
-                                                   snap, self.info, missing, warnings=warnings))
+                                                   snap, info, missing, warnings=warnings))
         except Exception as e:
             self._log_throttled("diag", f"diagnostics failed: {type(e).__name__}: {e}")
 
@@ -539,8 +587,12 @@ class LocalizerNode(LifecycleNode):
             self._bad(e.reason, f"bad image dropped: {e.detail}")
             return
         t_decoded = time.monotonic()
-        try:
-            est = self.localizer.localize(rgb)
+        geo = self._geo
+        try:  # never the geometric stage inline: its fixes come from the geometric thread (or, off, never)
+            if getattr(self.localizer, "geometric", None) is not None:
+                est = self.localizer.localize(rgb, geometric=False)
+            else:
+                est = self.localizer.localize(rgb)
         except Exception as e:
             self._bad("inference_error", f"inference failed: {type(e).__name__}: {e}")
             return
@@ -579,6 +631,8 @@ class LocalizerNode(LifecycleNode):
             img = self.localizer.reconstruct(est.position, est.quaternion, getattr(est, "scene", None))
             if img is not None:
                 self.pub_recon.publish(cv.rgb_to_image(cv.header(stamp, camera_frame), img))
+        if geo is not None and in_scene:
+            geo.offer(rgb, est, (stamp, s_ns, camera_frame))
         t_done = time.monotonic()
         self.stats.localized(t_done - t_recv, est.confidence, below,
                              {"wait": t_start - t_recv, "decode": t_decoded - t_start,
@@ -586,6 +640,38 @@ class LocalizerNode(LifecycleNode):
         if below:
             self._log_throttled("gate", f"confidence {est.confidence:.3f} < confidence_gate {self.gate}: "
                                         "pose published, no TF", level="info")
+
+    def _publish_fix(self, context, est) -> None:
+        """An accepted geometric fix (geometric thread): ``pae/pose`` and ``pae/pose_with_covariance``
+        stamped with its own image's stamp, TF with ``newer_only``. Nothing else (no APR pose, no
+        /initialpose, not counted in frames_localized)."""
+        from pae_ros.ros import conversions as cv
+
+        stamp, s_ns, camera_frame = context
+        if not self._active or (self.reloc is not None and not self.reloc.enabled):
+            self.stats.count("geometric_not_published_inactive")  # deactivated / ~/set_enabled false meanwhile
+            return
+        arrays = (est.position, est.quaternion, est.covariance)
+        if not all(np.all(np.isfinite(a)) for a in arrays):
+            self.stats.count("geometric_nonfinite")
+            return
+        out = self._output_pose(s_ns, camera_frame, est)
+        if out is None:
+            self.stats.count("geometric_no_base_tf")
+            return
+        t_out, q_out, cov_out = out
+        hdr = cv.header(stamp, self.map_frame)
+        self.pub_pose.publish(cv.pose_stamped(hdr, t_out, q_out))
+        self.pub_pose_cov.publish(cv.pose_with_covariance(hdr, t_out, q_out, cov_out))
+        self.stats.count("geometric_published")
+        self.info["last_fix_stamp"] = f"{s_ns / 1e9:.9f}"
+        if self.tf_mode != "none" and est.confidence >= self.gate and bool(getattr(est, "in_scene", True)):
+            if not self._publish_tf(s_ns, camera_frame, est, newer_only=True):
+                self.stats.count("geometric_tf_refused")
+
+    def _geo_error(self, kind: str, text: str) -> None:
+        n = self.stats.count(f"geometric_{kind}_error")
+        self._log_throttled(f"geo:{kind}", f"{text} [{n} so far]")
 
     def _output_pose(self, s_ns: int, camera_frame: str, est):
         """(t, q, cov) that pae/pose* publish (``pose_frame``), or None (base wanted, no chain)."""
@@ -622,16 +708,17 @@ class LocalizerNode(LifecycleNode):
             t, q, cov = flatten_2d(t, q, cov)
         return t, q, cov
 
-    def _publish_tf(self, s_ns: int, camera_frame: str, est) -> None:
+    def _publish_tf(self, s_ns: int, camera_frame: str, est, newer_only: bool = False) -> bool:
+        """TF for ``est`` at the image stamp ``s_ns``; ``newer_only`` (geometric fixes): never over
+        what a newer image set (:class:`pae_ros.ros.tf_publisher.TfOutput`). False: nothing taken."""
         from pae_ros.ros.tf import TfLookupError, map_to_odom
 
         if not camera_frame:
             self.stats.missing_tf()
             self._log_throttled("noframe", "image header has no frame_id and camera_frame is empty: no TF published")
-            return
+            return False
         if self.tf_mode == "map_camera":
-            self.tf_out.camera(s_ns, camera_frame, est.position, est.quaternion)
-            return
+            return self.tf_out.camera(s_ns, camera_frame, est.position, est.quaternion, newer_only=newer_only)
         try:
             t_oc, q_oc = self._tf_buffer.wait_for(self.odom_frame, camera_frame, s_ns, self.tf_wait)
         except TfLookupError as e:
@@ -639,22 +726,22 @@ class LocalizerNode(LifecycleNode):
                 n = self.stats.count("tf_too_old")
                 self._log_throttled("tf_old", f"image stamp older than the TF history ({e}): no map -> odom "
                                               f"for this frame [{n} so far]")
-                return
+                return False
             if e.reason == "future":
                 n = self.stats.count("tf_timeout")
                 self._log_throttled("tf_wait", f"odom -> {camera_frame} not available at the image stamp "
                                                f"within tf_wait {self.tf_wait} s ({e}): no map -> odom for this "
                                                f"frame [{n} so far]")
-                return
+                return False
             self._tf_chain_missing = True
             self.stats.missing_tf()
             self._log_throttled("tf", f"no TF chain {self.odom_frame} -> {camera_frame} on /tf, /tf_static "
                                       f"({self._describe_missing(camera_frame)}): map -> odom not published; "
                                       "publish odometry TF or set tf_mode:=map_camera")
-            return
+            return False
         self._tf_chain_missing = False
         t_mo, q_mo = map_to_odom(est.position, est.quaternion, t_oc, q_oc)
-        self.tf_out.set_correction(s_ns, t_mo, q_mo)
+        return self.tf_out.set_correction(s_ns, t_mo, q_mo, newer_only=newer_only)
 
     def _describe_missing(self, camera_frame: str) -> str:
         buf = self._tf_buffer

@@ -84,6 +84,14 @@ def _refine(v):
     return "must be auto, true or false"
 
 
+def _geometric(v):
+    if isinstance(v, bool) or v in ("auto", "off"):
+        return None
+    if not v.strip():
+        return "must be auto, off or the path of a map file written by `pae train --stage map`"
+    return None  # a path: its existence and contents are checked when the bundle is loaded
+
+
 def _nonneg(unit):
     return lambda v: None if v >= 0 else f"must be >= 0 ({unit})"
 
@@ -174,6 +182,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(publish_initial_pose)", ">= 0", _nonneg("metres")),
     ParamSpec("publish_reconstruction", False,
               "publish pae/reconstruction: the decoder's image at the estimated pose (bundles with a decoder)"),
+    ParamSpec("geometric", "auto",
+              "geometric stage (local features + PnP against the sparse map) on its own thread: auto (the map "
+              "beside the bundle, <bundle>.map, when present), off, or the path of a map (pae train --stage map); "
+              "accepted fixes are published on the pose topics stamped with their own image; "
+              "`geometric:=off` reaches the node as the YAML boolean false, also accepted (true = auto)",
+              "auto | off | a map path", _geometric, also=(bool,)),
+    ParamSpec("geometric_rate_hz", 2.0,
+              "upper bound on geometric queries (and so fixes) per second; 0 = as fast as the stage runs",
+              ">= 0", lambda v: None if 0.0 <= v <= 1000.0 else "must be in [0, 1000] (Hz, 0 = unbounded)"),
+    ParamSpec("geometric_threads", 1,
+              "OpenCV threads of the geometric stage (cv2.setNumThreads, process-wide: also bounds the node's "
+              "other OpenCV calls); 1 = one core at most; 0 = OpenCV's default", ">= 0",
+              lambda v: None if v >= 0 else "must be >= 0 (0 = OpenCV's default)", int_range=(0, 256)),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", "> 0",
               lambda v: None if 0.0 < v <= 3600.0 else "must be > 0 (seconds)"),
 )
@@ -372,6 +393,8 @@ def declare_and_read(node) -> dict[str, Any]:
         values["tf_mode"] = normalize_tf_mode(values["tf_mode"])
         r = values["refine"]
         values["refine"] = r if isinstance(r, bool) else {"auto": "auto", "true": True, "false": False}[r]
+        g = values["geometric"]  # YAML reads `off` / `on` as booleans
+        values["geometric"] = ("auto" if g else "off") if isinstance(g, bool) else g
         if values["map_frame"] == values["odom_frame"]:
             errors.append(f"parameters 'map_frame' and 'odom_frame' must differ (both {values['map_frame']!r})")
     if errors:
