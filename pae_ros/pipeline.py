@@ -110,7 +110,7 @@ class Localizer:
                  metric: str | None = None, backend: str = "torch", threads: int | None = None,
                  candidates: str | None = None, retrieval_k: int | None = None, ood: dict | bool | None = None,
                  table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
-                 geometric_k: int = 10):
+                 geometric_k: int = 20):
         """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
         refinement and decoder stay in torch; 3x faster per frame here), or ``auto`` (onnx on the
         CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and

@@ -129,26 +129,37 @@ def paired_median_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: i
     return float(lo), float(hi)
 
 
+def paired_comparison(base_err: np.ndarray, new_err: np.ndarray, base: str, new: str, setting, seed: int = 0) -> dict:
+    """The held-out figures of one decision: ``{"frames", "setting", "median_position_m": {base, new},
+    "median_difference_m" (new - base), "difference_ci95_m"}`` (paired bootstrap of the medians)."""
+    a, b = np.asarray(base_err, np.float64), np.asarray(new_err, np.float64)
+    out: dict = {"frames": int(len(a)), "setting": setting}
+    if len(a):
+        out.update(median_position_m={base: float(np.median(a)), new: float(np.median(b))},
+                   median_difference_m=float(np.median(b) - np.median(a)),
+                   difference_ci95_m=list(paired_median_bootstrap(a, b, seed=seed)))
+    return out
+
+
+def _beats(out: dict) -> bool:
+    """The new method is better: the 95 % interval of median(new) - median(base) lies below zero."""
+    return out["difference_ci95_m"][1] < 0
+
+
 def decide_weights(pae_err: np.ndarray, uniform_err: np.ndarray, setting: str = "auto", seed: int = 0) -> dict:
     """The candidates' weights the bundle uses: ``refine.weights`` ``pae`` / ``uniform`` as given;
     ``auto`` -> ``pae`` only when the PAE fit beats equal weights over the same candidates on the
     held-out frames (paired-bootstrap 95 % interval of median(pae) - median(uniform) below zero),
     else ``uniform``: the PAE is switched off where it does not help.
 
-    Returns ``{"weights", "rule", "frames", "median_position_m": {pae, uniform},
-    "median_difference_m", "difference_ci95_m"}``."""
-    a, b = np.asarray(uniform_err, np.float64), np.asarray(pae_err, np.float64)
-    out: dict = {"frames": int(len(a)), "setting": setting}
-    if len(a):
-        lo, hi = paired_median_bootstrap(a, b, seed=seed)
-        out.update(median_position_m={"pae": float(np.median(b)), "uniform": float(np.median(a))},
-                   median_difference_m=float(np.median(b) - np.median(a)), difference_ci95_m=[lo, hi])
+    Returns :func:`paired_comparison`'s figures plus ``"weights"`` and ``"rule"``."""
+    out = paired_comparison(uniform_err, pae_err, "uniform", "pae", setting, seed)
     if setting in ("pae", "uniform"):
         out.update(weights=setting, rule=f"refine.weights: {setting}")
-    elif len(a) < 5:
+    elif out["frames"] < 5:
         out.update(weights="pae", rule="auto with fewer than 5 held-out frames: the PAE fit (nothing to decide on)")
     else:
-        out.update(weights="pae" if out["difference_ci95_m"][1] < 0 else "uniform",
+        out.update(weights="pae" if _beats(out) else "uniform",
                    rule="auto: the PAE fit when the 95 % paired-bootstrap interval of median(pae) - median(uniform) "
                         "position error on the held-out walks is below 0, else uniform weights (no PAE)")
     return out
@@ -159,22 +170,15 @@ def decide_published(apr_err: np.ndarray, ref_err: np.ndarray, enabled, seed: in
     ``"auto"`` -> refined only when it beats the APR on the held-out frames: the paired bootstrap
     95 % interval of median(refined) - median(APR) position error lies below zero.
 
-    Returns ``{"published", "rule", "frames", "median_position_m": {apr, refined},
-    "median_difference_m", "difference_ci95_m"}`` (the figures that decided it)."""
-    apr_err, ref_err = np.asarray(apr_err, np.float64), np.asarray(ref_err, np.float64)
-    out: dict = {"frames": int(len(apr_err)), "setting": enabled}
-    if len(apr_err):
-        lo, hi = paired_median_bootstrap(apr_err, ref_err, seed=seed)
-        out.update(median_position_m={"apr": float(np.median(apr_err)), "refined": float(np.median(ref_err))},
-                   median_difference_m=float(np.median(ref_err) - np.median(apr_err)), difference_ci95_m=[lo, hi])
+    Returns :func:`paired_comparison`'s figures plus ``"published"`` and ``"rule"``."""
+    out = paired_comparison(apr_err, ref_err, "apr", "refined", enabled, seed)
     if enabled is True or enabled is False:
         out.update(published="refined" if enabled else "apr", rule=f"refine.enabled: {str(enabled).lower()}")
-    elif len(apr_err) < 5:
+    elif out["frames"] < 5:
         out.update(published="refined", rule="auto with fewer than 5 held-out frames: refined (the default before "
                                               "auto); nothing to decide on")
     else:
-        better = out["difference_ci95_m"][1] < 0
-        out.update(published="refined" if better else "apr",
+        out.update(published="refined" if _beats(out) else "apr",
                    rule="auto: refined when the 95 % paired-bootstrap interval of median(refined) - median(apr) "
                         "position error on the held-out walks is below 0")
     return out
