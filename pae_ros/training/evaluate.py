@@ -47,7 +47,8 @@ log = logging.getLogger("pae.eval")
 #: (a, b) pairs whose difference in median position error gets a paired bootstrap interval
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("published", "apr"), ("published", "retrieval_top1"), ("refined", "nearest_snap"),
-    ("refined", "uniform_k"), ("published", "nearest_snap"), ("refined", "apr"), ("refined_pae", "refined_uniform"))
+    ("refined", "uniform_k"), ("published", "nearest_snap"), ("refined", "apr"), ("refined", "retrieval_top1"),
+    ("refined_pae", "refined_uniform"))
 
 #: the order rows are reported and printed in (rows not listed follow, in the order they ran)
 ROW_ORDER = ("mean_pose", "retrieval_top1", "retrieval_topk", "nearest_snap", "uniform_k", "apr", "pae",
