@@ -787,6 +787,39 @@ def test_coverage_scale_matches_the_coverage_not_the_likelihood():
     assert 0.9 < c < 1.4, c
 
 
+def test_fold_apr_reuses_the_main_runs_cached_features_and_trains_the_same_model(train_split, tmp_path,
+                                                                                  monkeypatch):
+    """Frozen backbone with cached features: the calibration fold's APR takes its frames' features
+    from the main APR stage (the backbone runs over the images once, not twice) and comes out
+    exactly as the fold APR that computes them itself; train_stats has every stage's seconds."""
+    import pae_ros.training.train_apr as ta
+
+    cfg = _fast_cfg(apr={"freeze_backbone": True, "cache_features": True, "epochs": 2}, pae={"epochs": 3})
+    calls = []
+    real = ta.cache_views
+
+    def counting(apr, data, *a, **k):
+        calls.append(len(data))
+        return real(apr, data, *a, **k)
+
+    monkeypatch.setattr(ta, "cache_views", counting)
+    stats = train_all(cfg, train_split, tmp_path / "a.pae", tmp_path / "wa", device="cpu", show_progress=False)
+    (held,) = stats["holdout_frames"]
+    assert calls == [len(train_split.frames)], f"the backbone ran over {calls} frames, not once over all of them"
+    assert {"apr", "pae", "fold1_apr", "fold1_pae", "fold1_holdout_pass"} <= set(stats["stage_seconds"])
+    assert all(v["wall_s"] >= 0 and v["cpu_s"] >= 0 for v in stats["stage_seconds"].values())
+    # the same run with nothing to reuse: the fold computes its own features
+    monkeypatch.setattr("pae_ros.training.run._feature_subset", lambda source, frames: None)
+    calls.clear()
+    train_all(cfg, train_split, tmp_path / "b.pae", tmp_path / "wb", device="cpu", show_progress=False)
+    assert calls == [len(train_split.frames), len(train_split.frames) - held]
+    fa, fb = (load_bundle(tmp_path / w / "fold1" / "fold.pae") for w in ("wa", "wb"))
+    assert fa.tensors.keys() == fb.tensors.keys()
+    for k, v in fb.tensors.items():
+        assert torch.equal(fa.tensors[k], v), f"the fold model differs at {k} when it reuses the features"
+    assert load_bundle(tmp_path / "a.pae").header["calibration"] == load_bundle(tmp_path / "b.pae").header["calibration"]
+
+
 def test_table_descriptors_are_the_localizers_query_descriptors(train_split, tmp_path):
     """Frozen ImageNet EfficientNet-Lite0 (as the quick preset): the table's descriptors reuse the APR
     stage's cached pooled features and equal what the Localizer computes for the same images."""

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..config import Config
 from ..models import build_apr
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, module_digest, save_checkpoint
 from .data import FrameImages
 from .distributed import DistInfo, all_reduce_mean
 from .losses import LearnedPoseLoss
@@ -155,12 +155,18 @@ def _features_after_tail(apr, trunk: dict[str, torch.Tensor], start: int, batch_
 
 def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, device: torch.device,
               dist_info: DistInfo = DistInfo(), resume: bool = False, show_progress: bool = True,
-              pretrained_weights: bool = True):
+              pretrained_weights: bool = True, cached: tuple[dict, str] | None = None):
     """Train and return ``(apr (eval mode, unwrapped), pose_loss, stats, features)``.
 
     ``features``: the cached backbone features (centre crops, frozen backbone) when
     ``apr.cache_features`` is on, else None; the PAE stage reuses them instead of computing
-    them again."""
+    them again.
+
+    ``cached``: ``(features, backbone_digest)``, centre-crop features ``{key: (N, ...)}`` of
+    ``data``'s items (in its order) that another run computed with a backbone of that
+    :func:`~pae_ros.training.checkpoint.module_digest` (a calibration fold reuses the main run's).
+    Used instead of computing them only when this run would cache exactly those: one view, no
+    trained backbone block, and this frozen backbone has the same digest; otherwise ignored."""
     from ..progress import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -205,10 +211,18 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
 
     feats = None
     cache_s = 0.0
+    reused = False
     if ac.cache_features:
         t0 = time.perf_counter()
-        feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
-                            show_progress=show_progress and dist_info.is_main)
+        if (cached is not None and n_views == 1 and tail_start is None
+                and set(cached[0]) == set(apr.feature_keys) and all(len(v) == len(data) for v in cached[0].values())
+                and cached[1] == module_digest(apr.backbone)):
+            feats = {k: v.to(device).unsqueeze(0) for k, v in cached[0].items()}
+            reused = True
+            log.info("APR: reusing the cached backbone features of %d frames", len(data))
+        else:
+            feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
+                                show_progress=show_progress and dist_info.is_main)
         cache_s = time.perf_counter() - t0
 
     multi_scene = len(scenes) > 1
@@ -291,7 +305,7 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
         feats = centre if tail_start is None else _features_after_tail(apr, centre, tail_start)
     stats = {"epochs": ac.epochs, "images": len(data), "world_size": dist_info.world_size,
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
-             "feature_cache_s": cache_s if feats is not None else None,
+             "feature_cache_s": cache_s if feats is not None else None, "reused_cached_features": reused,
              "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
              "trained_backbone_blocks": ac.finetune_blocks if tail_start is not None else 0, "final_loss": last}
     return apr, loss_fn, stats, feats
