@@ -186,6 +186,11 @@ class RefineConfig:
     #: ``table.descriptors``, else the k nearest to the APR pose), ``knn``, ``retrieval``, ``union``
     candidates: str = "auto"
     retrieval_k: int = 2
+    #: weights over the candidates: ``pae`` (the PAE latent fit), ``uniform`` (equal weights, no PAE:
+    #: ``steps`` 0 at run time) or ``auto`` (default: at training the held-out walks decide: the PAE fit
+    #: is kept only when its paired-bootstrap 95 % interval against uniform weights lies below zero;
+    #: the bundle header ``refine_weights`` records ``pae`` or ``uniform``)
+    weights: str = "auto"
 
     def validate(self, p: str) -> None:
         _check(self.enabled in REFINE_ENABLED and type(self.enabled) in (str, bool), f"{p}.enabled",
@@ -194,6 +199,8 @@ class RefineConfig:
         _check(self.candidates in ("auto", "knn", "retrieval", "union"), f"{p}.candidates",
                f"must be auto, knn, retrieval or union, got {self.candidates!r}")
         _check(self.retrieval_k >= 1, f"{p}.retrieval_k", "must be >= 1")
+        _check(self.weights in ("auto", "pae", "uniform"), f"{p}.weights",
+               f"must be auto, pae or uniform, got {self.weights!r}")
         _check(self.steps >= 0, f"{p}.steps", "must be >= 0")
         _check(self.lr > 0, f"{p}.lr", "must be > 0")
         _check(self.metric in ("scaled", "reference"), f"{p}.metric", f"must be scaled or reference, got {self.metric!r}")

@@ -153,7 +153,17 @@ class Localizer:
         else:
             self.refine_enabled = bool(refine)
         self.k = rc.k if k is None else int(k)
-        self.steps = rc.steps if steps is None else int(steps)
+        #: the candidates' weights: ``pae`` (latent fit) or ``uniform`` (no PAE: the training's
+        #: ``refine.weights: auto`` found the fit no better than equal weights, header ``refine_weights``)
+        self.weights = bundle.header.get("refine_weights", "pae") if getattr(rc, "weights", "auto") == "auto" \
+            else rc.weights
+        if self.weights not in ("pae", "uniform"):
+            raise BundleError(f"{bundle.path}: header 'refine_weights' is {self.weights!r} (expected pae or uniform)")
+        if steps is not None:  # an explicit step count decides (0 = uniform weights)
+            self.steps = int(steps)
+            self.weights = "uniform" if self.steps == 0 else "pae"
+        else:
+            self.steps = 0 if self.weights == "uniform" else rc.steps
         self.lr = rc.lr if lr is None else float(lr)
         self.orientation = orientation or rc.orientation
         self.candidates = candidates or getattr(rc, "candidates", "auto")
@@ -259,6 +269,7 @@ class Localizer:
                 "table_size": int(len(self.bundle.table_positions)), "decoder": self.decoder is not None,
                 "calibrated": sorted(self.sigma_models), "published": self.published,
                 "method": "refined" if self.refine_enabled else "apr", "candidates": self.candidate_mode,
+                "weights": self.weights,
                 "retrieval_k": self.retrieval_k, "retrieval": self.retrieval is not None,
                 "ood_gate": sorted(self.ood_gate["rules"]) if self.ood_gate else None,
                 "calibration_mismatch": self.calibration_mismatch,

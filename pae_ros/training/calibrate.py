@@ -28,18 +28,23 @@ _NOT_SETTINGS = {"bundle_id", "bundle_path", "device", "backend", "threads", "sc
 
 def run_frames(loc: Localizer, images: list[np.ndarray], batch: int = 32):
     """APR + refinement outputs and confidence features for many images, batched."""
-    out = {"apr_p": [], "apr_q": [], "ref_p": [], "ref_q": [], "feats_apr": [], "feats_ref": []}
+    out = {"apr_p": [], "apr_q": [], "ref_p": [], "ref_q": [], "uni_p": [], "uni_q": [], "feats_apr": [],
+           "feats_ref": [], "feats_uni": []}
     for i in range(0, len(images), batch):
         apr = loc.predict_apr(loc.preprocess(images[i:i + batch]))
         ref = loc.refine(apr)
+        uni = loc.refine(apr, steps=0)  # the same candidates, equal weights: what the PAE fit is judged against
         out["apr_p"].append(apr.positions)
         out["apr_q"].append(apr.quaternions)
         out["ref_p"].append(ref.position)
         out["ref_q"].append(ref.quaternion)
+        out["uni_p"].append(uni.position)
+        out["uni_q"].append(uni.quaternion)
         out["feats_apr"].append(loc.confidence_features(apr, None))
         out["feats_ref"].append(loc.confidence_features(apr, ref))
+        out["feats_uni"].append(loc.confidence_features(apr, uni))
     cat = {k: np.concatenate(v) for k, v in out.items() if not k.startswith("feats")}
-    for k in ("feats_apr", "feats_ref"):
+    for k in ("feats_apr", "feats_ref", "feats_uni"):
         cat[k] = {n: np.concatenate([d[n] for d in out[k]]) for n in out[k][0]}
     return cat
 
@@ -47,19 +52,18 @@ def run_frames(loc: Localizer, images: list[np.ndarray], batch: int = 32):
 def holdout_pass(loc: Localizer, images: list[np.ndarray], positions: np.ndarray, quaternions: np.ndarray) -> dict:
     """Run ``loc`` (APR + refinement with its own table) on held-out frames (m, wxyz).
 
-    Returns per-frame arrays: ``apr``/``refined`` -> ``{"pos_err" (N,) m, "ori_err" (N,) rad,
-    "feats" {name: (N,)}}``."""
+    Returns per-frame arrays: ``apr``/``refined``/``uniform`` (the refinement's candidates with
+    equal weights) -> ``{"pos_err" (N,) m, "ori_err" (N,) rad, "feats" {name: (N,)}}``."""
     r = run_frames(loc, images)
-    return {"apr": {"pos_err": position_error(r["apr_p"], positions),
-                    "ori_err": orientation_error_rad(r["apr_q"], quaternions), "feats": r["feats_apr"]},
-            "refined": {"pos_err": position_error(r["ref_p"], positions),
-                        "ori_err": orientation_error_rad(r["ref_q"], quaternions), "feats": r["feats_ref"]}}
+    return {m: {"pos_err": position_error(r[f"{k}_p"], positions),
+                "ori_err": orientation_error_rad(r[f"{k}_q"], quaternions), "feats": r[f"feats_{k}"]}
+            for m, k in (("apr", "apr"), ("refined", "ref"), ("uniform", "uni"))}
 
 
 def pool_passes(passes: list[dict]) -> dict:
     """Concatenate the per-frame arrays of several :func:`holdout_pass` results."""
     out = {}
-    for m in ("apr", "refined"):
+    for m in [m for m in ("apr", "refined", "uniform") if all(m in p for p in passes)]:
         out[m] = {"pos_err": np.concatenate([p[m]["pos_err"] for p in passes]),
                   "ori_err": np.concatenate([p[m]["ori_err"] for p in passes]),
                   "feats": {n: np.concatenate([p[m]["feats"][n] for p in passes]) for n in passes[0][m]["feats"]}}
@@ -123,6 +127,31 @@ def paired_median_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: i
     d = np.median(b[idx], axis=1) - np.median(a[idx], axis=1)
     lo, hi = np.percentile(d, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+def decide_weights(pae_err: np.ndarray, uniform_err: np.ndarray, setting: str = "auto", seed: int = 0) -> dict:
+    """The candidates' weights the bundle uses: ``refine.weights`` ``pae`` / ``uniform`` as given;
+    ``auto`` -> ``pae`` only when the PAE fit beats equal weights over the same candidates on the
+    held-out frames (paired-bootstrap 95 % interval of median(pae) - median(uniform) below zero),
+    else ``uniform``: the PAE is switched off where it does not help.
+
+    Returns ``{"weights", "rule", "frames", "median_position_m": {pae, uniform},
+    "median_difference_m", "difference_ci95_m"}``."""
+    a, b = np.asarray(uniform_err, np.float64), np.asarray(pae_err, np.float64)
+    out: dict = {"frames": int(len(a)), "setting": setting}
+    if len(a):
+        lo, hi = paired_median_bootstrap(a, b, seed=seed)
+        out.update(median_position_m={"pae": float(np.median(b)), "uniform": float(np.median(a))},
+                   median_difference_m=float(np.median(b) - np.median(a)), difference_ci95_m=[lo, hi])
+    if setting in ("pae", "uniform"):
+        out.update(weights=setting, rule=f"refine.weights: {setting}")
+    elif len(a) < 5:
+        out.update(weights="pae", rule="auto with fewer than 5 held-out frames: the PAE fit (nothing to decide on)")
+    else:
+        out.update(weights="pae" if out["difference_ci95_m"][1] < 0 else "uniform",
+                   rule="auto: the PAE fit when the 95 % paired-bootstrap interval of median(pae) - median(uniform) "
+                        "position error on the held-out walks is below 0, else uniform weights (no PAE)")
+    return out
 
 
 def decide_published(apr_err: np.ndarray, ref_err: np.ndarray, enabled, seed: int = 0) -> dict:

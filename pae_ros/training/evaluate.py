@@ -47,17 +47,19 @@ log = logging.getLogger("pae.eval")
 #: (a, b) pairs whose difference in median position error gets a paired bootstrap interval
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("published", "apr"), ("published", "retrieval_top1"), ("refined", "nearest_snap"),
-    ("refined", "uniform_k"), ("published", "nearest_snap"), ("refined", "apr"))
+    ("refined", "uniform_k"), ("published", "nearest_snap"), ("refined", "apr"), ("refined_pae", "refined_uniform"))
 
 #: the order rows are reported and printed in (rows not listed follow, in the order they ran)
 ROW_ORDER = ("mean_pose", "retrieval_top1", "retrieval_topk", "nearest_snap", "uniform_k", "apr", "pae",
-             "refined", "published", "oracle_nearest_train", "pae_gt")
+             "refined", "refined_pae", "refined_uniform", "published", "oracle_nearest_train", "pae_gt")
 
 #: labels of the rows computed here (the baselines carry theirs in their registry)
 _LABELS = {
     "apr": ("the APR alone", False),
     "pae": ("PAE reproduction: the teacher's heads on PAE(APR pose)", False),
     "pae_gt": ("ORACLE: the teacher's heads on PAE(ground-truth pose)", True),
+    "refined_pae": ("the refinement's candidates weighted by the PAE latent fit", False),
+    "refined_uniform": ("the refinement's candidates with equal weights (no PAE)", False),
     "refined": ("PAE refinement over the k nearest table poses (Localizer.refine)", False),
     "published": ("what the node publishes (Localizer.localize_batch)", False),
 }
@@ -202,7 +204,8 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
     n = len(frames)
     apr = concat_apr_outputs(apr_outs)
     report: dict = {"bundle_id": loc.bundle.bundle_id, "frames": n, "rows": {}, "scenes": {}, "per_frame": {},
-                    "refine": {"k": loc.k, "steps": loc.steps, "lr": loc.lr, "orientation": loc.orientation,
+                    "refine": {"k": loc.k, "steps": loc.steps, "weights": loc.weights, "lr": loc.lr,
+                               "orientation": loc.orientation,
                                "metric": loc.cfg.refine.metric, "enabled": loc.refine_enabled},
                     "timing": {"apr_ms_per_frame": 1e3 * t_apr / n, "published_ms_per_frame": 1e3 * t_pub / n,
                                "descriptor_ms_per_frame": 1e3 * t_desc / n}}
@@ -261,6 +264,10 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         ref = loc.refine(apr)
         report["timing"]["refine_ms_per_frame_batched"] = 1e3 * (time.perf_counter() - t0) / n
         est["refined"] = (ref.position, ref.quaternion)
+        # the PAE's increment: its fit against equal weights over the same candidates, whatever the bundle runs
+        for name, st in (("refined_pae", loc.cfg.refine.steps or 30), ("refined_uniform", 0)):
+            r = ref if st == loc.steps else loc.refine(apr, steps=st)
+            est[name] = (r.position, r.quaternion)
         for k in k_sweep:
             r = loc.refine(apr, k=k)
             est[f"refined_k{k}"] = (r.position, r.quaternion)

@@ -510,7 +510,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
 
     fold_loc = None
     if "calibrate" in stages and folds:
-        from .calibrate import calibration_settings, decide_published, fit_calibration, holdout_pass, pool_passes
+        from .calibrate import (calibration_settings, decide_published, decide_weights, fit_calibration,
+                                holdout_pass, pool_passes)
 
         if not bundle.has("pae"):
             raise ValueError("the calibrate stage needs a bundle with a PAE (run --stage pae first)")
@@ -528,7 +529,9 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                     log.info("calibration fold %d: reusing %s", i + 1, _fold_bundle_path(workdir, i))
             # the calibration table: this fold's training frames only, never the held-out walk
             t_stage = clock.begin()
-            fold_loc = Localizer(_with_table(fold_bundle, fit, scenes, desc_of), device=str(dev), refine=True)
+            # steps given: the PAE fit is run whatever an earlier calibration recorded (refine_weights)
+            fold_loc = Localizer(_with_table(fold_bundle, fit, scenes, desc_of), device=str(dev), refine=True,
+                                 steps=cfg.refine.steps)
             imgs = [image_cache.get(frame_key(f)) if frame_key(f) in image_cache else load_rgb(f.image_path)
                     for f in held]
             passes.append(holdout_pass(fold_loc, imgs, frames_positions(held), frames_quaternions(held)))
@@ -541,13 +544,25 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                                "median_position_m": {m: float(np.median(passes[-1][m]["pos_err"]))
                                                      for m in ("apr", "refined")}})
         pooled = pool_passes(passes)
+        weights = decide_weights(pooled["refined"]["pos_err"], pooled["uniform"]["pos_err"],
+                                 getattr(cfg.refine, "weights", "auto"), seed=cfg.seed)
+        header["refine_weights"] = weights["weights"]
+        if weights["weights"] == "uniform":  # calibrate and decide on what the bundle will run
+            pooled["refined"] = pooled["uniform"]
+        log.info("refine weights: %s -> %s (held-out median position: PAE fit %.3f m, uniform %.3f m, difference "
+                 "95%% interval %s m)", weights["setting"], weights["weights"],
+                 weights["median_position_m"]["pae"], weights["median_position_m"]["uniform"],
+                 [round(x, 3) for x in weights["difference_ci95_m"]])
         header["calibration"] = fit_calibration(pooled)
         decision = decide_published(pooled["apr"]["pos_err"], pooled["refined"]["pos_err"], cfg.refine.enabled,
                                     seed=cfg.seed)
         decision["folds"] = fold_stats
+        decision["weights"] = weights
         header["published"] = decision["published"]
         header["refine_decision"] = decision
         header["calibration_settings"] = calibration_settings(fold_loc)
+        if weights["weights"] == "uniform":
+            header["calibration_settings"]["steps"] = 0
         header["calibration_holdout"] = {"mode": cfg.calibration.holdout, "folds": records,
                                          "sequences": [s["held_sequences"] for s in fold_stats],
                                          "refit": refit, "table": "each fold's own training frames"}
