@@ -475,7 +475,10 @@ def test_tiny_bundle_calibrated_by_a_fold_model_without_the_walk(tiny_bundle, tr
     s = b.header["calibration_settings"]
     for k in ("k", "steps", "lr", "orientation", "metric"):
         assert k in s, f"calibration_settings lacks {k}"
-    assert s["k"] == TINY_CONFIG["refine"]["k"] and s["steps"] == TINY_CONFIG["refine"]["steps"]
+    # the settings the bundle runs with: no latent fit (steps 0) where refine.weights chose uniform weights
+    steps = 0 if b.header.get("refine_weights") == "uniform" else TINY_CONFIG["refine"]["steps"]
+    assert b.header.get("refine_weights") in (None, "pae", "uniform")
+    assert s["k"] == TINY_CONFIG["refine"]["k"] and s["steps"] == steps, (s, b.header.get("refine_weights"))
     assert b.header["published"] in ("apr", "refined") and b.header["refine_decision"]["published"] == b.header["published"]
     # no retrieval descriptors from a backbone without ImageNet weights (a fresh tiny CNN is random)
     assert "table.descriptors" not in b.tensors and "descriptors" not in b.header
