@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -149,15 +150,55 @@ def clean_stale_temporaries(workdir: Path, out: Path, older_than_s: float = STAL
     return removed
 
 
+class StageClock:
+    """Wall and CPU seconds of each training stage (``stats["stage_seconds"]``): ``wall_s`` from
+    ``time.perf_counter``, ``cpu_s`` from ``time.process_time`` (every thread of this process, so on
+    a shared machine it is the better measure of the work: wall time grows with others' load)."""
+
+    def __init__(self):
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def begin() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def end(self, name: str, t0: tuple[float, float]) -> None:
+        self.seconds[name] = {"wall_s": round(time.perf_counter() - t0[0], 2),
+                              "cpu_s": round(time.process_time() - t0[1], 2)}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = self.begin()
+        try:
+            yield
+        finally:
+            self.end(name, t0)
+
+
 # ------------------------------------------------------------------------------------ stages
-def _apr_stage(cfg, frames, scenes, norm, workdir, dev, dist_info, resume, show_progress, image_cache):
+def _apr_stage(cfg, frames, scenes, norm, workdir, dev, dist_info, resume, show_progress, image_cache,
+               cached=None):
     from .train_apr import train_apr
 
     data = FrameImages(frames, scenes, norm, cfg.input.resize, cfg.input.crop, train=True,
                        random_crop=cfg.input.random_crop, jitter=cfg.input.color_jitter, seed=cfg.seed,
                        show_progress=show_progress and dist_info.is_main, image_cache=image_cache)
-    apr, pose_loss, stats, feats = train_apr(cfg, data, scenes, workdir, dev, dist_info, resume, show_progress)
+    apr, pose_loss, stats, feats = train_apr(cfg, data, scenes, workdir, dev, dist_info, resume, show_progress,
+                                             cached=cached)
     return apr, pose_loss, stats, feats, data
+
+
+def _feature_subset(source: dict | None, frames) -> tuple[dict, str] | None:
+    """``(features of frames, backbone digest)`` from ``source = {"data", "feats", "backbone"}`` (the
+    main APR stage's cached centre-crop features), or None when it lacks any of those frames."""
+    if source is None or source.get("feats") is None:
+        return None
+    pos = {id(f): i for i, f in enumerate(source["data"].frames)}
+    idx = [pos.get(id(f)) for f in frames]
+    if any(i is None for i in idx):
+        return None
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    return {k: v[idx_t.to(v.device)] for k, v in source["feats"].items()}, source["backbone"]
 
 
 def _pae_stage(cfg, apr, s_x, s_q, data, feats, n_scenes, dev, workdir, resume, show_progress, writer):
@@ -194,8 +235,11 @@ def _reusable_fold(path: Path, record: dict) -> Bundle | None:
 
 
 def _train_fold(cfg, fit, held, scenes, intrinsics, workdir: Path, i: int, dev, resume, show_progress, image_cache,
-                record) -> Bundle:
-    """APR + PAE trained on ``fit`` only, its table ``fit`` only: the calibration model of fold ``i``."""
+                record, clock: StageClock | None = None, features: dict | None = None) -> Bundle:
+    """APR + PAE trained on ``fit`` only, its table ``fit`` only: the calibration model of fold ``i``.
+    ``features``: the main APR stage's cached backbone features (see :func:`_feature_subset`),
+    reused for ``fit`` instead of running the frozen backbone over those images again."""
+    clock = clock or StageClock()
     fold_dir = _fold_bundle_path(workdir, i).parent
     fold_dir.mkdir(parents=True, exist_ok=True)
     # checkpoints of another fold definition (other held-out frames or config) never resume here
@@ -208,10 +252,12 @@ def _train_fold(cfg, fit, held, scenes, intrinsics, workdir: Path, i: int, dev, 
     rec_path.write_text(json.dumps(record))
     log.info("calibration fold %d: training APR + PAE on %d frames, %d held out", i + 1, len(fit), len(held))
     norm = PoseNormalization.fit(frames_positions(fit))
-    apr, pose_loss, _, feats, data = _apr_stage(cfg, fit, scenes, norm, fold_dir, dev, DistInfo(), resume,
-                                                show_progress, image_cache)
+    with clock(f"fold{i + 1}_apr"):
+        apr, pose_loss, _, feats, data = _apr_stage(cfg, fit, scenes, norm, fold_dir, dev, DistInfo(), resume,
+                                                    show_progress, image_cache, _feature_subset(features, fit))
     s_x, s_q = float(pose_loss.s_x.detach()), float(pose_loss.s_q.detach())
-    pae, _ = _pae_stage(cfg, apr, s_x, s_q, data, feats, len(scenes), dev, fold_dir, resume, show_progress, None)
+    with clock(f"fold{i + 1}_pae"):
+        pae, _ = _pae_stage(cfg, apr, s_x, s_q, data, feats, len(scenes), dev, fold_dir, resume, show_progress, None)
     header = _header(cfg, scenes, norm, fit, intrinsics, {"pose_loss": {"s_x": s_x, "s_q": s_q}, "fold": record})
     tensors = {**_prefixed("apr", apr), **_prefixed("pae", pae), **_table_tensors(fit, scenes)}
     return _save(_fold_bundle_path(workdir, i), header, tensors)
@@ -375,13 +421,19 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         writer = SummaryWriter(str(workdir / "tb"))
 
     t_all = time.perf_counter()
+    clock = StageClock()
+    stats["stage_seconds"] = clock.seconds
     image_cache: dict = {}
     data, feats, bundle = None, None, None
+    main_features = None  # the main APR stage's cached backbone features, which the fold APRs reuse
     partial = workdir / "partial.pae"
     if "apr" in stages:
         norm = PoseNormalization.fit(frames_positions(main_frames))
-        apr, pose_loss, stats["apr"], feats, data = _apr_stage(cfg, main_frames, scenes, norm, workdir, dev,
-                                                               dist_info, resume, show_progress, image_cache)
+        with clock("apr"):
+            apr, pose_loss, stats["apr"], feats, data = _apr_stage(cfg, main_frames, scenes, norm, workdir, dev,
+                                                                   dist_info, resume, show_progress, image_cache)
+        if feats is not None:
+            main_features = {"data": data, "feats": feats, "backbone": module_digest(apr.backbone)}
         header = _header(cfg, scenes, norm, main_frames, train.intrinsics,
                          {"pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())},
                           "model_frames": {"count": len(main_frames), "digest": frames_digest(main_frames),
@@ -410,8 +462,9 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
     header["config"] = {**header["config"], **{k: v for k, v in cfg.to_dict().items() if k not in ("model", "input")}}
 
     if "pae" in stages:
-        pae, stats["pae"] = _pae_stage(cfg, apr, header["pose_loss"]["s_x"], header["pose_loss"]["s_q"], data, feats,
-                                       len(scenes), dev, workdir, resume, show_progress, writer)
+        with clock("pae"):
+            pae, stats["pae"] = _pae_stage(cfg, apr, header["pose_loss"]["s_x"], header["pose_loss"]["s_q"], data,
+                                           feats, len(scenes), dev, workdir, resume, show_progress, writer)
         tensors = {k: v for k, v in tensors.items() if not k.startswith(("pae.", "decoder."))}
         tensors.update(_prefixed("pae", pae))
         for k in _CALIBRATION_KEYS:
@@ -423,6 +476,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
 
         if not bundle.has("pae"):
             raise ValueError("the decoder stage needs a bundle with a PAE (run --stage pae first)")
+        t_stage = clock.begin()
         _, _, pae_m, _ = build_models(bundle, dev)
         loc = Localizer(_with_table(bundle, main_frames, scenes), device=str(dev), refine=False)
         z = loc.pae_latents(frames_positions(main_frames), frames_quaternions(main_frames),
@@ -433,6 +487,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         tensors = {k: v for k, v in tensors.items() if not k.startswith("decoder.")}
         tensors.update(_prefixed("decoder", dec))
         bundle = _save(partial, header, tensors)
+        clock.end("decoder", t_stage)
 
     # retrieval descriptors of every train frame (the final table's rows; fold tables use subsets);
     # only from ImageNet weights: a fresh describer of a non-pretrained backbone (tiny_cnn, *_scratch)
@@ -447,7 +502,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         desc = tensors["table.descriptors"].float().numpy()
     else:
         t0 = time.perf_counter()
-        desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
+        with clock("descriptors"):
+            desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
         header["descriptors"] = {**info, "table_digest": table_digest}
         stats["descriptors_s"] = time.perf_counter() - t0
     desc_of = None if desc is None else {frame_key(f): d for f, d in zip(frames, desc)}
@@ -468,10 +524,11 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                 fold_bundle = _reusable_fold(_fold_bundle_path(workdir, i), records[i])
                 if fold_bundle is None:
                     fold_bundle = _train_fold(cfg, fit, held, scenes, train.intrinsics, workdir, i, dev, resume,
-                                              show_progress, image_cache, records[i])
+                                              show_progress, image_cache, records[i], clock, main_features)
                 else:
                     log.info("calibration fold %d: reusing %s", i + 1, _fold_bundle_path(workdir, i))
             # the calibration table: this fold's training frames only, never the held-out walk
+            t_stage = clock.begin()
             # steps given: the PAE fit is run whatever an earlier calibration recorded (refine_weights)
             fold_loc = Localizer(_with_table(fold_bundle, fit, scenes, desc_of), device=str(dev), refine=True,
                                  steps=cfg.refine.steps)
@@ -481,6 +538,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
             g = _gate_features(fold_loc, imgs)
             if g is not None:
                 gate_parts.append(g)
+            clock.end(f"fold{i + 1}_holdout_pass", t_stage)
             fold_stats.append({"held_frames": len(held), "table_frames": len(fit),
                                "held_sequences": sorted({f"{f.scene}/{f.sequence}" for f in held}),
                                "median_position_m": {m: float(np.median(passes[-1][m]["pos_err"]))
@@ -536,7 +594,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
     if "map" in stages:  # optional geometric stage's sparse map, beside the bundle (bound to its final id)
         from ..geometric.build import run_map_stage
 
-        stats["map"] = run_map_stage(bundle, train)
+        with clock("map"):
+            stats["map"] = run_map_stage(bundle, train)
     stats["seconds"] = time.perf_counter() - t_all
     stats["bundle"] = {"path": str(out), "bytes": out.stat().st_size, "bundle_id": bundle.bundle_id}
     if writer is not None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..config import Config
 from ..models import build_apr
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, module_digest, save_checkpoint
 from .data import FrameImages
 from .distributed import DistInfo, all_reduce_mean
 from .losses import LearnedPoseLoss
@@ -114,27 +114,37 @@ def _view_images(data: FrameImages, indices, view: int, seed: int) -> torch.Tens
 
 @torch.no_grad()
 def cache_views(apr, data: FrameImages, device, views: int = 1, start: int | None = None, seed: int = 0,
-                batch_size: int = 64, show_progress: bool = True, dtype=torch.float16) -> dict[str, torch.Tensor]:
+                batch_size: int = 64, show_progress: bool = True, dtype=torch.float16,
+                pooled: list | None = None) -> dict[str, torch.Tensor]:
     """Backbone features of ``views`` views per item -> ``{key: (views, N, ...)}`` on ``device``.
 
     ``start`` None: the model's feature keys; else the trunk outputs up to block ``start``
-    (``"cut"`` plus the taps before it that the model uses), for :meth:`run_tail`."""
+    (``"cut"`` plus the taps before it that the model uses), for :meth:`run_tail`.
+    ``pooled``: a list that receives the float32 pooled backbone features ``(N, C)`` of the centre
+    crops (view 0) when ``start`` is None, where the full backbone pass computes them anyway
+    (the bundle's retrieval descriptors, without a second pass over the images)."""
     from ..progress import tqdm
 
     apr.backbone.eval()
     out: dict[str, list] = {}
+    centre_pooled: list[torch.Tensor] = []
     steps = [(v, i) for v in range(views) for i in range(0, len(data), batch_size)]
     for v, i in tqdm(steps, desc="caching backbone features", unit="batch", disable=not show_progress, leave=False):
         idx = list(range(i, min(i + batch_size, len(data))))
         images = _view_images(data, idx, v, seed).to(device)
         if start is None:
-            feats = apr.features(images)
+            full = apr.backbone(images)
+            feats = {k: full[k] for k in apr.feature_keys}
+            if pooled is not None and v == 0:
+                centre_pooled.append(full["pooled"].float())
         else:
             trunk = apr.backbone.run_trunk(images, start)
             feats = {k: t for k, t in trunk.items() if k == "cut" or k in apr.feature_keys}
         for k, t in feats.items():
             out.setdefault(k, []).append(t.to(dtype))
     n = len(data)
+    if pooled is not None and centre_pooled:
+        pooled.append(torch.cat(centre_pooled))
     return {k: torch.cat(t).reshape(views, n, *t[0].shape[1:]) for k, t in out.items()}
 
 
@@ -155,12 +165,18 @@ def _features_after_tail(apr, trunk: dict[str, torch.Tensor], start: int, batch_
 
 def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, device: torch.device,
               dist_info: DistInfo = DistInfo(), resume: bool = False, show_progress: bool = True,
-              pretrained_weights: bool = True):
+              pretrained_weights: bool = True, cached: tuple[dict, str] | None = None):
     """Train and return ``(apr (eval mode, unwrapped), pose_loss, stats, features)``.
 
     ``features``: the cached backbone features (centre crops, frozen backbone) when
     ``apr.cache_features`` is on, else None; the PAE stage reuses them instead of computing
-    them again."""
+    them again.
+
+    ``cached``: ``(features, backbone_digest)``, centre-crop features ``{key: (N, ...)}`` of
+    ``data``'s items (in its order) that another run computed with a backbone of that
+    :func:`~pae_ros.training.checkpoint.module_digest` (a calibration fold reuses the main run's).
+    Used instead of computing them only when this run would cache exactly those: one view, no
+    trained backbone block, and this frozen backbone has the same digest; otherwise ignored."""
     from ..progress import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -205,10 +221,20 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
 
     feats = None
     cache_s = 0.0
+    reused = False
+    pooled: list = []
     if ac.cache_features:
         t0 = time.perf_counter()
-        feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
-                            show_progress=show_progress and dist_info.is_main)
+        if (cached is not None and n_views == 1 and tail_start is None
+                and set(apr.feature_keys) <= set(cached[0])
+                and all(len(cached[0][k]) == len(data) for k in apr.feature_keys)
+                and cached[1] == module_digest(apr.backbone)):
+            feats = {k: cached[0][k].to(device).unsqueeze(0) for k in apr.feature_keys}
+            reused = True
+            log.info("APR: reusing the cached backbone features of %d frames", len(data))
+        else:
+            feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
+                                show_progress=show_progress and dist_info.is_main, pooled=pooled)
         cache_s = time.perf_counter() - t0
 
     multi_scene = len(scenes) > 1
@@ -289,9 +315,11 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     if feats is not None:  # what the PAE stage reuses: the centre-crop features the model reads
         centre = {k: v[0] for k, v in feats.items()}
         feats = centre if tail_start is None else _features_after_tail(apr, centre, tail_start)
+        if pooled and "pooled" not in feats:  # float32, for the table's retrieval descriptors
+            feats["pooled"] = pooled[0]
     stats = {"epochs": ac.epochs, "images": len(data), "world_size": dist_info.world_size,
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
-             "feature_cache_s": cache_s if feats is not None else None,
+             "feature_cache_s": cache_s if feats is not None else None, "reused_cached_features": reused,
              "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
              "trained_backbone_blocks": ac.finetune_blocks if tail_start is not None else 0, "final_loss": last}
     return apr, loss_fn, stats, feats
