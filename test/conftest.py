@@ -34,6 +34,20 @@ def pytest_configure(config):
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Importing ``launch`` (test_launch.py, via launch_ros) sets the root logger to INFO and installs
+    its own logger class for the rest of the process; put both back after every test so that
+    ``caplog`` in later files sees what it would see when run alone."""
+    import logging
+
+    root, cls = logging.getLogger().level, logging.getLoggerClass()
+    yield
+    logging.getLogger().setLevel(root)
+    if logging.getLoggerClass() is not cls:
+        logging.setLoggerClass(cls)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A 7Scenes-format dataset folder with one scene ``room`` (3 train walks, 1 test walk, 64x48)."""
