@@ -173,11 +173,13 @@ def test_uncalibrated_bundle_is_honest(tiny_bundle, tmp_path, loc, images):
         return h
 
     path = _variant(tiny_bundle, tmp_path, "uncal.pae", drop_cal)
-    unc = Localizer.from_bundle(path, device="cpu")
+    # gate off on both sides: a gated frame gets the uninformative sigma whether calibrated or not
+    unc = Localizer.from_bundle(path, device="cpu", ood=False)
+    calibrated = Localizer.from_bundle(tiny_bundle, device="cpu", ood=False)
     assert unc.info["calibrated"] == []
     for img in images[:3]:
         e = unc.localize(img)
-        cal = loc.localize(img)
+        cal = calibrated.localize(img)
         np.testing.assert_allclose(e.position, cal.position, atol=1e-9)  # same pose, only the uncertainty differs
         assert e.confidence == 0.0
         assert e.sigma_position_m == pytest.approx(unc.unknown_sigma_m) and unc.unknown_sigma_m >= unc.position_scale
