@@ -97,6 +97,28 @@ def main(argv=None) -> int:
                             f"one-off at load: PAE latents of the table, {cache_mb:.1f} MB "
                             f"({2 * loc.cfg.model.latent_dim} float32 per pose); whole Localizer init "
                             f"{init_s:.2f} s")
+                # retrieval over n descriptors (what the refinement's retrieval candidates query): look-alike
+                # train images (1280-d unit rows clustered round n / 20 random centres), exhaustive vs the index
+                from pae_ros.retrieval import RetrievalIndex
+
+                rng = np.random.default_rng(n)
+                centres = rng.normal(size=(max(n // 20, 1), 1280)).astype(np.float32)
+                table_desc = centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, 1280)).astype(np.float32)
+                queries = centres[rng.integers(0, len(centres), 64)] + 0.3 * rng.normal(size=(64, 1280)).astype(np.float32)
+                t0 = time.perf_counter()
+                ret = RetrievalIndex(table_desc)
+                build_s = time.perf_counter() - t0
+                qi = iter(range(10 ** 9))
+                t_ret = common.time_fn(lambda: ret.query(queries[next(qi) % 64][None], 2), warmup=3,
+                                       repeats=args.repeats, device=dev)
+                ret_ms = common.median_ms(t_ret)
+                got, _ = ret.query(queries, 1)
+                want, _ = ret.query(queries, 1, exact=True)
+                common.line("scaling_retrieval", {"table": n, "dim": 1280}, ret_ms, "ms/frame",
+                            f"RetrievalIndex.query top-2, {ret.ann_kind} (built in {build_s:.1f} s), recall@1 vs "
+                            f"exhaustive {np.mean(got[:, 0] == want[:, 0]):.3f} on 64 queries")
+                common.line("scaling_refine_with_retrieval", base, ref_ms + ret_ms, "ms/frame",
+                            "refine (pose search + fit) + the retrieval query of its candidates")
                 rows.append((n, ref_ms, q_ms, fit_ms, cache_ms))
                 del loc, b
         if args.plot:
