@@ -72,3 +72,26 @@ def write_textured_room(out_dir, scene: str = "room", train_walks: int = 3, test
                          list(range(train_walks + 1, train_walks + test_walks + 1)))
     write_intrinsics(scene_dir, intr)
     return scene_dir
+
+
+def train_tiny_bundle(root: Path) -> Path:
+    """The textured room under ``root / "data"`` and a tiny bundle (APR + PAE, no decoder) trained on
+    it by ``pae train`` (``root / "model.pae"``); shared by the geometric test files."""
+    import json
+
+    import torch
+    import yaml
+
+    from conftest import TINY_CONFIG
+    from pae_ros.cli import main
+
+    torch.set_num_threads(2)
+    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
+    cfg["decoder"] = {"enabled": False}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "model.pae"
+    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
+                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
+    return out

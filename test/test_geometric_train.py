@@ -1,7 +1,6 @@
 """``pae train --stage map``: the sparse map beside a real (tiny) bundle, bound to it, calibrated."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -9,30 +8,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TINY_CONFIG  # noqa: E402
-from geometric_scene import write_textured_room  # noqa: E402
+from geometric_scene import train_tiny_bundle, write_textured_room  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny bundle (APR + PAE, no decoder) trained by ``pae train`` on the textured room."""
-    import torch
-
-    from pae_ros.cli import main
-
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("geo_train")
-    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
-    cfg = json.loads(json.dumps(TINY_CONFIG))
-    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
-    cfg["decoder"] = {"enabled": False}
-    import yaml
-
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = root / "model.pae"
-    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
-                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
-    return root, out
+    return root, train_tiny_bundle(root)
 
 
 def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):

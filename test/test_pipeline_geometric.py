@@ -5,7 +5,6 @@ the fix's covariance; fallback path: a blank image keeps the APR/PAE pose and na
 ``geometric="off"`` and a missing map path behave as documented; ``pae eval`` gets the row."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,27 +12,15 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TINY_CONFIG  # noqa: E402
-from geometric_scene import write_textured_room  # noqa: E402
+from geometric_scene import train_tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def mapped(tmp_path_factory):
-    import torch
-    import yaml
-
     from pae_ros.cli import main
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("geo_loc")
-    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
-    cfg = json.loads(json.dumps(TINY_CONFIG))
-    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
-    cfg["decoder"] = {"enabled": False}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = root / "model.pae"
-    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
-                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
+    out = train_tiny_bundle(root)
     assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(root / "data"),
                  "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
     return root, out, _table_descriptors(root, out)
