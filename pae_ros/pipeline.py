@@ -110,7 +110,7 @@ class Localizer:
                  metric: str | None = None, backend: str = "torch", threads: int | None = None,
                  candidates: str | None = None, retrieval_k: int | None = None, ood: dict | bool | None = None,
                  table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
-                 geometric_k: int = 20):
+                 geometric_k: int | None = None):
         """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
         refinement and decoder stay in torch; 3x faster per frame here), or ``auto`` (onnx on the
         CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and
@@ -126,7 +126,8 @@ class Localizer:
         bundle has no ``table.descriptors`` tensor (e.g. computed with :class:`pae_ros.retrieval.Describer`).
         ``geometric``: the geometric stage (:mod:`pae_ros.geometric_adapter`): ``auto`` = the map
         beside the bundle (``<bundle>.map``) when present, ``off``, or a map path. ``geometric_k``:
-        retrieval top-k train images in its shortlist (united with the refinement's candidates)."""
+        retrieval top-k train images in its shortlist (united with the refinement's candidates);
+        None: :data:`pae_ros.geometric.stage.SHORTLIST_K`, the shortlist the map was calibrated with."""
         self.bundle = bundle
         self.device = resolve_device(device)
         if backend not in ("auto", "torch", "onnx"):
@@ -159,8 +160,7 @@ class Localizer:
         self.k = rc.k if k is None else int(k)
         #: the candidates' weights: ``pae`` (latent fit) or ``uniform`` (no PAE: the training's
         #: ``refine.weights: auto`` found the fit no better than equal weights, header ``refine_weights``)
-        self.weights = bundle.header.get("refine_weights", "pae") if getattr(rc, "weights", "auto") == "auto" \
-            else rc.weights
+        self.weights = bundle.header.get("refine_weights", "pae") if rc.weights == "auto" else rc.weights
         if self.weights not in ("pae", "uniform"):
             raise BundleError(f"{bundle.path}: header 'refine_weights' is {self.weights!r} (expected pae or uniform)")
         if steps is not None:  # an explicit step count decides (0 = uniform weights)
@@ -223,8 +223,10 @@ class Localizer:
 
             self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop, threads)
         self.calibration_mismatch = self._check_calibration_settings()
+        from .geometric.stage import SHORTLIST_K
         from .geometric_adapter import open_geometric
 
+        geometric_k = SHORTLIST_K if geometric_k is None else geometric_k
         if geometric_k < 1:
             raise ValueError(f"geometric_k must be >= 1, got {geometric_k}")
         self.geometric_k = int(geometric_k)

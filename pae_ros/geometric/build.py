@@ -20,7 +20,7 @@ from ..geometry import orientation_error_rad
 from .calibrate import calibrate_covariance
 from .mapping import MapSettings, build_map
 from .sparse_map import SparseMap, map_path_for, save_map
-from .stage import GeometricStage, StageSettings
+from .stage import SHORTLIST_K, GeometricStage, StageSettings
 
 log = logging.getLogger("pae.geometric")
 
@@ -50,7 +50,7 @@ def retrieval_descriptors(images: list[np.ndarray], resize: int, crop: int, desc
 
 
 def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = 120,
-                     shortlist_k: int = 20, window: int = 15, stage_settings: StageSettings | None = None,
+                     shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
                      descriptors: np.ndarray | None = None, seed: int = 0, progress=None) -> tuple[SparseMap, dict]:
     """Build and calibrate the map of ``bundle`` from the train split it was trained on.
 
@@ -93,7 +93,7 @@ def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: M
 
 
 def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
-                  shortlist_k: int = 20, window: int = 15, stage_settings: StageSettings | None = None,
+                  shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
                   descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
     """Fit the map's covariance scales (``smap.meta["calibration"]``) leave-one-walk-out; returns stats.
 

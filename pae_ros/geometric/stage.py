@@ -28,6 +28,11 @@ REASONS = ("accepted", "no_features", "empty_shortlist", "too_few_matches", "pnp
            "low_inlier_ratio", "ambiguous", "far_from_prior", "bad_covariance")
 
 
+#: train images matched per query: retrieval's top ``SHORTLIST_K`` (the Localizer's default ``geometric_k``)
+#: and the shortlist the map's covariance is calibrated with (:func:`pae_ros.geometric.build.calibrate_map`)
+SHORTLIST_K = 20
+
+
 @dataclass
 class StageSettings:
     ratio: float = 0.8                 # Lowe ratio for query -> train image matches

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..confidence import coverage
+from ..config import RefineConfig
 from ..coverage import COVERAGE_BINS_M, coverage_bin_label, coverage_distance
 from ..datasets import DatasetSplit, load_rgb
 from ..geometry import canonical_quat, orientation_error_deg, orientation_error_rad, position_error
@@ -266,7 +267,7 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
         report["timing"]["refine_ms_per_frame_batched"] = 1e3 * (time.perf_counter() - t0) / n
         est["refined"] = (ref.position, ref.quaternion)
         # the PAE's increment: its fit against equal weights over the same candidates, whatever the bundle runs
-        for name, st in (("refined_pae", loc.cfg.refine.steps or 30), ("refined_uniform", 0)):
+        for name, st in (("refined_pae", loc.cfg.refine.steps or RefineConfig().steps), ("refined_uniform", 0)):
             r = ref if st == loc.steps else loc.refine(apr, steps=st)
             est[name] = (r.position, r.quaternion)
         for k in k_sweep:

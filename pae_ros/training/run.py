@@ -501,11 +501,10 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
             and len(tensors["table.descriptors"]) == len(frames)):
         desc = tensors["table.descriptors"].float().numpy()
     else:
-        t0 = time.perf_counter()
         with clock("descriptors"):
             desc, info = table_descriptors(cfg, apr, frames, dev, data, feats, image_cache)
         header["descriptors"] = {**info, "table_digest": table_digest}
-        stats["descriptors_s"] = time.perf_counter() - t0
+        stats["descriptors_s"] = clock.seconds["descriptors"]["wall_s"]
     desc_of = None if desc is None else {frame_key(f): d for f, d in zip(frames, desc)}
 
     fold_loc = None
@@ -545,7 +544,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
                                                      for m in ("apr", "refined")}})
         pooled = pool_passes(passes)
         weights = decide_weights(pooled["refined"]["pos_err"], pooled["uniform"]["pos_err"],
-                                 getattr(cfg.refine, "weights", "auto"), seed=cfg.seed)
+                                 cfg.refine.weights, seed=cfg.seed)
         header["refine_weights"] = weights["weights"]
         if weights["weights"] == "uniform":  # calibrate and decide on what the bundle will run
             pooled["refined"] = pooled["uniform"]
