@@ -188,7 +188,7 @@ class _FakeLocalizer:
     def __init__(self):
         self.mode = "ok"
 
-    def localize(self, rgb):
+    def localize(self, rgb, geometric=None):  # the node always passes geometric=False
         from types import SimpleNamespace
 
         if self.mode == "raise":
@@ -435,8 +435,8 @@ class _PoseLocalizer(_FakeLocalizer):
         super().__init__()
         self.pose = (np.zeros(3), np.array([1.0, 0, 0, 0]))
 
-    def localize(self, rgb):
-        est = super().localize(rgb)
+    def localize(self, rgb, geometric=None):
+        est = super().localize(rgb, geometric)
         est.position, est.quaternion = self.pose
         est.covariance = np.diag([0.01, 0.01, 0.01, 0.001, 0.001, 0.001])
         est.confidence = 0.9
@@ -556,8 +556,8 @@ def test_out_of_scene_or_low_confidence_moves_no_tf_and_no_initial_pose():
         rgb = np.zeros((6, 8, 3), np.uint8)
         orig = fake.localize
 
-        def out_of_scene(img):
-            est = orig(img)
+        def out_of_scene(img, geometric=None):
+            est = orig(img, geometric)
             est.in_scene = False
             return est
         fake.localize = out_of_scene

@@ -589,10 +589,7 @@ class LocalizerNode(LifecycleNode):
         t_decoded = time.monotonic()
         geo = self._geo
         try:  # never the geometric stage inline: its fixes come from the geometric thread (or, off, never)
-            if getattr(self.localizer, "geometric", None) is not None:
-                est = self.localizer.localize(rgb, geometric=False)
-            else:
-                est = self.localizer.localize(rgb)
+            est = self.localizer.localize(rgb, geometric=False)
         except Exception as e:
             self._bad("inference_error", f"inference failed: {type(e).__name__}: {e}")
             return
