@@ -14,6 +14,13 @@ the training pipeline; stored in the bundle header under ``ood``): each feature'
 its in-scene ``quantile`` (upper for distances, lower for ``retrieval_cos``) widened by
 ``margin`` (a factor for distances, a subtraction for the cosine). A frame is in-scene when every
 feature the gate knows and the frame has is inside its threshold.
+
+The quantile is the split-conformal order statistic (:func:`conformal_threshold`): the
+``ceil(quantile * (n + 1))``-th smallest of ``n`` held-back values, so that a new in-scene frame
+falls inside with probability at least ``quantile`` however few frames were held back (with 20
+frames at 0.9 that is the 19th, not an interpolation between the 18th and 19th; with fewer than
+``1 / (1 - quantile) - 1`` frames it is the largest). With hundreds of frames it equals the
+empirical quantile.
 """
 from __future__ import annotations
 
@@ -37,12 +44,25 @@ DEFAULT_FEATURES = ("manifold", "retrieval_cos")
 GATE_QUANTILE, GATE_MARGIN, GATE_COS_MARGIN = 0.9, 1.0, 0.0
 
 
+def conformal_threshold(values: np.ndarray, quantile: float, upper: bool = True) -> float:
+    """The split-conformal ``quantile`` bound of ``values`` (finite, 1-D): upper (``upper``) or lower.
+
+    For exchangeable values, a new one is <= the upper bound (>= the lower) with probability
+    >= ``quantile``; with too few values for that, the largest (smallest) value."""
+    v = np.sort(np.asarray(values, np.float64))
+    n = len(v)
+    if not n:
+        raise ValueError("conformal_threshold of no values")
+    k = min(int(np.ceil(quantile * (n + 1))), n)  # 1-based rank
+    return float(v[k - 1] if upper else v[n - k])
+
+
 def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTILE, margin: float = GATE_MARGIN,
                  cos_margin: float = GATE_COS_MARGIN, names=DEFAULT_FEATURES) -> dict:
     """Thresholds from in-scene frames: ``{name: (N,) values}`` -> the ``ood`` header dict.
 
-    ``quantile`` in (0.5, 1): share of held-back in-scene frames inside each threshold before the
-    margin. Features that are absent or have fewer than 10 finite values are left out."""
+    ``quantile`` in (0.5, 1): the in-scene pass probability of each threshold before the margin
+    (the conformal order statistic, :func:`conformal_threshold`). Features that are absent or have fewer than 10 finite values are left out."""
     if not 0.5 < quantile < 1.0:
         raise ValueError(f"ood quantile must be in (0.5, 1), got {quantile}")
     rules = {}
@@ -56,9 +76,9 @@ def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTIL
             continue
         n_used = max(n_used, len(v))
         if name in LOWER_IS_OUT:
-            rules[name] = {"below": float(np.quantile(v, 1.0 - quantile) - cos_margin)}
+            rules[name] = {"below": conformal_threshold(v, quantile, upper=False) - cos_margin}
         else:
-            rules[name] = {"above": float(np.quantile(v, quantile) * margin)}
+            rules[name] = {"above": conformal_threshold(v, quantile) * margin}
     if not rules:
         raise ValueError(f"fit_ood_gate: no usable feature among {sorted(features)} (need >= 10 finite values)")
     return {"version": 1, "rules": rules, "quantile": quantile, "margin": margin, "cos_margin": cos_margin,

@@ -305,10 +305,10 @@ def test_out_of_scene_gate(tiny_bundle, images):
     loc = Localizer.from_bundle(tiny_bundle, device="cpu")
     ests = loc.localize_batch(images)
     vals = np.array([e.extras["manifold"] for e in ests])
-    ramp = np.arange(1, 102, dtype=float)                      # 1..101: the 0.9 quantile is 91
+    ramp = np.arange(1, 102, dtype=float)                      # 1..101: the conformal 0.9 bound is the 92nd
     gate = fit_ood_gate({"manifold": ramp, "retrieval_cos": ramp / 101}, quantile=0.9, margin=2.0, cos_margin=0.05)
-    assert gate["rules"]["manifold"]["above"] == pytest.approx(182.0)
-    assert gate["rules"]["retrieval_cos"]["below"] == pytest.approx(11 / 101 - 0.05)
+    assert gate["rules"]["manifold"]["above"] == pytest.approx(184.0)
+    assert gate["rules"]["retrieval_cos"]["below"] == pytest.approx(10 / 101 - 0.05)
     tight = {"version": 1, "rules": {"manifold": {"above": float(np.median(vals))}}}
     gated = Localizer.from_bundle(tiny_bundle, device="cpu", ood=tight).localize_batch(images)
     for e, plain in zip(gated, ests):
@@ -328,6 +328,24 @@ def test_out_of_scene_gate(tiny_bundle, images):
     assert isinstance(Localizer.from_bundle(tiny_bundle, device="cpu", ood=fitted).localize(noise).in_scene, bool)
     with pytest.raises(ValueError, match="no usable feature"):
         fit_ood_gate({"manifold": np.ones(3)})
+
+
+def test_gate_threshold_keeps_its_pass_rate_with_few_held_back_frames():
+    """With 15 held-back frames the interpolated 0.9 quantile passes fewer than 90 % of new in-scene
+    frames (about 15/16 * 0.9 ~ 0.85 on average); the conformal bound keeps at least 90 %."""
+    from pae_ros.ood import conformal_threshold
+
+    rng = np.random.default_rng(0)
+    conf, interp = [], []
+    for _ in range(4000):
+        held, new = rng.gamma(2.0, size=15), rng.gamma(2.0, size=50)
+        conf.append(np.mean(new <= conformal_threshold(held, 0.9)))
+        interp.append(np.mean(new <= np.quantile(held, 0.9)))
+    assert np.mean(conf) >= 0.9 > np.mean(interp)
+    assert conformal_threshold(np.arange(5.0), 0.9) == 4.0          # too few values: the largest
+    assert conformal_threshold(np.arange(5.0), 0.9, upper=False) == 0.0
+    with pytest.raises(ValueError):
+        conformal_threshold(np.array([]), 0.9)
 
 
 def test_describe_shares_the_frozen_backbone_and_onnx_outputs_it(tiny_bundle, tmp_path, images, monkeypatch):
