@@ -48,13 +48,17 @@ def main(argv=None) -> int:
     ap.add_argument("--recalibrate", action="store_true", help="refit the map's covariance scales first")
     ap.add_argument("--kind", default="rootsift", choices=("rootsift", "sift", "orb"))
     ap.add_argument("--max-keypoints", type=int, default=1024)
-    ap.add_argument("--shortlist", type=int, default=10, help="retrieval top-k train images")
+    ap.add_argument("--shortlist", type=int, default=None,
+                    help="retrieval top-k train images (default: the Localizer's, pae_ros.geometric.stage.SHORTLIST_K)")
     ap.add_argument("--limit", type=int, default=0, help="use every n-th test frame so that at most this many remain")
     ap.add_argument("--no-prior-gate", action="store_true", help="accept fixes regardless of the APR/PAE prior")
     ap.add_argument("--no-ambiguity-test", action="store_true", help="no second PnP hypothesis")
     ap.add_argument("--min-inliers", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.shortlist is None:
+        from pae_ros.geometric.stage import SHORTLIST_K
+        args.shortlist = SHORTLIST_K
 
     import cv2
     import torch
