@@ -38,6 +38,43 @@ def _summary(pe, oe_deg) -> dict:
             "within_50cm_5deg": float(np.mean((pe <= 0.5) & (oe <= 5)))}
 
 
+def _lowo_sweep(bundle, smap, train, args) -> int:
+    """Leave-one-walk-out fixes on the train walks; every second hypothesis is computed (ambiguity ratio
+    ~0, never flagged) so that each ambiguity_ratio of the sweep is applied afterwards to the same fixes."""
+    from pae_ros.datasets import load_rgb
+    from pae_ros.geometric import StageSettings
+    from pae_ros.geometric.build import frames_for_table, held_out_fixes
+
+    base = StageSettings()
+    raw = StageSettings(min_inliers=min(base.min_inliers, 10), ambiguity_ratio=0.01, ambiguity_min_m=float("inf"))
+    frames = frames_for_table(bundle, train.frames)
+    images = [load_rgb(f.image_path) for f in frames]
+    t0 = time.perf_counter()
+    fixes = held_out_fixes(smap, bundle, frames, images, args.lowo, args.shortlist, stage_settings=raw, seed=1)
+    print(f"# leave-one-walk-out: {len(fixes)} train queries, shortlist top-{args.shortlist} of the other walks, "
+          f"{time.perf_counter() - t0:.1f} s; defaults min_inliers={base.min_inliers} ambiguity_ratio={base.ambiguity_ratio}")
+    ok = [(r, x) for r, x in fixes if x.accepted]
+    err = np.array([np.linalg.norm(x.position - bundle.table_positions[r]) for r, x in ok])
+    n1 = np.array([x.inliers for _, x in ok])
+    n2 = np.array([x.second_inliers for _, x in ok])
+    d2 = np.nan_to_num(np.array([x.second_distance_m for _, x in ok]), nan=0.0)
+    good, gross = err < 0.5, err > 1.0
+    report = {"queries": len(fixes), "sweep": []}
+    for mi in (10, 15, 20, 25, 30):
+        for ar in (None, 0.6, 0.4, 0.3, 0.25, 0.2):
+            keep = n1 >= mi
+            if ar is not None:
+                keep &= ~((n2 >= ar * n1) & (d2 > base.ambiguity_min_m))
+            row = {"min_inliers": mi, "ambiguity_ratio": ar, "good": int((keep & good).sum()),
+                   "gross": int((keep & gross).sum()), "accepted": int(keep.sum())}
+            report["sweep"].append(row)
+            print(f"bench geometric_lowo min_inliers={mi} ambiguity_ratio={ar}: {row['accepted']} accepted, "
+                  f"{row['good']} good (< 0.5 m), {row['gross']} gross (> 1 m) of {len(fixes)} queries")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -54,6 +91,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-prior-gate", action="store_true", help="accept fixes regardless of the APR/PAE prior")
     ap.add_argument("--no-ambiguity-test", action="store_true", help="no second PnP hypothesis")
     ap.add_argument("--min-inliers", type=int, default=None)
+    ap.add_argument("--lowo", type=int, default=0, metavar="QUERIES",
+                    help="instead of the test walks: this many train frames localized leave-one-walk-out (shortlists "
+                         "from the other walks only), and the good (< 0.5 m) / gross (> 1 m) accepted fixes for a "
+                         "sweep of min_inliers and ambiguity_ratio: how the stage's settings are chosen without a test frame")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.shortlist is None:
@@ -106,6 +147,9 @@ def main(argv=None) -> int:
     if cal:
         print(f"# covariance calibration (leave-one-walk-out on {cal['queries']} train fixes): position x{cal['position_scale']:.2f}, "
               f"rotation x{cal['orientation_scale']:.2f}")
+
+    if args.lowo:
+        return _lowo_sweep(bundle, smap, train, args)
 
     frames = test.frames
     if args.limit and len(frames) > args.limit:

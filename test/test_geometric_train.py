@@ -50,3 +50,36 @@ def test_map_stage_on_another_dataset_says_so(trained, tmp_path, capsys):
                "--format", "7scenes", "--device", "cpu", "--quiet"])
     assert rc == 2
     assert "no train frame with that pose" in capsys.readouterr().err
+
+
+def test_map_calibration_queries_never_match_their_own_walk(trained, monkeypatch):
+    """The covariance is calibrated leave-one-walk-out: every held-out query's shortlist holds
+    only train images of the other walks (a spy on the real stage records what it is given)."""
+    from pae_ros.bundle import load_bundle
+    from pae_ros.datasets import load_rgb, read_dataset
+    from pae_ros.geometric import GeometricStage, load_map, map_path_for
+    from pae_ros.geometric.build import frames_for_table, held_out_fixes
+
+    root, out = trained
+    bundle = load_bundle(out)
+    if not map_path_for(out).exists():
+        from pae_ros.cli import main
+        assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data",
+                     str(root / "data"), "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
+    smap = load_map(map_path_for(out), bundle)
+    frames = frames_for_table(bundle, read_dataset(root / "data", "7scenes", "train").frames)
+    images = [load_rgb(f.image_path) for f in frames]
+    seen = []
+    real_call = GeometricStage.__call__
+
+    def spy(self, rgb, shortlist, *a, **k):
+        seen.append([int(i) for i in shortlist])
+        return real_call(self, rgb, shortlist, *a, **k)
+
+    monkeypatch.setattr(GeometricStage, "__call__", spy)
+    fixes = held_out_fixes(smap, bundle, frames, images, queries=12)
+    assert len(fixes) == len(seen) == 12
+    walk = [f.sequence for f in frames]
+    for (row, res), short in zip(fixes, seen):
+        assert short and all(walk[i] != walk[row] for i in short), "a calibration query matched its own walk"
+    assert any(res.accepted for _, res in fixes)  # the other walks do localize it

@@ -20,7 +20,7 @@ from ..geometry import orientation_error_rad
 from .calibrate import calibrate_covariance
 from .mapping import MapSettings, build_map
 from .sparse_map import SparseMap, map_path_for, save_map
-from .stage import SHORTLIST_K, GeometricStage, StageSettings
+from .stage import SHORTLIST_K, GeometricResult, GeometricStage, StageSettings
 
 log = logging.getLogger("pae.geometric")
 
@@ -92,16 +92,16 @@ def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: M
     return stats
 
 
-def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
-                  shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
-                  descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
-    """Fit the map's covariance scales (``smap.meta["calibration"]``) leave-one-walk-out; returns stats.
+def held_out_fixes(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], queries: int = 120,
+                   shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
+                   descriptors: np.ndarray | None = None, seed: int = 0) -> list[tuple[int, GeometricResult]]:
+    """Leave-one-walk-out fixes of up to ``queries`` train frames: ``[(table row, GeometricResult)]``.
 
-    ``frames`` / ``images``: the bundle table rows' frames and RGB images (:func:`frames_for_table`).
-    """
-    stats: dict = {}
+    Each query is matched against a retrieval shortlist drawn only from the *other* walks of its
+    scene (with a single walk: frames more than ``window`` frames away), with uncalibrated
+    covariances (scale 1) and no prior. ``frames`` / ``images``: the bundle table rows' frames and
+    RGB images (:func:`frames_for_table`)."""
     sidx = bundle.table_scene_idx
-    t1 = time.perf_counter()
     if descriptors is None:
         if "table.descriptors" in bundle.tensors:
             descriptors = bundle.tensors["table.descriptors"].float().numpy()
@@ -115,9 +115,9 @@ def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray
         rows = np.nonzero(seq == s)[0]
         order_in_seq[rows] = np.arange(len(rows))
     rng = np.random.default_rng(seed)
-    q_rows = np.sort(rng.choice(len(frames), size=min(calib_queries, len(frames)), replace=False))
+    q_rows = np.sort(rng.choice(len(frames), size=min(queries, len(frames)), replace=False))
     stage = GeometricStage(smap, settings=stage_settings, covariance_scale=(1.0, 1.0))
-    pe, sp, re, sr = [], [], [], []
+    out = []
     for r in q_rows:
         same_scene = sidx == sidx[r]
         if len(np.unique(seq[same_scene])) > 1:
@@ -128,14 +128,26 @@ def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray
         if not len(cand):
             continue
         sim = desc[cand] @ desc[r]
-        short = cand[np.argsort(-sim)[:shortlist_k]]
-        res = stage(images[r], short)
+        out.append((int(r), stage(images[r], cand[np.argsort(-sim)[:shortlist_k]])))
+    return out
+
+
+def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
+                  shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
+                  descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Fit the map's covariance scales (``smap.meta["calibration"]``) on :func:`held_out_fixes`; returns stats."""
+    stats: dict = {}
+    t1 = time.perf_counter()
+    fixes = held_out_fixes(smap, bundle, frames, images, calib_queries, shortlist_k, window, stage_settings,
+                           descriptors, seed)
+    pe, sp, re, sr = [], [], [], []
+    for r, res in fixes:
         if res.accepted:
             pe.append(float(np.linalg.norm(res.position - bundle.table_positions[r])))
             re.append(float(orientation_error_rad(res.quaternion[None], bundle.table_quaternions[r][None])[0]))
             sp.append(res.sigma_position_m)
             sr.append(res.sigma_orientation_rad)
-    stats["calibration_queries"] = int(len(q_rows))
+    stats["calibration_queries"] = int(len(fixes))
     stats["calibration_accepted"] = len(pe)
     try:
         cal = calibrate_covariance(pe, sp, re, sr)
