@@ -145,6 +145,11 @@ def main(argv=None) -> int:
                   f"{100 * cal['position']['within_1sigma']:.0f}% / {100 * cal['position']['within_2sigma']:.0f}% of "
                   f"position errors within 1 / 2 sigma (68 / 95 expected), orientation "
                   f"{100 * cal['orientation']['within_1sigma']:.0f}% / {100 * cal['orientation']['within_2sigma']:.0f}%")
+            for m, b in (cal.get("by_method") or {}).items():
+                print(f"{', '.join(rep['scenes'])}: calibration of the published {m} poses ({b['frames']} frames): "
+                      f"{100 * b['position']['within_1sigma']:.0f}% / {100 * b['position']['within_2sigma']:.0f}% "
+                      f"within 1 / 2 sigma, median error {b['above_threshold']['median_position_m'] or float('nan'):.3f} m "
+                      f"above confidence {cal['confidence_threshold']:g} ({b['above_threshold']['frames']} frames)")
         for line in gating_lines(rep):
             print(f"{', '.join(rep['scenes'])}: {line.strip()}")
         for s, c in rep["coverage"].items():

@@ -201,6 +201,13 @@ def test_calibration_reads_the_published_sigma(report):
     assert cal["position"]["within_1sigma"] == pytest.approx(np.mean(pe <= 1.8776 * sp))
     assert cal["above_threshold"]["frames"] + cal["below_threshold"]["frames"] == 40
     assert 0 <= cal["orientation"]["within_2sigma"] <= 1 and "room" in cal["by_scene"]
+    # per published method: the frames split by method, each with the coverage of its own sigma
+    methods = np.array([e.method for e in pub])
+    assert sum(b["frames"] for b in cal["by_method"].values()) == 40
+    for m, b in cal["by_method"].items():
+        sel = methods == m
+        assert b["frames"] == sel.sum()
+        assert b["position"]["within_2sigma"] == pytest.approx(np.mean(pe[sel] <= 2.8327 * sp[sel]), abs=1e-3)
 
 
 def test_gating_report_without_a_gate_says_so(report):

@@ -24,6 +24,11 @@ from .stage import SHORTLIST_K, GeometricResult, GeometricStage, StageSettings
 
 log = logging.getLogger("pae.geometric")
 
+#: train frames localized leave-one-walk-out to calibrate the covariance. 400 (was 120): the stricter
+#: ambiguity test accepts few held-out fixes on a repetitive scene (the plaza: 18 of 120), too few for a
+#: stable scale; about 0.05-0.1 s each on one core
+CALIB_QUERIES = 400
+
 
 def frames_for_table(bundle, frames) -> list:
     """The frame of every bundle table row (matched by exact pose). Raises ValueError naming a row
@@ -49,7 +54,7 @@ def retrieval_descriptors(images: list[np.ndarray], resize: int, crop: int, desc
     return np.concatenate([describer(to_batch(images[i:i + chunk], resize, crop)) for i in range(0, len(images), chunk)])
 
 
-def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = 120,
+def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_queries: int = CALIB_QUERIES,
                      shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
                      descriptors: np.ndarray | None = None, seed: int = 0, progress=None) -> tuple[SparseMap, dict]:
     """Build and calibrate the map of ``bundle`` from the train split it was trained on.
@@ -92,7 +97,7 @@ def run_map_stage(bundle, train, map_path: str | Path | None = None, settings: M
     return stats
 
 
-def held_out_fixes(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], queries: int = 120,
+def held_out_fixes(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], queries: int = CALIB_QUERIES,
                    shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
                    descriptors: np.ndarray | None = None, seed: int = 0) -> list[tuple[int, GeometricResult]]:
     """Leave-one-walk-out fixes of up to ``queries`` train frames: ``[(table row, GeometricResult)]``.
@@ -132,7 +137,7 @@ def held_out_fixes(smap: SparseMap, bundle, frames: list, images: list[np.ndarra
     return out
 
 
-def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = 120,
+def calibrate_map(smap: SparseMap, bundle, frames: list, images: list[np.ndarray], calib_queries: int = CALIB_QUERIES,
                   shortlist_k: int = SHORTLIST_K, window: int = 15, stage_settings: StageSettings | None = None,
                   descriptors: np.ndarray | None = None, seed: int = 0) -> dict:
     """Fit the map's covariance scales (``smap.meta["calibration"]``) on :func:`held_out_fixes`; returns stats."""

@@ -409,6 +409,9 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
     out["held_back_train_fit"] = model.coverage if model is not None else None
     out["settings"] = loc.bundle.header.get("calibration_settings")
     out["by_scene"] = {s: block(scene_idx == i) for i, s in enumerate(loc.scenes) if (scene_idx == i).any()}
+    # per method: the geometric fixes' covariance and the APR/PAE fallbacks' are two different promises
+    meth = np.array([_method_of(e) for e in published])
+    out["by_method"] = {m: block(meth == m) for m in sorted(set(meth))}
     return out
 
 
@@ -562,6 +565,11 @@ def summary_lines(report: dict) -> list[str]:
                      f"{cal['confidence_threshold']:g} ({cal['above_threshold']['frames']} frames) vs "
                      f"{med(cal['below_threshold']['median_position_m']):.3f} m below "
                      f"({cal['below_threshold']['frames']} frames)")
+        by_m = cal.get("by_method") or {}
+        if len(by_m) > 1:
+            lines.append("calibration by method: " + "; ".join(
+                f"{m} ({b['frames']} frames) {100 * b['position']['within_1sigma']:.0f}% / "
+                f"{100 * b['position']['within_2sigma']:.0f}% within 1 / 2 sigma" for m, b in by_m.items()))
     geo = report.get("geometric")
     if geo:
         sec = geo["seconds_per_query_median"]
