@@ -46,30 +46,38 @@ def _lowo_sweep(bundle, smap, train, args) -> int:
     from pae_ros.geometric.build import frames_for_table, held_out_fixes
 
     base = StageSettings()
-    raw = StageSettings(min_inliers=min(base.min_inliers, 10), ambiguity_ratio=0.01, ambiguity_min_m=float("inf"))
+    raw = StageSettings(min_inliers=min(base.min_inliers, 10), ambiguity_ratio=0.01, ambiguity_min_m=float("inf"),
+                        distinct_twin_dist=None)
     frames = frames_for_table(bundle, train.frames)
     images = [load_rgb(f.image_path) for f in frames]
     t0 = time.perf_counter()
     fixes = held_out_fixes(smap, bundle, frames, images, args.lowo, args.shortlist, stage_settings=raw, seed=1)
     print(f"# leave-one-walk-out: {len(fixes)} train queries, shortlist top-{args.shortlist} of the other walks, "
-          f"{time.perf_counter() - t0:.1f} s; defaults min_inliers={base.min_inliers} ambiguity_ratio={base.ambiguity_ratio}")
+          f"{time.perf_counter() - t0:.1f} s; defaults min_inliers={base.min_inliers} ambiguity_ratio="
+          f"{base.ambiguity_ratio} distinct_twin_dist={base.distinct_twin_dist} min_distinct_inliers="
+          f"{base.min_distinct_inliers}")
     ok = [(r, x) for r, x in fixes if x.accepted]
     err = np.array([np.linalg.norm(x.position - bundle.table_positions[r]) for r, x in ok])
     n1 = np.array([x.inliers for _, x in ok])
     n2 = np.array([x.second_inliers for _, x in ok])
     d2 = np.nan_to_num(np.array([x.second_distance_m for _, x in ok]), nan=0.0)
+    twin = smap.twin_distance
     good, gross = err < 0.5, err > 1.0
     report = {"queries": len(fixes), "sweep": []}
-    for mi in (10, 15, 20, 25, 30):
-        for ar in (None, 0.6, 0.4, 0.3, 0.25, 0.2):
-            keep = n1 >= mi
-            if ar is not None:
-                keep &= ~((n2 >= ar * n1) & (d2 > base.ambiguity_min_m))
-            row = {"min_inliers": mi, "ambiguity_ratio": ar, "good": int((keep & good).sum()),
-                   "gross": int((keep & gross).sum()), "accepted": int(keep.sum())}
-            report["sweep"].append(row)
-            print(f"bench geometric_lowo min_inliers={mi} ambiguity_ratio={ar}: {row['accepted']} accepted, "
-                  f"{row['good']} good (< 0.5 m), {row['gross']} gross (> 1 m) of {len(fixes)} queries")
+    for mi in (15, 20, 25):
+        for ar in (None, 0.6, 0.4, 0.25):
+            for tau, nd in ((None, 0), (0.4, 5), (0.4, 10), (0.45, 5), (0.45, 10)):
+                keep = n1 >= mi
+                if ar is not None:
+                    keep &= ~((n2 >= ar * n1) & (d2 > base.ambiguity_min_m))
+                if tau is not None and twin is not None:
+                    keep &= np.array([int(np.sum(twin[x.inlier_points] > tau)) >= nd for _, x in ok], bool)
+                row = {"min_inliers": mi, "ambiguity_ratio": ar, "distinct_twin_dist": tau, "min_distinct_inliers": nd,
+                       "good": int((keep & good).sum()), "gross": int((keep & gross).sum()), "accepted": int(keep.sum())}
+                report["sweep"].append(row)
+                print(f"bench geometric_lowo min_inliers={mi} ambiguity_ratio={ar} distinct={tau}/{nd}: "
+                      f"{row['accepted']} accepted, {row['good']} good (< 0.5 m), {row['gross']} gross (> 1 m) "
+                      f"of {len(fixes)} queries")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

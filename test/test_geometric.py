@@ -247,3 +247,57 @@ def test_covariance_scale_fit_restores_gaussian_coverage():
     assert 0.55 < cov_g["within_1sigma"] < 0.8 and cov_g["within_2sigma"] >= 0.85
     with pytest.raises(ValueError, match=">= 5 accepted"):
         fit_scale(err[:3], reported[:3])
+
+
+def test_twin_distance_finds_look_alikes_elsewhere_only():
+    """A descriptor repeated 2 m away has a twin at distance 0; a copy 0.3 m away (the same place,
+    another view) is not a twin; a unique descriptor's twin is far."""
+    from pae_ros.geometric.repetition import point_descriptors, twin_distances
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(6, 16)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    desc = np.stack([d[0], d[0], d[1], d[1], d[2], d[3]])
+    pts = np.array([[0, 0, 0], [2, 0, 0], [5, 0, 0], [5.3, 0, 0], [9, 0, 0], [12, 0, 0]], float)
+    tw = twin_distances(pts, desc)
+    assert tw[0] == pytest.approx(0, abs=1e-3) and tw[1] == pytest.approx(0, abs=1e-3)   # periodic copy
+    assert tw[2] > 0.5 and tw[3] > 0.5 and tw[4] > 0.5 and tw[5] > 0.5                  # no look-alike elsewhere
+    # one descriptor per point from the observations (the first of each point)
+    obs_point = np.array([2, 0, 2, 1])
+    obs_desc = np.arange(8, dtype=np.uint8).reshape(4, 2)
+    np.testing.assert_array_equal(point_descriptors(obs_point, obs_desc, 3), [[2, 3], [6, 7], [0, 1]])
+
+
+def test_stage_refuses_a_fix_held_only_by_repeated_structure(room, room_map):
+    """The same query is accepted when its inliers are distinctive and refused as 'repetitive'
+    when every map point has a look-alike elsewhere (twin distance 0)."""
+    import copy
+
+    _, tr, te = room
+    f = te.frames[3]
+    rgb = load_rgb(f.image_path)
+    assert room_map.twin_distance.shape == (room_map.n_points,)
+    ok = GeometricStage(room_map)(rgb, _nearest(tr, f.position))
+    assert ok.accepted and ok.distinct_inliers >= GeometricStage(room_map).settings.min_distinct_inliers
+    periodic = copy.copy(room_map)
+    periodic.point_twin_dist = np.zeros(room_map.n_points, np.float32)
+    rep = GeometricStage(periodic)(rgb, _nearest(tr, f.position))
+    assert not rep.accepted and rep.reason == "repetitive" and rep.distinct_inliers == 0
+    assert rep.position is not None and len(rep.inlier_points) >= rep.inliers // 2  # the rejected pose is reported
+    from pae_ros.geometric import StageSettings
+
+    off = GeometricStage(periodic, settings=StageSettings(distinct_twin_dist=None))(rgb, _nearest(tr, f.position))
+    assert off.accepted  # the test can be switched off
+
+
+def test_map_twin_distances_are_stored_and_older_maps_get_them(room_map, tmp_path):
+    import copy
+
+    path = save_map(tmp_path / "m.map", room_map)
+    back = load_map(path)
+    np.testing.assert_array_equal(back.point_twin_dist, room_map.twin_distance)  # stored, covered by the digest
+    old = copy.copy(room_map)
+    old.point_twin_dist = None
+    back_old = load_map(save_map(tmp_path / "old.map", old))  # a map written before the array existed
+    assert back_old.point_twin_dist is None
+    np.testing.assert_allclose(back_old.twin_distance, room_map.twin_distance)

@@ -286,6 +286,9 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
                      obs_image=o_img, obs_xy=obs_xy[sel][cand].astype(np.float32),
                      obs_desc=obs_desc[sel][cand], obs_point=new_id.astype(np.int32),
                      image_offsets=np.searchsorted(o_img, np.arange(n + 1)).astype(np.int64), meta=meta)
+    t0 = time.perf_counter()
+    _ = smap.twin_distance  # stored with the map (repeated-structure test of the geometric stage)
+    meta["stats"]["twin_distance_s"] = time.perf_counter() - t0
     smap.validate("built map")
     log.info("sparse map: %d points, %d observations from %d images, %d pairs (%.1f s features, %.1f s matching)",
              smap.n_points, len(cand), n, len(pairs), timings["features_s"], timings["matching_s"])

@@ -14,6 +14,9 @@ Arrays (observations sorted by train image, i.e. bundle table row):
 - ``obs_desc`` (M, D) uint8: its descriptor (SIFT 128 B or ORB 32 B).
 - ``obs_point`` (M,) int32: index into ``points``.
 - ``image_offsets`` (N + 1,) int64: the observations of image i are ``offsets[i]:offsets[i+1]``.
+- ``point_twin_dist`` (P,) float32, optional: descriptor distance to the point's most similar
+  point elsewhere (:mod:`pae_ros.geometric.repetition`); maps written before it existed get it
+  computed on load.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ MAP_FORMAT = "pae_ros.sparse_map"
 MAP_VERSION = 1
 ARRAYS = ("points", "track_length", "point_error_px", "obs_image", "obs_xy", "obs_desc", "obs_point",
           "image_offsets")
+#: arrays a map may lack (older maps): derived from the others, computed when absent
+OPTIONAL_ARRAYS = ("point_twin_dist",)
 
 
 class MapError(RuntimeError):
@@ -67,6 +72,22 @@ class SparseMap:
     image_offsets: np.ndarray
     meta: dict = field(default_factory=dict)   # kind, image_size, intrinsics, bundle_id, settings, stats
     path: Path | None = None
+    point_twin_dist: np.ndarray | None = None  # (P,) see the module docstring; None: computed on first use
+
+    @property
+    def twin_distance(self) -> np.ndarray | None:
+        """(P,) float32 descriptor distance of each point to its look-alike elsewhere (None for ORB maps)."""
+        if self.kind == "orb":
+            return None
+        if self.point_twin_dist is None and self.n_points == 0:
+            self.point_twin_dist = np.zeros(0, np.float32)
+        if self.point_twin_dist is None:
+            from .features import matching_descriptors
+            from .repetition import point_descriptors, twin_distances
+
+            desc = matching_descriptors(point_descriptors(self.obs_point, self.obs_desc, self.n_points), self.kind)
+            self.point_twin_dist = twin_distances(self.points, desc)
+        return self.point_twin_dist
 
     @property
     def n_points(self) -> int:
@@ -86,7 +107,9 @@ class SparseMap:
         return self.obs_xy[a:b], self.obs_desc[a:b], self.obs_point[a:b]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {n: np.ascontiguousarray(getattr(self, n)) for n in ARRAYS}
+        out = {n: np.ascontiguousarray(getattr(self, n)) for n in ARRAYS}
+        out.update({n: np.ascontiguousarray(getattr(self, n)) for n in OPTIONAL_ARRAYS if getattr(self, n) is not None})
+        return out
 
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays().values()))
@@ -96,8 +119,8 @@ class SparseMap:
         P, M = len(self.points), len(self.obs_image)
         if self.points.ndim != 2 or self.points.shape[1] != 3:
             raise MapError(f"{where}: points must be (P, 3), got {self.points.shape}")
-        for n in ("track_length", "point_error_px"):
-            if getattr(self, n).shape != (P,):
+        for n in ("track_length", "point_error_px", "point_twin_dist"):
+            if getattr(self, n) is not None and getattr(self, n).shape != (P,):
                 raise MapError(f"{where}: {n} must have shape ({P},), got {getattr(self, n).shape}")
         for n in ("obs_point", "obs_xy", "obs_desc"):
             if len(getattr(self, n)) != M:
@@ -155,9 +178,10 @@ def load_map(path: str | Path, bundle=None, require_points: bool = True) -> Spar
     missing = [n for n in ARRAYS if n not in arrays]
     if missing:
         raise MapError(f"{path}: sparse map lacks array(s) {missing}")
-    if arrays_digest({n: arrays[n] for n in ARRAYS}) != meta.get("digest"):
+    known = [n for n in ARRAYS + OPTIONAL_ARRAYS if n in arrays]
+    if arrays_digest({n: arrays[n] for n in known}) != meta.get("digest"):
         raise MapError(f"{path}: content digest mismatch: the map was modified or corrupted after it was written")
-    smap = SparseMap(**{n: arrays[n] for n in ARRAYS}, meta=meta, path=path)
+    smap = SparseMap(**{n: arrays[n] for n in known}, meta=meta, path=path)
     smap.validate(str(path))
     if require_points and smap.n_points == 0:
         raise MapError(f"{path}: the sparse map has no 3-D points (too little texture or overlap in the train "

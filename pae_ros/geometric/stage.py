@@ -25,7 +25,7 @@ from .sparse_map import SparseMap
 
 #: reasons of a result; every one but ``accepted`` means "fall back to the prior"
 REASONS = ("accepted", "no_features", "empty_shortlist", "too_few_matches", "pnp_failed", "too_few_inliers",
-           "low_inlier_ratio", "ambiguous", "far_from_prior", "bad_covariance")
+           "low_inlier_ratio", "ambiguous", "repetitive", "far_from_prior", "bad_covariance")
 
 
 #: train images matched per query: retrieval's top ``SHORTLIST_K`` (the Localizer's default ``geometric_k``)
@@ -52,13 +52,20 @@ class StageSettings:
     prior_gate_floor_rad: float = 0.35
     max_keypoints: int | None = None   # None: the map's
     # repetitive structure: a second PnP on the correspondences the first left out; when it finds a pose
-    # more than ambiguity_min_m away with >= ambiguity_ratio of the inliers, the fix is "ambiguous".
-    # 0.25 (was 0.6), chosen leave-one-walk-out on the train walks only (bench/bench_geometric.py --lowo 300:
-    # 300 train queries per scene, shortlists from the other walks, no test frame): plaza 33 good (< 0.5 m) /
-    # 6 gross (> 1 m) accepted fixes vs 39 / 16 at 0.6 (its gross fixes sit one period of its repeated
-    # 2 m ground cells and 4 m facade modules away), courtyard 185 / 1 vs 195 / 2
-    ambiguity_ratio: float | None = 0.25  # None: no second hypothesis
+    # more than ambiguity_min_m away with >= ambiguity_ratio of the inliers, the fix is "ambiguous"
+    ambiguity_ratio: float | None = 0.6   # None: no second hypothesis
     ambiguity_min_m: float = 1.0
+    # repeated structure (pae_ros.geometric.repetition): accept only when at least min_distinct_inliers of
+    # the inlier points are distinctive, i.e. their descriptor's nearest look-alike >= 1 m away is farther
+    # than distinct_twin_dist (unit-norm RootSIFT L2; ORB maps: test off). None: no test.
+    # 0.45 / 5 chosen leave-one-walk-out on the train walks only (bench/bench_geometric.py --lowo 400: 400
+    # train queries per scene, shortlists from the other walks, no test frame), with min_inliers 20 and
+    # ambiguity_ratio 0.6: plaza 47 good (< 0.5 m) / 6 gross (> 1 m) accepted fixes against 49 / 19 without
+    # the test (its gross fixes sit one period of its repeated 2 m cells / 4 m modules away), courtyard
+    # 269 / 1 against 273 / 1. A stricter second-hypothesis test (ambiguity_ratio 0.25) instead gave plaza
+    # 37 / 13 and courtyard 261 / 1
+    distinct_twin_dist: float | None = 0.45
+    min_distinct_inliers: int = 5
 
 
 @dataclass
@@ -77,13 +84,15 @@ class GeometricResult:
     sigma_position_m: float = float("nan")      # sqrt(trace(cov_pos) / 3): isotropic equivalent
     sigma_orientation_rad: float = float("nan")
     timings: dict = field(default_factory=dict)  # features_s, matching_s, pnp_s, total_s
+    inlier_points: np.ndarray | None = None      # (I,) map point indices of the PnP inliers (unique)
+    distinct_inliers: int | None = None          # inlier points without a look-alike (repeated-structure test)
 
     def diagnostics(self) -> dict:
         """JSON-friendly summary (no arrays) for Estimate.extras / reports."""
         return {"geometric_accepted": self.accepted, "geometric_reason": self.reason,
                 "geometric_inliers": self.inliers, "geometric_inlier_ratio": self.inlier_ratio,
                 "geometric_matches": self.matches, "geometric_rms_px": self.rms_px,
-                "geometric_second_inliers": self.second_inliers,
+                "geometric_second_inliers": self.second_inliers, "geometric_distinct_inliers": self.distinct_inliers,
                 **{f"geometric_{k}": v for k, v in self.timings.items()}}
 
 
@@ -110,14 +119,16 @@ class GeometricStage:
         self.intrinsics = intrinsics
         st = smap.meta.get("settings", {})
         self.extractor = FeatureExtractor(smap.kind, self.settings.max_keypoints or int(st.get("max_keypoints", 1024)))
+        if self.settings.distinct_twin_dist is not None:
+            smap.twin_distance  # noqa: B018  (computed now for a map written without it, not at the first query)
         cal = smap.meta.get("calibration") or {}
         self.covariance_scale = tuple(covariance_scale) if covariance_scale is not None else (
             float(cal.get("position_scale", 1.0)), float(cal.get("orientation_scale", 1.0)))
 
-    def _fail(self, reason, matches=0, inliers=0, ratio=0.0, sol=None, timings=None) -> GeometricResult:
+    def _fail(self, reason, matches=0, inliers=0, ratio=0.0, sol=None, timings=None, points=None) -> GeometricResult:
         return GeometricResult(False, None if sol is None else sol.position, None if sol is None else sol.quaternion,
                                None, inliers, ratio, matches, reason,
-                               float("nan") if sol is None else sol.rms_px, timings=timings or {})
+                               float("nan") if sol is None else sol.rms_px, timings=timings or {}, inlier_points=points)
 
     def __call__(self, rgb: np.ndarray, shortlist, prior_position=None, prior_quaternion=None,
                  prior_sigma_m: float | None = None, prior_sigma_rad: float | None = None,
@@ -177,10 +188,11 @@ class GeometricStage:
         # a query keypoint matched to several points counts once
         n_in = int(len(np.unique(pairs[sol.inliers, 0])))
         ratio = n_in / max(len(np.unique(pairs[:, 0])), 1)
+        pts = np.unique(pairs[sol.inliers, 1])
         if n_in < s.min_inliers:
-            return self._fail("too_few_inliers", n_match, n_in, ratio, sol, tm)
+            return self._fail("too_few_inliers", n_match, n_in, ratio, sol, tm, pts)
         if ratio < s.min_inlier_ratio:
-            return self._fail("low_inlier_ratio", n_match, n_in, ratio, sol, tm)
+            return self._fail("low_inlier_ratio", n_match, n_in, ratio, sol, tm, pts)
         n2, d2 = 0, float("nan")
         if s.ambiguity_ratio is not None:
             t1 = time.perf_counter()
@@ -194,27 +206,33 @@ class GeometricStage:
             tm["pnp_s"] += time.perf_counter() - t1
             tm["total_s"] = time.perf_counter() - t_start
             if n2 >= s.ambiguity_ratio * n_in and d2 > s.ambiguity_min_m:
-                res = self._fail("ambiguous", n_match, n_in, ratio, sol, tm)
+                res = self._fail("ambiguous", n_match, n_in, ratio, sol, tm, pts)
                 res.second_inliers, res.second_distance_m = n2, d2
                 return res
+        twin = self.map.twin_distance if s.distinct_twin_dist is not None else None
+        n_distinct = None if twin is None else int(np.sum(twin[pts] > s.distinct_twin_dist))
+        if n_distinct is not None and n_distinct < s.min_distinct_inliers:
+            res = self._fail("repetitive", n_match, n_in, ratio, sol, tm, pts)
+            res.second_inliers, res.second_distance_m, res.distinct_inliers = n2, d2, n_distinct
+            return res
         if prior_position is not None and prior_sigma_m is not None and np.isfinite(prior_sigma_m):
             d = float(np.linalg.norm(sol.position - np.asarray(prior_position, np.float64)))
             if d > max(s.prior_gate_sigmas * float(prior_sigma_m), s.prior_gate_floor_m):
-                res = self._fail("far_from_prior", n_match, n_in, ratio, sol, tm)
+                res = self._fail("far_from_prior", n_match, n_in, ratio, sol, tm, pts)
                 res.second_inliers, res.second_distance_m = n2, d2
                 return res
         if prior_quaternion is not None and prior_sigma_rad is not None and np.isfinite(prior_sigma_rad):
             a = float(orientation_error_rad(sol.quaternion[None], np.asarray(prior_quaternion, np.float64)[None])[0])
             if a > max(s.prior_gate_sigmas * float(prior_sigma_rad), s.prior_gate_floor_rad):
-                return self._fail("far_from_prior", n_match, n_in, ratio, sol, tm)
+                return self._fail("far_from_prior", n_match, n_in, ratio, sol, tm, pts)
         if not np.isfinite(sol.covariance).all():
-            return self._fail("bad_covariance", n_match, n_in, ratio, sol, tm)
+            return self._fail("bad_covariance", n_match, n_in, ratio, sol, tm, pts)
         sp, sr = self.covariance_scale
         scale = np.r_[[sp] * 3, [sr] * 3]
         cov = sol.covariance * scale[:, None] * scale[None, :]
         sig_p, sig_r = isotropic_sigmas(cov)
         return GeometricResult(True, sol.position, sol.quaternion, cov, n_in, ratio, n_match, "accepted",
-                               sol.rms_px, n2, d2, sig_p, sig_r, tm)
+                               sol.rms_px, n2, d2, sig_p, sig_r, tm, pts, n_distinct)
 
     @property
     def info(self) -> dict:
