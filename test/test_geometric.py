@@ -301,3 +301,18 @@ def test_map_twin_distances_are_stored_and_older_maps_get_them(room_map, tmp_pat
     back_old = load_map(save_map(tmp_path / "old.map", old))  # a map written before the array existed
     assert back_old.point_twin_dist is None
     np.testing.assert_allclose(back_old.twin_distance, room_map.twin_distance)
+
+
+def test_twin_distance_index_for_large_maps_agrees_with_the_exhaustive_search(monkeypatch):
+    import pae_ros.geometric.repetition as rep
+
+    rng = np.random.default_rng(1)
+    base = rng.random((300, 32)).astype(np.float32)
+    d = base[rng.integers(0, 300, 4000)] + rng.normal(0, 0.02, (4000, 32)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    p = rng.uniform(-20, 20, (4000, 3))
+    exact = rep.twin_distances(p, d)
+    monkeypatch.setattr(rep, "IVF_FROM_POINTS", 1000)
+    approx = rep.twin_distances(p, d)
+    assert np.mean(np.isclose(approx, exact, atol=1e-4)) > 0.98
+    assert np.all(approx >= exact - 1e-4)  # an approximate search can only miss a twin, never invent a closer one
