@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--format", dest="fmt", default="7scenes", choices=["7scenes", "cambridge", "csv"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--geometric", default="auto", help="auto | off (the APR/PAE pose alone) | a map file")
     p.add_argument("--retrieval-k", type=int, default=3)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--k-sweep", type=int, nargs="*", default=[])
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     reports: dict[str, dict] = {}
     for n_pair, (bundle, data, fmt) in enumerate(args.pairs):
         t0 = time.perf_counter()
-        loc = Localizer.from_bundle(bundle, device=args.device)
+        loc = Localizer.from_bundle(bundle, device=args.device, geometric=args.geometric)
         test, train = read_dataset(data, fmt, "test"), read_dataset(data, fmt, "train")
         ood = None
         if args.ood:

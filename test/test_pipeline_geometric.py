@@ -112,3 +112,25 @@ def test_eval_report_has_the_geometric_section(mapped):
     assert g is not None and 0 < g["accepted_share"] <= 1
     assert "geometric" in rep["published"]["by_method"] or any(
         k == "geometric" for k in rep["published"].get("by_method", {}))
+
+
+def test_pae_eval_geometric_flag(mapped, tmp_path, capsys):
+    """``pae eval --geometric off`` reports the APR/PAE pose alone (what a robot without the map gets);
+    a map path that does not exist is one clear line and exit 2."""
+    import json
+
+    from pae_ros.cli import main
+
+    root, out, _ = mapped
+    common = ["eval", "--bundle", str(out), "--data", str(root / "data"), "--format", "7scenes", "--quiet",
+              "--bootstrap", "50"]
+    assert main(common + ["--json", str(tmp_path / "off" / "r.json"), "--geometric", "off"]) == 0
+    off = json.loads((tmp_path / "off" / "r.json").read_text())
+    assert "geometric" not in off["published"]["methods"] and off.get("geometric") is None  # stage off: no section
+    assert main(common + ["--json", str(tmp_path / "auto" / "r.json")]) == 0
+    auto = json.loads((tmp_path / "auto" / "r.json").read_text())
+    assert auto["geometric"]["attempted"] > 0  # the map beside the bundle: the stage ran (the tiny bundle has
+    # no table descriptors, so its shortlists are the weak APR neighbours: fixes are not the point here)
+    capsys.readouterr()
+    assert main(common + ["--json", str(tmp_path / "x" / "r.json"), "--geometric", str(tmp_path / "none.map")]) == 2
+    assert "does not exist" in capsys.readouterr().err

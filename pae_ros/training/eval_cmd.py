@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, help="override the bundle's refinement k")
     p.add_argument("--steps", type=int, default=None, help="override the bundle's refinement steps")
     p.add_argument("--no-refine", action="store_true", help="publish the APR pose (refined still reported)")
+    p.add_argument("--geometric", default="auto", metavar="auto|off|MAP",
+                   help="the geometric stage: auto (<bundle>.map when present), off (the APR/PAE pose alone, as a "
+                        "robot without the map gets it), or a map file")
     p.add_argument("--retrieval-k", type=int, default=3, help="top-k of the retrieval_topk baseline (default 3)")
     p.add_argument("--retrieval-weighting", default="plain", choices=["plain", "cosine"],
                    help="retrieval_topk position/orientation weights: plain mean or cosine-weighted")
@@ -80,6 +83,7 @@ def print_report(report: dict, k_sweep=()) -> None:
 def run(args) -> int:
     from ..bundle import BundleError
     from ..datasets import DatasetError, read_dataset
+    from ..geometric.sparse_map import MapError
     from ..pipeline import Localizer
     from .evaluate import DEFAULT_PAIRS, evaluate, write_outputs
 
@@ -88,7 +92,7 @@ def run(args) -> int:
         if args.retrieval_k < 1 or args.bootstrap < 1 or args.ood_per_kind < 1:
             raise ValueError("--retrieval-k, --bootstrap and --ood-per-kind must be >= 1")
         loc = Localizer.from_bundle(args.bundle, device=args.device, k=args.k, steps=args.steps,
-                                    refine=False if args.no_refine else None)
+                                    refine=False if args.no_refine else None, geometric=args.geometric)
         test = read_split(args, args.split)
         if args.train_data:
             train = read_dataset(args.train_data, args.fmt, "train", scenes=args.scenes,
@@ -96,7 +100,7 @@ def run(args) -> int:
         else:
             train = read_split(args, "train") if args.split == "test" else None
         ood = build_ood(test, args)
-    except (BundleError, DatasetError, ValueError) as e:
+    except (BundleError, DatasetError, MapError, ValueError) as e:
         print(f"pae eval: {e}", file=sys.stderr)
         return 2
     try:

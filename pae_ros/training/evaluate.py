@@ -352,13 +352,15 @@ def geometric_report(loc: Localizer, published: list, pos_err_m: np.ndarray, per
     of frames whose pose is a geometric fix (``Estimate.method == "geometric"``), the fallback
     reasons and per-query seconds from ``extras`` (``geometric_accepted``, ``geometric_reason``,
     ``geometric_total_s``), and the map file beside the bundle (``<bundle>.map``) in MB against
-    the bundle. None when there is neither a map nor any geometric diagnostics."""
+    the bundle. None when no frame went through the stage and either there is no map or the
+    Localizer runs without the stage (``geometric="off"``)."""
     ex = [e.extras for e in published]
     tried = [x for x in ex if "geometric_accepted" in x]
     bpath = getattr(loc.bundle, "path", None)
     map_file = Path(str(bpath) + ".map") if bpath else None
     has_map = map_file is not None and map_file.is_file()
-    if not tried and not has_map and "geometric" not in set(per_method):
+    stage_off = hasattr(loc, "geometric") and loc.geometric is None
+    if not tried and "geometric" not in set(per_method) and (not has_map or stage_off):
         return None
     out: dict = {"frames": len(published), "attempted": len(tried),
                  "accepted_share": float(np.mean(per_method == "geometric")),
