@@ -321,3 +321,16 @@ def test_twin_distance_index_for_large_maps_agrees_with_the_exhaustive_search(mo
     approx = rep.twin_distances(p, d)
     assert np.mean(np.isclose(approx, exact, atol=1e-4)) > 0.98
     assert np.all(approx >= exact - 1e-4)  # an approximate search can only miss a twin, never invent a closer one
+
+
+def test_orb_map_localizes_without_the_repeated_structure_test(room):
+    """ORB maps work end to end; the look-alike distance is measured for (Root)SIFT only, so an ORB
+    map has none and the stage runs without that test."""
+    _, tr, te = room
+    m = build_map([f.image_path for f in tr.frames], tr.positions, tr.quaternions, tr.intrinsics["room"],
+                  settings=MapSettings(kind="orb", max_keypoints=600))
+    assert m.kind == "orb" and m.n_points > 50 and m.twin_distance is None
+    f = te.frames[3]
+    r = GeometricStage(m)(load_rgb(f.image_path), _nearest(tr, f.position))
+    assert r.accepted, r.reason
+    assert r.distinct_inliers is None and np.linalg.norm(r.position - f.position) < 0.2
