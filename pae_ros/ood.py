@@ -40,7 +40,8 @@ DEFAULT_FEATURES = ("manifold", "retrieval_cos")
 #: scene's frames; bench/bench_accuracy.py --ood): quantile 0.99 / margin 1.25 / cos_margin 0.04 (the
 #: earlier default) gated only 67 % (courtyard) and 70 % (plaza) for 0 % / 0.7 % of test frames lost;
 #: 0.9 / 1.0 / 0.0 gates 95.8 % and 95.8 % for 0 % / 4.0 % lost (and 18 % of the held-out walks'
-#: frames, which are harder than the test walks). Chosen on these two scenes; on a third (plaza seed 1) it gated 100 % of 80 for 5 % of test frames lost.
+#: frames, which are harder than the test walks). Chosen on these two scenes; on a third (plaza seed 1)
+#: it gated 100 % of 80 for 5 % of test frames lost.
 GATE_QUANTILE, GATE_MARGIN, GATE_COS_MARGIN = 0.9, 1.0, 0.0
 
 
