@@ -189,11 +189,19 @@ class GeometricStage:
         n_in = int(len(np.unique(pairs[sol.inliers, 0])))
         ratio = n_in / max(len(np.unique(pairs[:, 0])), 1)
         pts = np.unique(pairs[sol.inliers, 1])
-        if n_in < s.min_inliers:
-            return self._fail("too_few_inliers", n_match, n_in, ratio, sol, tm, pts)
-        if ratio < s.min_inlier_ratio:
-            return self._fail("low_inlier_ratio", n_match, n_in, ratio, sol, tm, pts)
+        twin = self.map.twin_distance if s.distinct_twin_dist is not None else None
+        n_distinct = None if twin is None else int(np.sum(twin[pts] > s.distinct_twin_dist))
         n2, d2 = 0, float("nan")
+
+        def rejected(reason: str) -> GeometricResult:
+            res = self._fail(reason, n_match, n_in, ratio, sol, tm, pts)
+            res.second_inliers, res.second_distance_m, res.distinct_inliers = n2, d2, n_distinct
+            return res
+
+        if n_in < s.min_inliers:
+            return rejected("too_few_inliers")
+        if ratio < s.min_inlier_ratio:
+            return rejected("low_inlier_ratio")
         if s.ambiguity_ratio is not None:
             t1 = time.perf_counter()
             rest = ~sol.inliers
@@ -206,27 +214,19 @@ class GeometricStage:
             tm["pnp_s"] += time.perf_counter() - t1
             tm["total_s"] = time.perf_counter() - t_start
             if n2 >= s.ambiguity_ratio * n_in and d2 > s.ambiguity_min_m:
-                res = self._fail("ambiguous", n_match, n_in, ratio, sol, tm, pts)
-                res.second_inliers, res.second_distance_m = n2, d2
-                return res
-        twin = self.map.twin_distance if s.distinct_twin_dist is not None else None
-        n_distinct = None if twin is None else int(np.sum(twin[pts] > s.distinct_twin_dist))
+                return rejected("ambiguous")
         if n_distinct is not None and n_distinct < s.min_distinct_inliers:
-            res = self._fail("repetitive", n_match, n_in, ratio, sol, tm, pts)
-            res.second_inliers, res.second_distance_m, res.distinct_inliers = n2, d2, n_distinct
-            return res
+            return rejected("repetitive")
         if prior_position is not None and prior_sigma_m is not None and np.isfinite(prior_sigma_m):
             d = float(np.linalg.norm(sol.position - np.asarray(prior_position, np.float64)))
             if d > max(s.prior_gate_sigmas * float(prior_sigma_m), s.prior_gate_floor_m):
-                res = self._fail("far_from_prior", n_match, n_in, ratio, sol, tm, pts)
-                res.second_inliers, res.second_distance_m = n2, d2
-                return res
+                return rejected("far_from_prior")
         if prior_quaternion is not None and prior_sigma_rad is not None and np.isfinite(prior_sigma_rad):
             a = float(orientation_error_rad(sol.quaternion[None], np.asarray(prior_quaternion, np.float64)[None])[0])
             if a > max(s.prior_gate_sigmas * float(prior_sigma_rad), s.prior_gate_floor_rad):
-                return self._fail("far_from_prior", n_match, n_in, ratio, sol, tm, pts)
+                return rejected("far_from_prior")
         if not np.isfinite(sol.covariance).all():
-            return self._fail("bad_covariance", n_match, n_in, ratio, sol, tm, pts)
+            return rejected("bad_covariance")
         sp, sr = self.covariance_scale
         scale = np.r_[[sp] * 3, [sr] * 3]
         cov = sol.covariance * scale[:, None] * scale[None, :]
