@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lowo", type=int, default=0, metavar="QUERIES",
                     help="instead of the test walks: this many train frames localized leave-one-walk-out (shortlists "
                          "from the other walks only), and the good (< 0.5 m) / gross (> 1 m) accepted fixes for a "
-                         "sweep of min_inliers and ambiguity_ratio: how the stage's settings are chosen without a test frame")
+                         "sweep of min_inliers, ambiguity_ratio and the repeated-structure test (distinct_twin_dist / "
+                         "min_distinct_inliers): how the stage's settings are chosen without a test frame")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.shortlist is None:

@@ -63,7 +63,8 @@ def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTIL
     """Thresholds from in-scene frames: ``{name: (N,) values}`` -> the ``ood`` header dict.
 
     ``quantile`` in (0.5, 1): the in-scene pass probability of each threshold before the margin
-    (the conformal order statistic, :func:`conformal_threshold`). Features that are absent or have fewer than 10 finite values are left out."""
+    (the conformal order statistic, :func:`conformal_threshold`). Features that are absent or have
+    fewer than 10 finite values are left out."""
     if not 0.5 < quantile < 1.0:
         raise ValueError(f"ood quantile must be in (0.5, 1), got {quantile}")
     rules = {}

@@ -12,9 +12,10 @@ when enough of its inliers are distinctive (twin distance above a threshold; see
 "geometric burstiness" (Sattler et al., CVPR 2016) and repetitive-structure place recognition
 (Torii et al., CVPR 2013).
 
-Units: metres for positions; distances between the map's *matching* descriptors
-(:func:`pae_ros.geometric.features.matching_descriptors`: unit-norm RootSIFT / SIFT in L2, so
-0 = identical and sqrt(2) = orthogonal; ORB bit strings as unit-norm +-1 vectors).
+Units: metres for positions; L2 distances between the map's *matching* descriptors
+(:func:`pae_ros.geometric.features.matching_descriptors`: unit-norm RootSIFT / SIFT, so
+0 = identical and sqrt(2) = orthogonal). ORB maps (Hamming descriptors) have no look-alike
+distances (:attr:`pae_ros.geometric.sparse_map.SparseMap.twin_distance` is None).
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ IVF_PROBES = 16
 def point_descriptors(obs_point: np.ndarray, obs_desc: np.ndarray, n_points: int) -> np.ndarray:
     """(P, D) one observation's raw descriptor per point (its first in the observation order)."""
     obs_point = np.asarray(obs_point, np.int64)
+    out = np.zeros((n_points, obs_desc.shape[1]), obs_desc.dtype)
+    if not len(obs_point):
+        return out
     order = np.argsort(obs_point, kind="stable")
     starts = np.r_[0, np.flatnonzero(np.diff(obs_point[order])) + 1]
-    out = np.zeros((n_points, obs_desc.shape[1]), obs_desc.dtype)
     out[obs_point[order[starts]]] = obs_desc[order[starts]]
     return out
 

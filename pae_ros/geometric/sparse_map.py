@@ -79,8 +79,6 @@ class SparseMap:
         """(P,) float32 descriptor distance of each point to its look-alike elsewhere (None for ORB maps)."""
         if self.kind == "orb":
             return None
-        if self.point_twin_dist is None and self.n_points == 0:
-            self.point_twin_dist = np.zeros(0, np.float32)
         if self.point_twin_dist is None:
             from .features import matching_descriptors
             from .repetition import point_descriptors, twin_distances

@@ -335,7 +335,8 @@ def evaluate(loc: Localizer, test: DatasetSplit, train: DatasetSplit | None = No
             for a, bb in pairs if a in errors and bb in errors and a != bb]
 
     # --- calibration of the published estimate on the test walk ------------------------------------
-    report["calibration"] = _calibration(loc, published, gt_p, gt_q, scene_idx_gt, confidence_threshold, pub)
+    report["calibration"] = _calibration(loc, published, gt_p, gt_q, scene_idx_gt, confidence_threshold, pub,
+                                         per_method)
 
     # --- out-of-scene gating -----------------------------------------------------------------------
     report["gating"] = gating_report(loc, ood, published, batch) if ood else None
@@ -379,7 +380,8 @@ def geometric_report(loc: Localizer, published: list, pos_err_m: np.ndarray, per
     return out
 
 
-def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, threshold: float, pub: dict) -> dict | None:
+def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, threshold: float, pub: dict,
+                 per_method: np.ndarray) -> dict | None:
     """Share of errors inside the chi-3 1/2-sigma radii and confidence separation, of what the node publishes."""
     if not loc.sigma_models:
         return None  # an uncalibrated bundle publishes a placeholder sigma: nothing to check
@@ -412,8 +414,7 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
     out["settings"] = loc.bundle.header.get("calibration_settings")
     out["by_scene"] = {s: block(scene_idx == i) for i, s in enumerate(loc.scenes) if (scene_idx == i).any()}
     # per method: the geometric fixes' covariance and the APR/PAE fallbacks' are two different promises
-    meth = np.array([_method_of(e) for e in published])
-    out["by_method"] = {m: block(meth == m) for m in sorted(set(meth))}
+    out["by_method"] = {m: block(per_method == m) for m in sorted(set(per_method))}
     return out
 
 
