@@ -31,15 +31,15 @@ node with ``geometric:=off`` and one with ``geometric:=auto`` (``--geometric-rat
 the node's 2.0; 0 = unbounded). Printed: APR/PAE poses per second (stamps with a pose on
 ``/pae/pose`` over the publishing time) for both, fixes per second (stamps with a second pose,
 the fix), the node's ``geometric.query_p50_s`` and mean ``geometric.cpu_share`` (of one core)
-from ``/diagnostics``, and, for comparison, ``Localizer.localize`` with the stage inline (the node
-before the geometric thread) per frame in this process.
+from ``/diagnostics``, and, for comparison, ``Localizer.localize`` with the stage inline on every
+frame in this process.
 
 ``--tf-timing`` prints instead the map-pose error that TF timing alone causes (no DDS, no model):
 a robot driving a circle at 1 m/s and 0.5 rad/s, odometry on /tf at 50 Hz equal to the truth, a
 perfect camera estimate at the image stamp, the image processed 0 / 100 / 300 ms after its
-stamp. "before": ``map -> odom`` composed with the *newest* ``odom -> camera`` (the old node);
-"after": with ``odom -> camera`` interpolated at the image stamp (the node now). Error = distance /
-angle between ``map -> odom * odom -> base(now)`` and the true base pose now.
+stamp. "before": ``map -> odom`` composed with the *newest* ``odom -> camera`` (the naive way);
+"after": with ``odom -> camera`` interpolated at the image stamp (what the node does). Error =
+distance / angle between ``map -> odom * odom -> base(now)`` and the true base pose now.
 """
 from __future__ import annotations
 
@@ -142,8 +142,8 @@ def wait_until(pred, timeout: float, what: str) -> None:
 
 def pipeline_ms(loc, rgb, repeats: int, rate_hz: float | None = None) -> float:
     """Median ``Localizer.localize`` time in ms: back to back, or paced at ``rate_hz`` like the
-    stream the node sees (between frames of a stream, caches cool down and the CPU idles:
-    measured 5.6 ms back to back vs 8.1 ms paced at 30 Hz for the same call)."""
+    stream the node sees (between frames of a stream, caches cool down and the CPU idles, so
+    the paced call is slower: docs/RESULTS.md)."""
     if not rate_hz:
         return common.median_ms(common.time_fn(lambda: loc.localize(rgb), 3, repeats, loc.device))
     period = 1.0 / rate_hz
@@ -356,7 +356,7 @@ def run_geometric(bundle: Path, dev: str, rate: float, args, tmp: Path) -> None:
         raise SystemExit(f"--geometric needs the map beside the bundle: {map_path_for(bundle)} not found")
     te = read_dataset(args.data, "7scenes", "test")
     imgs = [load_rgb(f.image_path) for f in te.frames[: args.frames]]
-    # the node before the geometric thread: the stage inline, every frame
+    # for comparison: the stage inline on every frame, in this process
     loc = Localizer.from_bundle(bundle, device=dev, backend=args.backend, threads=args.threads or 1)
     loc.warmup()
     inline, plain, methods = [], [], []
@@ -441,7 +441,7 @@ def run_geometric(bundle: Path, dev: str, rate: float, args, tmp: Path) -> None:
                 f"APR/PAE pose rate with the geometric thread / without ({rates['auto']:.1f} / {rates['off']:.1f} Hz)")
     common.line("node_geometric_inline_pipeline", {"device": dev, "image": base["image"]},
                 float(np.median(inline)) * 1000, "ms/frame",
-                f"Localizer.localize with the stage inline (the node before the thread: at most "
+                f"Localizer.localize with the stage inline (a node without the thread: at most "
                 f"{1 / float(np.median(inline)):.1f} Hz; {methods.count('geometric')} of {len(methods)} geometric) vs "
                 f"{float(np.median(plain)) * 1000:.1f} ms without it, in this process, {len(inline)} test images")
 

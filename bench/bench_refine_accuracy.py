@@ -1,7 +1,7 @@
 """What the PAE refinement adds, measured on a scene's test split (prints figures, asserts nothing).
 
-Rows: APR, retrieval top-1, nearest-train snap (k = 1), the old refinement (APR 3-NN + fit),
-uniform weights over the retrieval top-r, the PAE fit over the retrieval top-r (the default with
+Rows: APR, retrieval top-1, nearest-train snap (k = 1), the PAE fit over the APR's 3 nearest
+train poses, uniform weights over the retrieval top-r, the PAE fit over the retrieval top-r (the default with
 descriptors), and the union of both candidate sets; paired bootstrap 95 % intervals of the
 median difference over test frames. Then the out-of-scene gate: fitted on one test walk's
 features, scored on the other walk (in-scene loss) and on blank / noise / flipped / rotated /
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     rows = {"apr": apr.positions, "retrieval_top1": tp[ridx[:, 0]],
             f"retrieval_top{args.retrieval_k}_mean": tp[ridx].mean(1)}
     rows["knn_k1_snap"] = loc.refine(apr, k=1, candidates="knn").position
-    rows["old_refined_knn3_30steps"] = loc.refine(apr, k=3, steps=30, candidates="knn").position
+    rows["knn3_refined_30steps"] = loc.refine(apr, k=3, steps=30, candidates="knn").position
     rows[f"retrieval{args.retrieval_k}_uniform"] = loc.refine(apr, steps=0, candidates="retrieval").position
     t1 = time.perf_counter()
     ref = loc.refine(apr, candidates="retrieval")
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
         "vs_uniform": paired_bootstrap(err[main_row], err[f"retrieval{args.retrieval_k}_uniform"]),
         "vs_retrieval_top1": paired_bootstrap(err[main_row], err["retrieval_top1"]),
         "vs_apr": paired_bootstrap(err[main_row], err["apr"]),
-        "old_refined_vs_knn_k1": paired_bootstrap(err["old_refined_knn3_30steps"], err["knn_k1_snap"])}
+        "knn3_refined_vs_knn_k1": paired_bootstrap(err["knn3_refined_30steps"], err["knn_k1_snap"])}
     for k, v in rep["median_position_m"].items():
         print(f"{k:28s} median position {v:.3f} m")
     for k, v in rep["pae_increment"].items():

@@ -28,20 +28,13 @@ import numpy as np
 
 #: features where a LOW value means out of scene (the rest: a HIGH value means out of scene)
 LOWER_IS_OUT = ("retrieval_cos",)
-#: measured (fit on one test walk, scored on the others; bench/bench_refine_accuracy.py): the retrieval
-#: cosine floor does most of the work; self_consistency lost 10 % more in-scene frames for no gain on
-#: the courtyard; the manifold distance alone (a bundle without descriptors) gated only 59 % (courtyard)
-#: and 27 % (plaza). cos_margin 0.02 lost 13.5 % of the plaza's other walks, 0.04 about 6 %.
+#: default features: the retrieval cosine floor does most of the work; self_consistency lost in-scene
+#: frames for no gain on the courtyard (bench/bench_refine_accuracy.py; docs/RESULTS.md, "Out-of-scene gate")
 DEFAULT_FEATURES = ("manifold", "retrieval_cos")
 
 
-#: default gate settings (fitted on the held-out train walks). Measured with the bundles' own gates on
-#: the test walks and 96 out-of-scene images per scene (black, white, noise, flipped, rotated, the other
-#: scene's frames; bench/bench_accuracy.py --ood): quantile 0.99 / margin 1.25 / cos_margin 0.04 (the
-#: earlier default) gated only 67 % (courtyard) and 70 % (plaza) for 0 % / 0.7 % of test frames lost;
-#: 0.9 / 1.0 / 0.0 gates 95.8 % and 95.8 % for 0 % / 4.0 % lost (and 18 % of the held-out walks'
-#: frames, which are harder than the test walks). Chosen on these two scenes; on a third (plaza seed 1)
-#: it gated 100 % of 80 for 5 % of test frames lost.
+#: default gate settings (fitted on the held-out train walks), chosen on the two built-in scenes with
+#: bench/bench_accuracy.py --ood and checked on a third (figures in docs/RESULTS.md, "Out-of-scene gate")
 GATE_QUANTILE, GATE_MARGIN, GATE_COS_MARGIN = 0.9, 1.0, 0.0
 
 

@@ -24,9 +24,9 @@ from .stage import SHORTLIST_K, GeometricResult, GeometricStage, StageSettings
 
 log = logging.getLogger("pae.geometric")
 
-#: train frames localized leave-one-walk-out to calibrate the covariance. 400 (was 120): the stricter
-#: ambiguity test accepts few held-out fixes on a repetitive scene (the plaza: 18 of 120), too few for a
-#: stable scale; about 0.05-0.1 s each on one core
+#: train frames localized leave-one-walk-out to calibrate the covariance: on a repetitive scene the stage
+#: accepts few held-out fixes, so it takes this many queries for enough fixes to fit a stable scale
+#: (docs/RESULTS.md, "Map calibration queries")
 CALIB_QUERIES = 400
 
 

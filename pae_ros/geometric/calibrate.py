@@ -9,9 +9,8 @@ never beyond the scale that puts 80 % inside 1 sigma (the top of the 55-80 % tar
 accepted held-out fix counts, gross errors included (a fix on a look-alike structure elsewhere:
 error/sigma more than :data:`GROSS_FACTOR` times the median ratio): the promise is about what the
 stage publishes. The 1-sigma cap is what keeps a few gross fixes from inflating every sigma
-without bound; their share is reported (``gross_share``) beside the coverage. Measured on the
-plaza's 60 held-out fixes (12 % gross): fitted without the gross ones, the scale left 60 / 80 % of
-those same fixes inside 1 / 2 sigma; fitted on all, 80 / 85 %.
+without bound; their share is reported (``gross_share``) beside the coverage. Leaving the gross
+fixes out of the fit makes the covariance overconfident (docs/RESULTS.md, "Sigma").
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ import numpy as np
 #: descriptor neighbours searched per point (the twin is the nearest of them far enough away)
 TWIN_NEIGHBOURS = 32
 #: from this many points on the search is a faiss inverted-file index (4 sqrt(P) cells, ``IVF_PROBES``
-#: probed) instead of the exhaustive one, whose cost grows with P^2 (50 k points: 4.7 s on one core)
+#: probed) instead of the exhaustive one, whose cost grows with P^2 (docs/RESULTS.md)
 IVF_FROM_POINTS = 100_000
 IVF_PROBES = 16
 

@@ -15,8 +15,7 @@ Arrays (observations sorted by train image, i.e. bundle table row):
 - ``obs_point`` (M,) int32: index into ``points``.
 - ``image_offsets`` (N + 1,) int64: the observations of image i are ``offsets[i]:offsets[i+1]``.
 - ``point_twin_dist`` (P,) float32, optional: descriptor distance to the point's most similar
-  point elsewhere (:mod:`pae_ros.geometric.repetition`); maps written before it existed get it
-  computed on load.
+  point elsewhere (:mod:`pae_ros.geometric.repetition`); computed on load when a map lacks it.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ MAP_FORMAT = "pae_ros.sparse_map"
 MAP_VERSION = 1
 ARRAYS = ("points", "track_length", "point_error_px", "obs_image", "obs_xy", "obs_desc", "obs_point",
           "image_offsets")
-#: arrays a map may lack (older maps): derived from the others, computed when absent
+#: arrays a map may lack: derived from the others, computed when absent
 OPTIONAL_ARRAYS = ("point_twin_dist",)
 
 

@@ -38,15 +38,13 @@ class StageSettings:
     ratio: float = 0.8                 # Lowe ratio for query -> train image matches
     reprojection_px: float = 3.0       # RANSAC inlier threshold
     ransac_iterations: int = 2000
-    # 20 with a 20-image shortlist (was 15 with 10), chosen leave-one-walk-out on the train walks only (150
-    # train queries per scene, shortlists from the other walks, no test frame): courtyard 107 good (< 0.5 m) /
-    # 1 gross (> 1 m) fixes vs 101 / 1, plaza 19 good / 8 gross vs 18 / 15
+    # with the 20-image shortlist, chosen leave-one-walk-out on the train walks only
+    # (bench/bench_geometric.py --lowo; figures in docs/RESULTS.md)
     min_inliers: int = 20
     min_inlier_ratio: float = 0.15
     # a wide sanity gate: accept only within this many prior sigmas (per axis) or the floor, whichever
-    # is larger. At 3 sigma it rejected 8 % of correct fixes on the demo courtyard (the PAE sigma is
-    # not that reliable) and removed 1 of 25 wrong ones on the plaza (where the prior is fooled by
-    # the same look-alike structure): measured with bench/bench_geometric.py
+    # is larger; wide because the APR/PAE sigma is not reliable enough for a tight one (a tighter
+    # gate rejects correct fixes: docs/RESULTS.md, bench/bench_geometric.py)
     prior_gate_sigmas: float = 5.0
     prior_gate_floor_m: float = 1.0
     prior_gate_floor_rad: float = 0.35
@@ -58,12 +56,8 @@ class StageSettings:
     # repeated structure (pae_ros.geometric.repetition): accept only when at least min_distinct_inliers of
     # the inlier points are distinctive, i.e. their descriptor's nearest look-alike >= 1 m away is farther
     # than distinct_twin_dist (unit-norm RootSIFT L2; ORB maps: test off). None: no test.
-    # 0.45 / 5 chosen leave-one-walk-out on the train walks only (bench/bench_geometric.py --lowo 400: 400
-    # train queries per scene, shortlists from the other walks, no test frame), with min_inliers 20 and
-    # ambiguity_ratio 0.6: plaza 47 good (< 0.5 m) / 6 gross (> 1 m) accepted fixes against 49 / 19 without
-    # the test (its gross fixes sit one period of its repeated 2 m cells / 4 m modules away), courtyard
-    # 269 / 1 against 273 / 1. A stricter second-hypothesis test (ambiguity_ratio 0.25) instead gave plaza
-    # 37 / 13 and courtyard 261 / 1
+    # Both chosen leave-one-walk-out on the train walks only, no test frame (bench/bench_geometric.py
+    # --lowo; figures in docs/RESULTS.md)
     distinct_twin_dist: float | None = 0.45
     min_distinct_inliers: int = 5
 

@@ -15,7 +15,7 @@ class ConvDecoder(nn.Module):
     """Linear to a 4x4 seed, then (nearest x2 upsample, 3x3 conv, ReLU) blocks to S x S.
 
     Upsample + conv instead of transposed convolutions and no BatchNorm: on a CPU both of
-    those made a training step 3-10x slower (measured 72 ms vs 180-1000 ms, batch 32, 64x64).
+    those make a training step several times slower (docs/RESULTS.md, "Speed and size").
     """
 
     def __init__(self, latent_dim: int = 512, image_size: int = 64):

@@ -6,7 +6,7 @@ unique textures, test walks within 0.8 m of the train walks; ``assets.py``, ``wa
 leave the train walks by up to 5 m, turn round and change height; ``plaza.py``,
 ``plaza_walks.py``). Every render stores the test frames' coverage (distance to the nearest
 similar-view train camera, :func:`pae_ros.coverage.coverage_distance`) in its manifest; the
-plaza also writes it to ``scene_info.json`` (the courtyard's folder stays as it was).
+plaza also writes it to ``scene_info.json``.
 
 Renderer: pybullet in DIRECT mode with its CPU TinyRenderer (``ER_TINY_RENDERER``), which is
 deterministic: the same seed and parameters give byte-identical images on a machine.
@@ -216,7 +216,7 @@ class RenderParams:
         d = asdict(self)
         d["fov_deg"] = float(d["fov_deg"])
         d["step"] = float(d["step"])
-        if d["builtin"] == DEFAULT_SCENE:   # courtyard manifests written before the plaza stay valid
+        if d["builtin"] == DEFAULT_SCENE:   # a courtyard manifest has no builtin key: existing renders are reused
             del d["builtin"]
         return d
 
@@ -436,7 +436,7 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
         for split, ws in (("train", train), ("test", test)):
             write_cambridge(stage, split, [(_frame_paths(fmt, w, i)[0], w.positions[i], w.quaternions[i])
                                            for w in ws for i in range(len(w.positions))])
-    if scene != DEFAULT_SCENE:      # the courtyard's folder stays byte-identical to earlier renders
+    if scene != DEFAULT_SCENE:      # no scene_info.json for the courtyard: its folder's files stay fixed
         info = {"scene": scene, "seed": params.seed, **_scene_description(scene),
                 "frames": {"train": sum(len(w.positions) for w in train),
                            "test": sum(len(w.positions) for w in test)},

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"scene {scene_dir}: {fr.get('train', '?')} train + {fr.get('test', '?')} test frames, "
           f"{args.size[0]}x{args.size[1]} px, format {args.format} ({time.perf_counter() - t0:.1f} s)")
     cov = m.get("coverage")
-    if cov is None:     # rendered before coverage was recorded: the walks are a function of the parameters
+    if cov is None:     # a manifest without coverage: recompute it, the walks are a function of the parameters
         prm = m.get("params", {})
         _, walker = scene_builders(args.scene)
         d = SCENES[args.scene]
