@@ -92,6 +92,9 @@ class ExportOptions:
     max_frames: int | None = None
 
 
+_BODY_TO_OPTICAL = geometry.pose_to_matrix(np.zeros(3), BODY_TO_OPTICAL_WXYZ)
+
+
 def _ns(seconds: float) -> int:
     return int(round(float(seconds) * 1e9))
 
@@ -204,10 +207,13 @@ class CameraModel:
         return cls(int(msg.width), int(msg.height), _field(msg, "k").reshape(3, 3), _field(msg, "d").reshape(-1),
                    str(msg.distortion_model), _field(msg, "r").reshape(3, 3), _field(msg, "p").reshape(3, 4))
 
+    def key(self) -> tuple:
+        """Everything that defines the camera, exactly (repeated messages compare equal)."""
+        return (self.width, self.height, self.model, self.K.tobytes(), self.D.tobytes(), self.R.tobytes(),
+                self.P.tobytes())
+
     def same(self, other: "CameraModel") -> bool:
-        return (self.width, self.height, self.model) == (other.width, other.height, other.model) and all(
-            a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-9)
-            for a, b in ((self.K, other.K), (self.D, other.D), (self.R, other.R), (self.P, other.P)))
+        return self.key() == other.key()
 
     def describe(self) -> str:
         return (f"{self.width}x{self.height} fx={self.K[0, 0]:.6g} fy={self.K[1, 1]:.6g} cx={self.K[0, 2]:.6g} "
@@ -311,19 +317,20 @@ class Poser:
         info = self._camera(frame)
         if self.opts.pose_frames is not None:
             parent, child = self.opts.pose_frames
-            t, q = self.tree.lookup(parent, child, stamp_ns, self.max_gap)
+            T = self.tree.lookup_matrix(parent, child, stamp_ns, self.max_gap)
             body = child
         else:
             if self.opts.interpolate:
                 t, q = self.track.interpolate(stamp_ns, self.max_gap)
             else:
                 t, q = self.track.nearest(stamp_ns, _ns(self.opts.t_max_diff))
+            T = geometry.pose_to_matrix(t, q)
             body = self.body_frame(frame)
         if body != frame:
-            t, q = geometry.compose_poses(t, q, *self.tree.lookup(body, frame, stamp_ns, self.max_gap))
+            T = T @ self.tree.lookup_matrix(body, frame, stamp_ns, self.max_gap)
         if info["converted_to_optical"]:
-            t, q = geometry.compose_poses(t, q, np.zeros(3), BODY_TO_OPTICAL_WXYZ)
-        return t, geometry.canonical_quat(q)
+            T = T @ _BODY_TO_OPTICAL
+        return geometry.matrix_to_pose(T)
 
 
 def _first_pass(reader, bag: Path, opts: ExportOptions, image_topic: str, info_topic: str,

@@ -168,6 +168,7 @@ class TfTree:
         self._parent: dict[str, str] = {}
         self._static: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._dynamic: dict[str, Track] = {}
+        self._static_T: dict[str, np.ndarray] = {}
         self.overridden: list[str] = []
         self.conflicts: dict[str, int] = {}
 
@@ -201,6 +202,7 @@ class TfTree:
             self.overridden.append(child)
         self._parent[child] = parent
         self._dynamic.pop(child, None)
+        self._static_T.pop(child, None)
         self._static[child] = (np.asarray(translation, np.float64), np.asarray(quaternion_wxyz, np.float64))
 
     def frames(self) -> list[str]:
@@ -244,25 +246,37 @@ class TfTree:
     def lookup(self, target: str, source: str, stamp_ns: int, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """``T_target_source`` at ``stamp_ns``: the pose of ``source`` in ``target`` (m, wxyz), each
         moving edge interpolated at the stamp. Raises :class:`TfError`."""
+        return geometry.matrix_to_pose(self.lookup_matrix(target, source, stamp_ns, max_gap_ns))
+
+    def lookup_matrix(self, target: str, source: str, stamp_ns: int, max_gap_ns: int) -> np.ndarray:
+        """:meth:`lookup` as a 4x4 homogeneous matrix (composing matrices is the fast path)."""
         if target == source:
-            return np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])
+            return np.eye(4)
         cs, ct = self._chain(source), self._chain(target)
         common = next((f for f in ct if f in cs), None)
         if common is None:
             self.require_path(target, source, "lookup")
-        up_s = self._up_to(source, common, stamp_ns, max_gap_ns)
-        up_t = self._up_to(target, common, stamp_ns, max_gap_ns)
-        ti, qi = geometry.invert_pose(*up_t)
-        return geometry.compose_poses(ti, qi, *up_s)
+        return rigid_inverse(self._up_to(target, common, stamp_ns, max_gap_ns)) @ \
+            self._up_to(source, common, stamp_ns, max_gap_ns)
 
-    def _up_to(self, frame: str, ancestor: str, stamp_ns: int, max_gap_ns: int):
-        t, q = np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])
+    def _up_to(self, frame: str, ancestor: str, stamp_ns: int, max_gap_ns: int) -> np.ndarray:
+        T = np.eye(4)
         cur = frame
         while cur != ancestor:
             if cur in self._static:
-                te, qe = self._static[cur]
+                E = self._static_T.get(cur)
+                if E is None:
+                    E = self._static_T[cur] = geometry.pose_to_matrix(*self._static[cur])
             else:
-                te, qe = self._dynamic[cur].interpolate(stamp_ns, max_gap_ns)
-            t, q = geometry.compose_poses(te, qe, t, q)
+                E = geometry.pose_to_matrix(*self._dynamic[cur].interpolate(stamp_ns, max_gap_ns))
+            T = E @ T
             cur = self._parent[cur]
-        return t, q
+        return T
+
+
+def rigid_inverse(T: np.ndarray) -> np.ndarray:
+    """Inverse of a 4x4 rigid transform (rotation transposed)."""
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
