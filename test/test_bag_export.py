@@ -318,3 +318,34 @@ def test_dataset_without_intrinsics_of_another_shape_names_the_file(tmp_path, ca
     text = caplog.text
     assert "intrinsics.json" in text and '"width", "height", "fx", "fy", "cx", "cy"' in text
     assert "100x40" in text and "640x480" in text
+
+
+def test_tf_gaps_longer_than_allowed_are_dropped_and_counted(tmp_path):
+    # odometry at 37 Hz: 27 ms between samples; only images on an odometry stamp survive 10 ms
+    bag, gt = _record(tmp_path, "gappy")
+    report = _export([bag], tmp_path / "o", max_tf_gap=0.01, holdout=["0:0.95"])
+    assert report["counts"]["dropped"] == {"tf_gap": 18}
+    assert report["counts"]["written"] == 2
+
+
+def test_track_interpolates_and_refuses_extrapolation_and_gaps():
+    from pae_ros.bags.tf_tree import TfError, Track
+
+    tr = Track("edge")
+    q0 = np.array([1.0, 0, 0, 0])
+    q1 = np.array([np.cos(0.5), 0, 0, np.sin(0.5)])   # 1 radian about z
+    tr.add(2_000_000_000, [2.0, 0, 0], q1)
+    tr.add(1_000_000_000, [0.0, 0, 0], q0)            # out of order on purpose
+    t, q = tr.interpolate(1_250_000_000, max_gap_ns=2_000_000_000)
+    np.testing.assert_allclose(t, [0.5, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(q, [np.cos(0.125), 0, 0, np.sin(0.125)], atol=1e-12)  # a quarter of the angle
+    with pytest.raises(TfError, match=r"edge: stamp 999000000 is 1.0 ms before its first sample") as e:
+        tr.interpolate(999_000_000, 2_000_000_000)
+    assert e.value.reason == "tf_extrapolation"
+    with pytest.raises(TfError, match=r"1.000 s apart, more than the allowed 0.500 s") as e:
+        tr.interpolate(1_500_000_000, 500_000_000)
+    assert e.value.reason == "tf_gap"
+    np.testing.assert_allclose(tr.nearest(1_900_000_000, 200_000_000)[0], [2.0, 0, 0])
+    with pytest.raises(TfError) as e:
+        tr.nearest(1_500_000_000, 100_000_000)
+    assert e.value.reason == "no_pose_in_tolerance"
