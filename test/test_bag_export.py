@@ -156,6 +156,17 @@ def test_pose_topic_with_clock_offset(tmp_path, interpolate):
     assert geometry.position_error(frames[0].position, gt["positions"][i0]) > 5e-3
 
 
+@pytest.mark.parametrize("pose_type", ["geometry_msgs/msg/PoseWithCovarianceStamped", "nav_msgs/msg/Odometry",
+                                       "geometry_msgs/msg/TransformStamped"])
+def test_pose_topic_types(tmp_path, pose_type):
+    """Odometry and TransformStamped name their child frame: no --pose-body-frame needed."""
+    bag, gt = _record(tmp_path, "posetypes", pose_hz=30.0, pose_type=pose_type, storage="ros1")
+    body = None if pose_type.endswith(("Odometry", "TransformStamped")) else "base_link"
+    report = _export([bag], tmp_path / "a", pose_frames=None, pose_topic=POSE_TOPIC, pose_body_frame=body)
+    assert _check_poses(tmp_path / "a", report, gt) == 20
+    assert report["bags"][0]["cameras"][0]["chain"] == f"map -> base_link ({POSE_TOPIC}) -> camera_optical"
+
+
 def test_pose_topic_out_of_tolerance_drops_every_frame_with_a_clear_error(tmp_path):
     bag, _ = _record(tmp_path, "posetopic", pose_hz=30.0, pose_clock_lag_s=0.02)
     with pytest.raises(ExportError, match=r"no frame exported from posetopic; dropped: no_pose_in_tolerance 20"):
@@ -163,15 +174,20 @@ def test_pose_topic_out_of_tolerance_drops_every_frame_with_a_clear_error(tmp_pa
                 t_max_diff=0.005)
 
 
-def test_distorted_camera_is_undistorted_to_the_written_intrinsics(tmp_path):
+@pytest.mark.parametrize("model", ["plumb_bob", "equidistant"])
+def test_distorted_camera_is_undistorted_to_the_written_intrinsics(tmp_path, model):
     """A point drawn where the distorted model projects it lands where intrinsics.json says."""
     import cv2
 
     w, h = 160, 120
     K = np.array([[110.0, 0, 79.5], [0, 112.0, 59.5], [0, 0, 1]])
-    D = np.array([-0.25, 0.08, 0.001, -0.0015, 0.0])
     points = np.array([[-0.55, -0.38, 1.0], [0.55, -0.38, 1.0], [-0.5, 0.4, 1.0], [0.5, 0.35, 1.0], [0, 0, 1.0]])
-    raw, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), K, D)
+    if model == "plumb_bob":
+        D = np.array([-0.25, 0.08, 0.001, -0.0015, 0.0])
+        raw, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), K, D)
+    else:
+        D = np.array([0.08, -0.02, 0.004, 0.0])
+        raw, _ = cv2.fisheye.projectPoints(points.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), K, D)
     raw = raw.reshape(-1, 2)
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w), np.float64)
@@ -179,7 +195,7 @@ def test_distorted_camera_is_undistorted_to_the_written_intrinsics(tmp_path):
         img += 255 * np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 1.2 ** 2))
     rgb = np.repeat(np.clip(img, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
     bag, _ = _record(tmp_path, "dist", width=w, height=h, K=(110.0, 112.0, 79.5, 59.5), D=list(D),
-                     images=[rgb] * 6, n_images=6)
+                     distortion_model=model, images=[rgb] * 6, n_images=6)
     out = tmp_path / "scene"
     report = _export([bag], out, dup_threshold=0.0, holdout=["0.35:1"])
     k = datasets.read_dataset(out, "7scenes", "train").intrinsics["scene"]
@@ -197,7 +213,7 @@ def test_distorted_camera_is_undistorted_to_the_written_intrinsics(tmp_path):
     # kept as recorded: the distortion travels in intrinsics.json
     _export([bag], tmp_path / "kept", dup_threshold=0.0, holdout=["0.35:1"], undistort=False)
     kept = json.loads((tmp_path / "kept" / "intrinsics.json").read_text())
-    assert kept["distortion"] == {"model": "plumb_bob", "coefficients": list(D)}
+    assert kept["distortion"] == {"model": model, "coefficients": list(D)}
     assert kept["fx"] == 110.0
 
 

@@ -70,7 +70,9 @@ class RecordingSpec:
     compressed: bool = False
     tf_static: bool = True           # False: no /tf_static (mount given with --static-tf)
     image_frame: str = "camera_optical"
-    pose_hz: float = 0.0             # > 0: /base_pose PoseStamped of base_link in map
+    pose_hz: float = 0.0             # > 0: /base_pose of base_link in map, of type pose_type
+    pose_type: str = "geometry_msgs/msg/PoseStamped"  # or PoseWithCovarianceStamped, nav_msgs Odometry,
+                                                      # TransformStamped (these two name base_link)
     pose_clock_lag_s: float = 0.0
     seed: int = 0
     start_ns: int = START_NS
@@ -139,12 +141,23 @@ class _Out:
     def tf(self, transforms: list):
         return self.T("tf2_msgs/msg/TFMessage")(transforms=transforms)
 
-    def pose(self, t_ns: int, frame: str, t, q):
+    def pose(self, msgtype: str, t_ns: int, frame: str, t, q):
+        """A pose of ``base_link`` in ``frame`` as ``msgtype``."""
         T = self.T
+        if msgtype.endswith("TransformStamped"):
+            return self.transform(t_ns, frame, "base_link", t, q)
         pose = T("geometry_msgs/msg/Pose")(
             position=T("geometry_msgs/msg/Point")(x=float(t[0]), y=float(t[1]), z=float(t[2])),
             orientation=T("geometry_msgs/msg/Quaternion")(x=float(q[1]), y=float(q[2]), z=float(q[3]), w=float(q[0])))
-        return T("geometry_msgs/msg/PoseStamped")(header=self.header(t_ns, frame), pose=pose)
+        if msgtype.endswith("/PoseStamped"):
+            return T(msgtype)(header=self.header(t_ns, frame), pose=pose)
+        pwc = T("geometry_msgs/msg/PoseWithCovariance")(pose=pose, covariance=np.eye(6).reshape(-1) * 1e-4)
+        if msgtype.endswith("PoseWithCovarianceStamped"):
+            return T(msgtype)(header=self.header(t_ns, frame), pose=pwc)
+        v = T("geometry_msgs/msg/Vector3")(x=0.0, y=0.0, z=0.0)
+        twist = T("geometry_msgs/msg/TwistWithCovariance")(twist=T("geometry_msgs/msg/Twist")(linear=v, angular=v),
+                                                           covariance=np.zeros(36))
+        return T(msgtype)(header=self.header(t_ns, frame), child_frame_id="base_link", pose=pwc, twist=twist)
 
     def camera_info(self, t_ns: int, frame: str, spec: RecordingSpec, changed: bool = False):
         fx, fy, cx, cy = spec.K
@@ -222,8 +235,7 @@ def write_recording(path: Path | str, spec: RecordingSpec) -> dict:
             out.write("/tf", "tf2_msgs/msg/TFMessage", t_ns, out.tf([out.transform(t_ns, "odom", "base_link", tb, qb)]))
         elif kind == "pose":
             lagged = t_ns - int(round(spec.pose_clock_lag_s * 1e9))
-            out.write(POSE_TOPIC, "geometry_msgs/msg/PoseStamped", t_ns,
-                      out.pose(lagged, "map", *base_in_map(payload)))
+            out.write(POSE_TOPIC, spec.pose_type, t_ns, out.pose(spec.pose_type, lagged, "map", *base_in_map(payload)))
         else:
             i = payload
             rgb = spec.images[i] if spec.images is not None else \
