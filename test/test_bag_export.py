@@ -114,7 +114,8 @@ def test_missing_tf_static_is_named_and_static_tf_supplies_the_mount(tmp_path):
     assert not (tmp_path / "a").exists()
     report = _export([bag], tmp_path / "b", static_tf=MOUNT_TF)
     assert _check_poses(tmp_path / "b", report, gt) == 20
-    assert [m["child"] for m in report["bags"][0]["mounts"]] == ["camera_link", "camera_optical", "odom"]
+    assert [(m["child"], m["source"]) for m in report["bags"][0]["static_edges"]] == [
+        ("camera_link", "--static-tf"), ("camera_optical", "--static-tf"), ("odom", "bag /tf_static")]
 
 
 def test_static_tf_quaternion_order_is_checked(tmp_path):
@@ -132,6 +133,7 @@ def test_body_convention_camera_frame_is_converted_and_reported(tmp_path):
     assert _check_poses(tmp_path / "a", report, gt) == 20
     cam = report["bags"][0]["cameras"][0]
     assert cam["frame"] == "camera_link" and cam["converted_to_optical"] is True
+    assert cam["chain"] == "map -> base_link -> camera_link -> optical axes (REP 103 rotation)"
     assert any("'camera_link' is a REP 103 body frame" in m for m in said)
     # forced to read it as optical: every orientation is off by the optical rotation (120 degrees)
     wrong = _export([bag], tmp_path / "b", camera_convention="optical")

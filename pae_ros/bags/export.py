@@ -306,6 +306,8 @@ class Poser:
             if body != frame:
                 self.tree.require_path(body, frame, f"{self.bag} (mount of the pose topic's {body!r})")
             info["chain"] = f"{self.track_frames.get('world') or '?'} -> {body} ({self.opts.pose_topic}) -> {frame}"
+        if not optical:
+            info["chain"] += " -> optical axes (REP 103 rotation)"
         self.cameras[frame] = info
         return info
 
@@ -592,7 +594,7 @@ def _export(bags, tmp: Path, opts: ExportOptions, statics, holdout_bags, blocks,
                 "image_messages": n_images, "images_read": seen, "written": bag_written, "dropped": bag_drops,
                 "truncated": truncated, "tf_edges": tree.edges(), "tf_conflicts": tree.conflicts,
                 "static_overrides": sorted(set(tree.overridden)),
-                "mounts": [tree.static_edge(c) for c in sorted({e["child"] for e in tree.edges() if e["static"]})],
+                "static_edges": [tree.static_edge(e["child"]) for e in tree.edges() if e["static"]],
                 "cameras": list(poser.cameras.values()),
                 "pose_topic_frames": track_frames or None,
                 "start_time_ns": int(reader.start_time), "duration_s": reader.duration / 1e9})

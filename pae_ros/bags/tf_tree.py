@@ -169,7 +169,8 @@ class TfTree:
         self._static: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._dynamic: dict[str, Track] = {}
         self._static_T: dict[str, np.ndarray] = {}
-        self.overridden: list[str] = []
+        self.overridden: list[str] = []    # children whose bag edge a command-line edge replaced
+        self.given: set[str] = set()       # children of command-line static edges
         self.conflicts: dict[str, int] = {}
 
     def _claim(self, parent: str, child: str) -> bool:
@@ -200,6 +201,7 @@ class TfTree:
         """An override from the command line: replaces whatever the bag says about ``child``."""
         if child in self._parent:
             self.overridden.append(child)
+        self.given.add(child)
         self._parent[child] = parent
         self._dynamic.pop(child, None)
         self._static_T.pop(child, None)
@@ -221,7 +223,8 @@ class TfTree:
             return None
         t, q = self._static[child]
         return {"parent": self._parent[child], "child": child, "translation": [float(v) for v in t],
-                "rotation_xyzw": [float(q[1]), float(q[2]), float(q[3]), float(q[0])]}
+                "rotation_xyzw": [float(q[1]), float(q[2]), float(q[3]), float(q[0])],
+                "source": "--static-tf" if child in self.given else "bag /tf_static"}
 
     def _chain(self, frame: str) -> list[str]:
         out = [frame]
