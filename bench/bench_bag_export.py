@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         for n in args.frames:
             bag = Path(tmp) / f"rec{n}{'.bag' if args.storage == 'ros1' else ''}"
             t0 = time.perf_counter()
-            write_recording(bag, RecordingSpec(storage=args.storage, n_images=n, width=w, height=h, K=(w, w, w / 2, h / 2)))
+            spec = RecordingSpec(storage=args.storage, n_images=n, width=w, height=h, K=(w, w, w / 2, h / 2))
+            write_recording(bag, spec)
             write_s = time.perf_counter() - t0
             proc = subprocess.run([sys.executable, __file__, "--child", str(bag), str(Path(tmp) / f"out{n}")],
                                   capture_output=True, text=True)

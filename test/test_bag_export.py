@@ -246,7 +246,8 @@ def test_holdout_by_bag_and_by_time_block(tmp_path):
     report = _export([a, b], out, holdout=["evening"])
     assert [(s["name"], s["bag"], s["split"]) for s in report["sequences"]] == [
         ("seq-01", "morning", "train"), ("seq-02", "evening", "test")]
-    assert (out / "TrainSplit.txt").read_text() == "sequence1\n" and (out / "TestSplit.txt").read_text() == "sequence2\n"
+    assert (out / "TrainSplit.txt").read_text() == "sequence1\n"
+    assert (out / "TestSplit.txt").read_text() == "sequence2\n"
     assert _check_poses(out, report, gt_b, "evening") == 10
     report = _export([a], tmp_path / "blocks", holdout=["0.25:0.55"])
     assert [(s["split"], s["frames"]) for s in report["sequences"]] == [("train", 3), ("test", 3), ("train", 4)]
@@ -367,3 +368,12 @@ def test_track_interpolates_and_refuses_extrapolation_and_gaps():
     with pytest.raises(TfError) as e:
         tr.nearest(1_500_000_000, 100_000_000)
     assert e.value.reason == "no_pose_in_tolerance"
+
+
+def test_max_frames_stops_reading(tmp_path):
+    a, _ = _record(tmp_path, "first", n_images=10)
+    b, _ = _record(tmp_path, "second", n_images=10)
+    report = _export([a, b], tmp_path / "o", max_frames=6, holdout=["0.4:1"])
+    assert report["counts"]["written"] == 6 and report["counts"]["stopped_at_max_frames"] is True
+    assert [s["bag"] for s in report["sequences"]] == ["first", "first"]
+    assert len(report["bags"]) == 1 and report["bags"][0]["images_read"] == 6

@@ -81,7 +81,10 @@ def _codec_reason(fields: dict) -> str:
     return e.value.reason
 
 
-@pytest.mark.parametrize("name,fields,reason", RAW_CASES + COMPRESSED_CASES, ids=[c[0] for c in RAW_CASES + COMPRESSED_CASES])
+CASES = RAW_CASES + COMPRESSED_CASES
+
+
+@pytest.mark.parametrize("name,fields,reason", CASES, ids=[c[0] for c in CASES])
 def test_bag_decoder_refuses_what_the_codec_refuses(name, fields, reason):
     with pytest.raises(image_codec.ImageDecodeError) as e:
         msgs.decode_image(_store_msg(fields))
@@ -89,7 +92,7 @@ def test_bag_decoder_refuses_what_the_codec_refuses(name, fields, reason):
     assert _codec_reason(fields) == reason
 
 
-@pytest.mark.parametrize("name,fields,reason", RAW_CASES + COMPRESSED_CASES, ids=[c[0] for c in RAW_CASES + COMPRESSED_CASES])
+@pytest.mark.parametrize("name,fields,reason", CASES, ids=[c[0] for c in CASES])
 def test_node_decoder_gives_the_same_refusal(name, fields, reason):
     """The node's entry (rclpy messages) and the bag tools' entry (type-store messages) agree."""
     pytest.importorskip("rclpy")

@@ -405,7 +405,7 @@ class _Sequences:
         self.seqs: list[dict] = []
         self._current: dict | None = None
 
-    def get(self, bag: str, block: int, test: bool, block_s: tuple) -> dict:
+    def get(self, bag: str, test: bool, block: int, block_s: tuple | None) -> dict:
         key = (bag, block)
         if self._current is None or self._current["key"] != key:
             self._current = {"key": key, "name": f"seq-{len(self.seqs) + 1:02d}", "bag": bag,
@@ -432,26 +432,28 @@ def export_bags(bags: list[Path | str], out: Path | str, opts: ExportOptions, fo
                  "dup_threshold"):
         if not getattr(opts, name) >= 0:
             raise ExportError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty; pass --force to replace it")
     try:
         statics = [parse_static_tf(s) for s in opts.static_tf]
     except TfError as e:
         raise ExportError(str(e)) from None
     holdout_bags, blocks = _parse_holdout(opts.holdout, bags)
-    default_holdout = not opts.holdout
-    if default_holdout:
-        say(f"no --holdout: the test split is the {'last bag' if len(bags) > 1 else f'last {DEFAULT_TAIL:.0%} of the recording'}")
+    if not opts.holdout:
+        what = "last bag" if len(bags) > 1 else f"last {DEFAULT_TAIL:.0%} of the recording"
+        say(f"no --holdout: the test split is the {what}")
         if len(bags) > 1:
             holdout_bags = {bags[-1].name}
+    splitter = _Splitter(holdout_bags, blocks, tail=not opts.holdout and len(bags) == 1)
     if len(set(b.name for b in bags)) != len(bags):
-        raise ExportError("two bags have the same name; rename one so that --holdout and export.json can tell them apart")
+        raise ExportError("two bags have the same name; rename one so that --holdout and export.json can "
+                          "tell them apart")
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = _export(bags, tmp, opts, statics, holdout_bags, blocks, default_holdout, say)
+        report = _export(bags, tmp, opts, statics, splitter, say)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -460,152 +462,180 @@ def export_bags(bags: list[Path | str], out: Path | str, opts: ExportOptions, fo
     return report
 
 
-def _export(bags, tmp: Path, opts: ExportOptions, statics, holdout_bags, blocks, default_holdout, say) -> dict:
-    from ..progress import tqdm
+class _Splitter:
+    """Which split and sequence a frame goes to: a held-out bag, a held-out time block (seconds
+    from the bag's first image), or by default the last bag / the tail of a single recording."""
 
-    started = time.monotonic()
-    seqs = _Sequences()
-    drops: dict[str, int] = {}
-    per_bag: list[dict] = []
+    def __init__(self, holdout_bags: set[str], blocks: list[tuple[float, float]], tail: bool) -> None:
+        self.holdout_bags, self.blocks, self.tail = holdout_bags, blocks, tail
+        self.tail_start: float | None = None
+
+    def start_bag(self, first_log_ns: int, end_log_ns: int) -> None:
+        if self.tail:
+            self.tail_start = (1 - DEFAULT_TAIL) * (end_log_ns - first_log_ns) / 1e9
+
+    def split(self, bag: Path, rel_s: float) -> tuple[bool, int, tuple | None]:
+        """(test?, block id within the bag, the block's (t0, t1) seconds or None)."""
+        if bag.name in self.holdout_bags or bag.stem in self.holdout_bags:
+            return True, 0, None
+        if self.blocks:
+            block = next((i for i, (t0, t1) in enumerate(self.blocks) if t0 <= rel_s < t1), None)
+            if block is not None:
+                return True, 2 * block + 1, self.blocks[block]
+            # the stretches before and after a held-out block are separate sequences
+            return False, 2 * sum(1 for (t0, _) in self.blocks if rel_s >= t0), None
+        if self.tail_start is not None:
+            test = rel_s >= self.tail_start
+            ts = round(self.tail_start, 3)
+            return test, int(test), ((ts, None) if test else (0.0, ts))
+        return False, 0, None
+
+
+@dataclass
+class _State:
+    """What the export accumulates over all bags."""
+
+    seqs: _Sequences = field(default_factory=_Sequences)
+    drops: dict = field(default_factory=dict)
+    written: int = 0
+    size: tuple | None = None
     camera: CameraModel | None = None
     undistorter: Undistorter | None = None
-    size: tuple[int, int] | None = None
-    written = 0
-    sharp_values: list[float] = []
+    sharpness: list = field(default_factory=list)
+    stopped_at_max_frames: bool = False
 
-    def drop(reason: str, bag_counts: dict) -> None:
-        drops[reason] = drops.get(reason, 0) + 1
+    def drop(self, reason: str, bag_counts: dict) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
         bag_counts[reason] = bag_counts.get(reason, 0) + 1
 
+
+def _export(bags, tmp: Path, opts: ExportOptions, statics, splitter: _Splitter, say) -> dict:
+    started = time.monotonic()
+    st = _State()
+    per_bag = []
     for bag in bags:
+        if st.stopped_at_max_frames:
+            break
         reader = open_bag(bag)
-        bag_drops: dict[str, int] = {}
         try:
-            image_topic = _pick_topic(reader, bag, opts.image_topic, IMAGE_TYPES, "image-topic")
-            info_topic = _camera_info_topic(reader, bag, image_topic, opts.camera_info_topic)
-            tree, track, track_frames, cam = _first_pass(reader, bag, opts, image_topic, info_topic, statics)
-            if camera is None:
-                camera, undistorter = cam, Undistorter(cam, opts.undistort)
-            elif not camera.same(cam):
-                raise ExportError(f"{bag}: camera_info differs from the first bag's ({cam.describe()} vs "
-                                  f"{camera.describe()}); export each camera to its own dataset")
-            poser = Poser(opts, tree, track, track_frames, bag, say)
-            motion = keyframes.MotionFilter(opts.min_dist, opts.min_angle_deg, opts.min_dt)
-            last_thumb = None
-            first_stamp = None
-            tail_start = None
-            n_images = reader.topics[image_topic].msgcount
-            seen = bag_written = 0
-            truncated = None
-            it = _messages(reader, [image_topic])
-            bar = tqdm(total=n_images, desc=f"export {bag.name}", unit="img")
-            while True:
-                try:
-                    item = next(it, None)
-                except Exception as e:  # noqa: BLE001 - a damaged chunk / page mid-file
-                    truncated = " ".join(str(e).split()) or type(e).__name__
-                    drop("bag_truncated", bag_drops)
-                    say(f"{bag}: reading stopped at a damaged part of the bag ({truncated}); "
-                        f"keeping the {bag_written} frames written before it")
-                    break
-                if item is None:
-                    break
-                _, mt, log_ns, raw = item
-                seen += 1
-                if seen == 1 and default_holdout and len(bags) == 1:  # the last part of the images' time
-                    tail_start = (1 - DEFAULT_TAIL) * (reader.end_time - log_ns) / 1e9
-                bar.update(1)
-                if opts.max_frames is not None and written >= opts.max_frames:
-                    drop("max_frames", bag_drops)
-                    continue
-                try:
-                    msg = reader.deserialize(raw, mt)
-                except Exception:  # noqa: BLE001
-                    drop("undeserializable", bag_drops)
-                    continue
-                stamp = _stamp(msg)
-                frame = (opts.camera_frame or msg.header.frame_id or
-                         (opts.pose_frames[1] if opts.pose_frames else "")).lstrip("/")
-                if not frame:
-                    raise ExportError(f"{bag}: images on {image_topic} have no header frame_id; give --camera-frame")
-                if first_stamp is None:
-                    first_stamp = stamp
-                rel = (stamp - first_stamp) / 1e9
-                try:
-                    pos, quat = poser.pose(stamp, frame)
-                except TfError as e:
-                    if e.reason in ("no_tf_path", "bad_static_tf"):
-                        raise ExportError(str(e)) from None
-                    drop(e.reason, bag_drops)
-                    continue
-                if not motion.step(stamp, pos, quat):
-                    drop("not_keyframe", bag_drops)
-                    continue
-                try:
-                    rgb = msgs.decode_image(msg)
-                except image_codec.ImageDecodeError as e:
-                    drop(f"undecodable.{e.reason}", bag_drops)
-                    continue
-                h, w = rgb.shape[:2]
-                if size is None:
-                    size = (w, h)
-                if (w, h) != size or (w, h) != (camera.width, camera.height):
-                    raise ExportError(f"{bag}: image at stamp {stamp} ns is {w}x{h}, but "
-                                      f"{'camera_info says' if size == (w, h) else 'earlier images are'} "
-                                      f"{camera.width}x{camera.height if size == (w, h) else size[1]}: "
-                                      f"mixed resolutions are refused")
-                rgb = undistorter(rgb)
-                s = keyframes.sharpness(rgb)
-                if s < opts.blur_threshold:
-                    drop("blurred", bag_drops)
-                    continue
-                thumb = keyframes.thumbnail(rgb)
-                if last_thumb is not None and keyframes.thumb_difference(thumb, last_thumb) < opts.dup_threshold:
-                    drop("near_duplicate", bag_drops)
-                    continue
-                if bag.name in holdout_bags or bag.stem in holdout_bags:
-                    test, block_id, block_s = True, 0, None
-                elif blocks:
-                    block = next((i for i, (t0, t1) in enumerate(blocks) if t0 <= rel < t1), None)
-                    test = block is not None
-                    # one sequence per stretch: the parts before and after a held-out block differ
-                    block_id = 2 * block + 1 if test else 2 * sum(1 for (t0, _) in blocks if rel >= t0)
-                    block_s = blocks[block] if test else None
-                elif tail_start is not None:
-                    test = rel >= tail_start
-                    block_id = int(test)
-                    block_s = (round(tail_start, 3), None) if test else (0.0, round(tail_start, 3))
-                else:
-                    test, block_id, block_s = False, 0, None
-                seq = seqs.get(bag.name, block_id, test, block_s)
-                write_7scenes_frame(tmp, seq["name"], seq["frames"], rgb, pos, quat)
-                seq["frames"] += 1
-                seq["first_stamp_ns"] = seq["first_stamp_ns"] or stamp
-                seq["last_stamp_ns"] = stamp
-                motion.kept(stamp)
-                last_thumb = thumb
-                sharp_values.append(s)
-                written += 1
-                bag_written += 1
-            bar.close()
-            per_bag.append({
-                "path": str(bag.absolute()), "name": bag.name, "image_topic": image_topic,
-                "camera_info_topic": info_topic, "pose_topic": opts.pose_topic,
-                "image_messages": n_images, "images_read": seen, "written": bag_written, "dropped": bag_drops,
-                "truncated": truncated, "tf_edges": tree.edges(), "tf_conflicts": tree.conflicts,
-                "static_overrides": sorted(set(tree.overridden)),
-                "static_edges": [tree.static_edge(e["child"]) for e in tree.edges() if e["static"]],
-                "cameras": list(poser.cameras.values()),
-                "pose_topic_frames": track_frames or None,
-                "start_time_ns": int(reader.start_time), "duration_s": reader.duration / 1e9})
+            per_bag.append(_export_bag(reader, bag, tmp, opts, statics, splitter, st, say))
         finally:
             reader.close()
-    return _finish(tmp, opts, bags, seqs, drops, per_bag, camera, undistorter, written, sharp_values,
-                   default_holdout, time.monotonic() - started, say)
+    return _finish(tmp, opts, bags, st, per_bag, splitter, time.monotonic() - started, say)
 
 
-def _finish(tmp, opts, bags, seqs, drops, per_bag, camera, undistorter, written, sharp_values,
-            default_holdout, elapsed, say) -> dict:
+def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, splitter: _Splitter, st: _State,
+                say) -> dict:
+    """Stream one bag's images into ``tmp``; returns its provenance entry."""
+    from ..progress import tqdm
+
+    image_topic = _pick_topic(reader, bag, opts.image_topic, IMAGE_TYPES, "image-topic")
+    info_topic = _camera_info_topic(reader, bag, image_topic, opts.camera_info_topic)
+    tree, track, track_frames, cam = _first_pass(reader, bag, opts, image_topic, info_topic, statics)
+    if st.camera is None:
+        st.camera, st.undistorter = cam, Undistorter(cam, opts.undistort)
+    elif not st.camera.same(cam):
+        raise ExportError(f"{bag}: camera_info differs from the first bag's ({cam.describe()} vs "
+                          f"{st.camera.describe()}); export each camera to its own dataset")
+    poser = Poser(opts, tree, track, track_frames, bag, say)
+    motion = keyframes.MotionFilter(opts.min_dist, opts.min_angle_deg, opts.min_dt)
+    drops: dict[str, int] = {}
+    last_thumb = first_stamp = truncated = None
+    n_images = reader.topics[image_topic].msgcount
+    seen = written = 0
+    it = _messages(reader, [image_topic])
+    bar = tqdm(total=n_images, desc=f"export {bag.name}", unit="img")
+    while True:
+        try:
+            item = next(it, None)
+        except Exception as e:  # noqa: BLE001 - a damaged chunk / page mid-file
+            truncated = " ".join(str(e).split()) or type(e).__name__
+            st.drop("bag_truncated", drops)
+            say(f"{bag}: reading stopped at a damaged part of the bag ({truncated}); "
+                f"keeping the {written} frames written before it")
+            break
+        if item is None:
+            break
+        if opts.max_frames is not None and st.written >= opts.max_frames:
+            st.stopped_at_max_frames = True
+            break
+        _, mt, log_ns, raw = item
+        seen += 1
+        bar.update(1)
+        if seen == 1:
+            splitter.start_bag(log_ns, reader.end_time)
+        try:
+            msg = reader.deserialize(raw, mt)
+        except Exception:  # noqa: BLE001 - one bad message is dropped, not the bag
+            st.drop("undeserializable", drops)
+            continue
+        stamp = _stamp(msg)
+        frame = (opts.camera_frame or msg.header.frame_id or
+                 (opts.pose_frames[1] if opts.pose_frames else "")).lstrip("/")
+        if not frame:
+            raise ExportError(f"{bag}: images on {image_topic} have no header frame_id; give --camera-frame")
+        first_stamp = stamp if first_stamp is None else first_stamp
+        try:
+            pos, quat = poser.pose(stamp, frame)
+        except TfError as e:
+            if e.reason in ("no_tf_path", "bad_static_tf"):
+                raise ExportError(str(e)) from None
+            st.drop(e.reason, drops)
+            continue
+        if not motion.step(stamp, pos, quat):
+            st.drop("not_keyframe", drops)
+            continue
+        try:
+            rgb = msgs.decode_image(msg)
+        except image_codec.ImageDecodeError as e:
+            st.drop(f"undecodable.{e.reason}", drops)
+            continue
+        _check_size(bag, stamp, rgb, st)
+        rgb = st.undistorter(rgb)
+        sharp = keyframes.sharpness(rgb)
+        if sharp < opts.blur_threshold:
+            st.drop("blurred", drops)
+            continue
+        thumb = keyframes.thumbnail(rgb)
+        if last_thumb is not None and keyframes.thumb_difference(thumb, last_thumb) < opts.dup_threshold:
+            st.drop("near_duplicate", drops)
+            continue
+        seq = st.seqs.get(bag.name, *splitter.split(bag, (stamp - first_stamp) / 1e9))
+        write_7scenes_frame(tmp, seq["name"], seq["frames"], rgb, pos, quat)
+        seq["frames"] += 1
+        seq["first_stamp_ns"] = seq["first_stamp_ns"] or stamp
+        seq["last_stamp_ns"] = stamp
+        motion.kept(stamp)
+        last_thumb = thumb
+        st.sharpness.append(sharp)
+        st.written += 1
+        written += 1
+    bar.close()
+    return {"path": str(bag.absolute()), "name": bag.name, "image_topic": image_topic,
+            "camera_info_topic": info_topic, "pose_topic": opts.pose_topic,
+            "image_messages": n_images, "images_read": seen, "written": written, "dropped": drops,
+            "truncated": truncated, "tf_edges": tree.edges(), "tf_conflicts": tree.conflicts,
+            "static_overrides": sorted(set(tree.overridden)),
+            "static_edges": [tree.static_edge(e["child"]) for e in tree.edges() if e["static"]],
+            "cameras": list(poser.cameras.values()), "pose_topic_frames": track_frames or None,
+            "start_time_ns": int(reader.start_time), "duration_s": reader.duration / 1e9}
+
+
+def _check_size(bag: Path, stamp: int, rgb: np.ndarray, st: _State) -> None:
+    """Refuse an image whose size differs from the first image's or from camera_info's."""
+    h, w = rgb.shape[:2]
+    st.size = st.size or (w, h)
+    if (w, h) != st.size:
+        raise ExportError(f"{bag}: image at stamp {stamp} ns is {w}x{h}, but earlier images are "
+                          f"{st.size[0]}x{st.size[1]}: mixed resolutions are refused")
+    if (w, h) != (st.camera.width, st.camera.height):
+        raise ExportError(f"{bag}: image at stamp {stamp} ns is {w}x{h}, but camera_info says "
+                          f"{st.camera.width}x{st.camera.height}: mixed resolutions are refused")
+
+
+def _finish(tmp: Path, opts: ExportOptions, bags, st: _State, per_bag, splitter: _Splitter, elapsed: float,
+            say) -> dict:
+    seqs, drops, written, camera, undistorter = st.seqs, st.drops, st.written, st.camera, st.undistorter
     train = [s["name"] for s in seqs.seqs if s["split"] == "train"]
     test = [s["name"] for s in seqs.seqs if s["split"] == "test"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
@@ -622,7 +652,7 @@ def _finish(tmp, opts, bags, seqs, drops, per_bag, camera, undistorter, written,
     if camera.distorted and not opts.undistort:
         intr["distortion"] = {"model": camera.model, "coefficients": camera.D.tolist()}
     (tmp / "intrinsics.json").write_text(json.dumps(intr, indent=2) + "\n")
-    sv = np.asarray(sharp_values)
+    sv = np.asarray(st.sharpness)
     report = {
         "tool": "pae bag export",
         "bags": per_bag,
@@ -634,10 +664,13 @@ def _finish(tmp, opts, bags, seqs, drops, per_bag, camera, undistorter, written,
         "intrinsics": {**intr, "source": undistorter.source, "undistorted": undistorter.maps is not None,
                        "camera_info": camera.to_json()},
         "counts": {"written": written, "dropped": dict(sorted(drops.items())),
+                   "stopped_at_max_frames": st.stopped_at_max_frames,
                    "train_frames": sum(s["frames"] for s in seqs.seqs if s["split"] == "train"),
                    "test_frames": sum(s["frames"] for s in seqs.seqs if s["split"] == "test")},
         "sharpness_laplacian_var": {"min": float(sv.min()), "median": float(np.median(sv)), "max": float(sv.max())},
-        "holdout": {"given": list(opts.holdout), "default": default_holdout},
+        "holdout": {"given": list(opts.holdout), "default": not opts.holdout,
+                    "bags": sorted(splitter.holdout_bags), "blocks_s": splitter.blocks,
+                    "default_tail_fraction": DEFAULT_TAIL if splitter.tail else None},
         "sequences": [{k2: v for k2, v in s.items() if k2 != "key"} for s in seqs.seqs],
         "elapsed_s": round(elapsed, 3),
     }

@@ -95,7 +95,8 @@ class _Out:
 
             self.ts = get_typestore(Stores.ROS1_NOETIC)
             # noetic's store lacks tf2_msgs; its definition is one line
-            self.ts.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms", "tf2_msgs/msg/TFMessage"))
+            self.ts.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms",
+                                                "tf2_msgs/msg/TFMessage"))
             self.w = Writer(path)
         else:
             from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
