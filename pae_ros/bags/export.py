@@ -30,7 +30,6 @@ camera_info messages are read in a first pass and kept.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
@@ -47,8 +46,6 @@ from ..datasets.writers import write_7scenes_frame, write_7scenes_splits
 from . import keyframes, msgs
 from .io import typestore
 from .tf_tree import BODY_TO_OPTICAL_WXYZ, TfError, TfTree, Track, is_optical, parse_static_tf
-
-log = logging.getLogger("pae_ros.bags.export")
 
 IMAGE_TYPES = (msgs.IMAGE_TYPE, msgs.COMPRESSED_TYPE)
 POSE_TOPIC_TYPES = ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/PoseWithCovarianceStamped",
