@@ -17,6 +17,7 @@ Each refusal is a :class:`TfError` with a ``reason`` usable as a drop counter ke
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,21 +52,22 @@ class Track:
     """
 
     name: str
-    stamps: list = field(default_factory=list)
-    values: list = field(default_factory=list)   # 7 floats each: x y z qw qx qy qz
+    # compact growing buffers: 64 bytes a sample (Python tuples of floats take several times more)
+    stamps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))   # 7 per sample: x y z qw qx qy qz
     _t: np.ndarray | None = None
     _v: np.ndarray | None = None
 
     def add(self, stamp_ns: int, translation, quaternion_wxyz) -> None:
         self.stamps.append(int(stamp_ns))
-        self.values.append(tuple(float(v) for v in translation) + tuple(float(v) for v in quaternion_wxyz))
+        self.values.extend([float(v) for v in translation] + [float(v) for v in quaternion_wxyz])
         self._t = None
 
     def finish(self) -> None:
         if self._t is not None:
             return
-        t = np.asarray(self.stamps, dtype=np.int64)
-        v = np.asarray(self.values, dtype=np.float64).reshape(-1, 7)
+        t = np.frombuffer(self.stamps, dtype=np.int64) if len(self.stamps) else np.zeros(0, np.int64)
+        v = (np.frombuffer(self.values, dtype=np.float64) if len(self.values) else np.zeros(0)).reshape(-1, 7)
         order = np.argsort(t, kind="stable")
         t, v = t[order], v[order]
         last = np.ones(len(t), bool)
