@@ -93,9 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m pae_ros.bags.export_cmd``), same as ``pae bag export``."""
     from ..cli import standalone_main
 
-    return standalone_main(__name__, argv)
+    return standalone_main(__name__ if __name__ != "__main__" else __spec__.name, argv)
 
 
 if __name__ == "__main__":
