@@ -24,11 +24,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bag", "play"): ("pae_ros.ros.bag_play", "replay a rosbag2 through rclpy at bag timing"),
     ("bag", "record"): ("pae_ros.ros.bag_record", "record topics to a rosbag2 through rclpy"),
     ("bag", "eval"): ("pae_ros.bags.eval_cmd", "evaluate recorded poses against ground truth by header stamp"),
+    ("bag", "export"): ("pae_ros.bags.export_cmd", "turn robot recordings (TF or pose topic) into a 7Scenes dataset"),
     ("demo",): ("pae_ros.demo", "the end-to-end demo: scene, training, bag, node, evaluation"),
     ("bundle", "upgrade"): ("pae_ros.bundle_cmd", "re-seal a trusted format-1 bundle as the current format"),
 }
 
-GROUP_HELP = {"scene": "the built-in demo scene", "bag": "rosbag2 tools (make, play, record, eval)",
+GROUP_HELP = {"scene": "the built-in demo scene", "bag": "rosbag2 tools (make, play, record, eval, export)",
               "bundle": "bundle file tools (upgrade)"}
 
 #: (module, class name) of the errors that mean bad input, reported in one line. Looked up in

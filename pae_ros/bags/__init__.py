@@ -1,4 +1,4 @@
-"""rosbag2 files through ``rosbags`` (pure Python, no rclpy): ``pae bag make`` / ``pae bag eval``.
+"""rosbag2 files through ``rosbags`` (pure Python, no rclpy): ``pae bag make`` / ``pae bag eval`` / ``pae bag export``.
 
 Bag layout written by ``pae bag make`` (all stamps in ns since the Unix epoch; the bag's log
 time of every message equals its header stamp):

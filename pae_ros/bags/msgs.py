@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import image_codec
 from .io import typestore
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -71,12 +72,7 @@ def image_msg(rgb: np.ndarray, t_ns: int, frame_id: str):
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
     """JPEG bytes of an (H, W, 3) uint8 RGB image (OpenCV, given quality 0..100)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
+    return image_codec.encode_compressed(rgb, "jpeg", quality)[1]
 
 
 def compressed_image_msg(jpeg: bytes, t_ns: int, frame_id: str):
@@ -105,26 +101,20 @@ def camera_info_msg(t_ns: int, frame_id: str, width: int, height: int,
                                 binning_x=0, binning_y=0, roi=roi)
 
 
-def decode_image(msg) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a type-store ``Image`` (rgb8/bgr8/mono8) or JPEG/PNG ``CompressedImage``."""
-    if hasattr(msg, "format"):
-        import cv2
+def decode_image(msg, max_dim: int = image_codec.DEFAULT_MAX_DIM, max_pixels: int = image_codec.DEFAULT_MAX_PIXELS,
+                 max_aspect: float = image_codec.DEFAULT_MAX_ASPECT) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a type-store ``Image`` or ``CompressedImage`` (ROS 1 or ROS 2).
 
-        bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError("cannot decode CompressedImage data")
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
-    if ch is None:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-    img = data.reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-    if msg.encoding == "bgr8":
-        img = img[:, :, ::-1]
-    elif msg.encoding == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img)
+    The node's decoder, :mod:`pae_ros.image_codec`, does the work, so a bag tool accepts and
+    refuses exactly what the node does: every encoding it supports, sizes bounded before any
+    pixel is allocated, corrupt JPEGs refused. Raises
+    :class:`pae_ros.image_codec.ImageDecodeError` (a ``ValueError``) whose ``reason`` names why.
+    ``rgb8`` may come back as a read-only view of ``msg.data``.
+    """
+    if hasattr(msg, "format"):
+        return image_codec.decode_compressed(msg.format, msg.data, max_dim, max_pixels, max_aspect)
+    return image_codec.decode_image(msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian,
+                                    msg.data, max_dim, max_pixels, max_aspect)
 
 
 # --------------------------------------------------------------------------- poses

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import cambridge, seven_scenes
-from .common import Issues, load_intrinsics
+from ..image_codec import compressed_size
+from .common import INTRINSICS_FILE, Issues, load_intrinsics, log
 from .images import check_image_file
 from .label_csv import read_label_csv
 from .types import SEVEN_SCENES_INTRINSICS, CameraIntrinsics, DatasetError, DatasetSplit, Frame
@@ -86,8 +87,11 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
         frames, intrinsics = [], {}
         scene_dirs = find_scene_dirs(Path(root), fmt, scenes)
         for d in scene_dirs:
-            frames.extend(read_scene(d, split, issues, check_images))
+            scene_frames = read_scene(d, split, issues, check_images)
+            frames.extend(scene_frames)
             intrinsics[d.name] = load_intrinsics(d, default_k)
+            if scene_frames and default_k is not None and not (d / INTRINSICS_FILE).is_file():
+                intrinsics[d.name] = _default_fits(d, scene_frames[0].image_path, default_k, fmt)
         what = f"{Path(root).resolve()} ({fmt} {split})"
     if check_images and on_error == "skip":
         frames = _decodable(frames, issues)
@@ -97,6 +101,22 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
         sel = f" for scenes {scenes}" if scenes is not None else ""
         raise DatasetError(f"{what}: no frames{sel}{extra}")
     return DatasetSplit(frames, issues.skipped, intrinsics)
+
+
+def _default_fits(scene_dir: Path, image: Path, default: CameraIntrinsics, fmt: str) -> CameraIntrinsics | None:
+    """``default`` when the scene's images have its aspect ratio (it is scaled to their size),
+    else None (unknown) and a warning naming ``intrinsics.json`` and its fields."""
+    try:
+        _, w, h = compressed_size(image.read_bytes()[:65536])
+    except (OSError, ValueError):
+        return default  # unreadable here: the image reader reports it with its own message
+    if abs(w * default.height - h * default.width) <= max(w, h) // 100:  # same aspect within 1 %
+        return default
+    log.warning("%s: images are %dx%d but there is no %s, and the %s default intrinsics are for %dx%d "
+                "(f=%g): the intrinsics are unknown. Write %s with {\"width\", \"height\", \"fx\", \"fy\", "
+                "\"cx\", \"cy\"} (pixels, of these images) to give them", scene_dir, w, h, INTRINSICS_FILE, fmt,
+                default.width, default.height, default.fx, scene_dir / INTRINSICS_FILE)
+    return None
 
 
 def _decodable(frames: list[Frame], issues: Issues) -> list[Frame]:
