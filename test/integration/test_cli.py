@@ -9,6 +9,7 @@ import pytest
 
 from pae_ros.cli import COMMANDS, main
 from pae_ros.metrics import THRESHOLDS, threshold_key
+from support import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -260,9 +261,7 @@ def test_progress_prints_few_plain_lines_into_a_log(monkeypatch):
 
 def test_modules_use_the_progress_wrapper():
     """No module imports tqdm directly (the wrapper decides terminal vs log)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "pae_ros"
+    root = REPO / "pae_ros"
     offenders = [str(p) for p in root.rglob("*.py") if p.name != "progress.py"
                  and any(ln.strip() in ("from tqdm import tqdm", "import tqdm") for ln in p.read_text().splitlines())]
     assert offenders == []

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from pae_ros.bags import GT_TOPIC, io, eval_cmd, make_cmd  # noqa: E402
-from proc_util import stderr_until  # noqa: E402
+from support.proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "pae_ros", "launch", "config"]
 
 pytestmark = pytest.mark.timeout(300)
@@ -116,6 +117,6 @@ def test_package_xml_declares_every_runtime_import():
     # transforms3d: only the tests use it
     assert "transforms3d" not in runtime and "python3-transforms3d" not in exec_deps
     assert "python3-transforms3d" in test_deps
-    assert "transforms3d" in _imports((REPO / "test").glob("*.py"))
+    assert "transforms3d" in _imports((REPO / "test").rglob("*.py"))
     base = (REPO / "requirements" / "base.txt").read_text()
     assert "transforms3d" not in base and "transforms3d" in (REPO / "requirements" / "test.txt").read_text()

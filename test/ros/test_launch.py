@@ -19,15 +19,14 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-import ros_harness as H  # noqa: E402  (isolated ROS domain)
-from ros_harness import launched, probe  # noqa: E402,F401  (shared session fixtures)
+from support import REPO  # noqa: E402
+from support import ros_harness as H  # noqa: E402  (isolated ROS domain)
 
 from pae_ros.ros.localizer_node import NODE_NAME, PARAMETERS  # noqa: E402
 
 # generous: the first test also pays for training the session's tiny bundle
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "localize.launch.py"
 CONFIG = REPO / "config" / "localize.yaml"
 ROS_BUILTIN_PARAMS = {"use_sim_time"}  # declared by every rclpy node

@@ -3,8 +3,6 @@ last backbone blocks on cached features, cached augmented views, and the ``full`
 (one epoch, tiny backbone)."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -18,14 +16,7 @@ from pae_ros.training.data import FrameImages, PoseNormalization, frames_positio
 from pae_ros.training.run import train_all
 from pae_ros.training.train_apr import cache_views, tail_start_of, train_apr
 
-from conftest import TINY_CONFIG
-
-
-def _cfg(preset=None, **sections):
-    d = copy.deepcopy(TINY_CONFIG)
-    for sec, vals in sections.items():
-        d.setdefault(sec, {}).update(vals)
-    return config_from_dict(d, preset)
+from support.fixtures import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def test_trunk_then_tail_equals_the_full_forward_at_every_cut():
 
 
 def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
-    cfg = _cfg(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
+    cfg = tiny_config(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
                     "tail_lr_scale": 1.0})
     data = _data(train_split, cfg)
     torch.manual_seed(cfg.seed)
@@ -78,13 +69,13 @@ def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
 
 
 def test_finetune_blocks_count_the_blocks_the_model_uses():
-    cfg = _cfg(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
+    cfg = tiny_config(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
     apr = build_apr(cfg.model, 1)
     assert tail_start_of(apr, 1) == 3  # to_s16 (the s16 tap); to_s32 is never run
     assert tail_start_of(apr, 4) == 0
     with pytest.raises(ValueError, match="come from the first 4 blocks"):
         tail_start_of(apr, 5)
-    assert tail_start_of(build_apr(_cfg().model, 1), 5) == 0  # posenet: every block and the head
+    assert tail_start_of(build_apr(tiny_config().model, 1), 5) == 0  # posenet: every block and the head
     # the transformer's tail stops at the s16 tap, and training it changes only that block
     bb = apr.backbone
     x = torch.randn(2, 3, 48, 48)
@@ -92,11 +83,11 @@ def test_finetune_blocks_count_the_blocks_the_model_uses():
     assert "s16" in out and "pooled" not in out
     assert bb.tail_modules(3, apr.feature_keys) == [bb.to_s16]
     with pytest.raises(ConfigError, match="apr.finetune_blocks: needs freeze_backbone"):
-        _cfg(apr={"finetune_blocks": 2, "freeze_backbone": False})
+        tiny_config(apr={"finetune_blocks": 2, "freeze_backbone": False})
 
 
 def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_split):
-    cfg = _cfg(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.3})
+    cfg = tiny_config(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.3})
     data = _data(train_split, cfg)
     apr = build_apr(cfg.model, 1).eval()
     f = cache_views(apr, data, torch.device("cpu"), views=3, seed=0, show_progress=False)
@@ -112,7 +103,7 @@ def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_sp
 
 
 def test_cache_views_without_any_augmentation_caches_one_view_and_says_so(train_split, tmp_path, caplog):
-    cfg = _cfg(apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "cache_views": 3})
+    cfg = tiny_config(apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "cache_views": 3})
     _, _, stats, _ = train_apr(cfg, _data(train_split, cfg), scenes_of(train_split), tmp_path, torch.device("cpu"),
                                show_progress=False)
     assert stats["cache_views"] == 1
@@ -124,7 +115,7 @@ def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     backbone and the Localizer's APR reproduces the trained model."""
     from pae_ros.pipeline import Localizer
 
-    cfg = _cfg(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
+    cfg = tiny_config(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
                apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
                     "cache_views": 2})
     out = tmp_path / "b.pae"
@@ -171,7 +162,7 @@ def test_onnx_export_of_each_apr_variant_agrees_with_torch(model, tmp_path):
 
     from pae_ros.onnx_apr import export_apr
 
-    cfg = _cfg(model={**model, "head_hidden_dim": 64})
+    cfg = tiny_config(model={**model, "head_hidden_dim": 64})
     torch.manual_seed(0)
     apr = build_apr(cfg.model, 1).eval()
     path = export_apr(apr, [1.0, 2.0, 3.0], 2.5, 48, tmp_path / "apr.onnx")

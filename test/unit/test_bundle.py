@@ -20,7 +20,7 @@ from pae_ros.bundle import (DIGEST_KEY, FORMAT_NAME, FORMAT_VERSION, HEADER_KEY,
 from pae_ros.config import config_from_dict
 from pae_ros.models import PoseAutoEncoder, build_apr
 
-from conftest import TINY_CONFIG
+from support.fixtures import TINY_CONFIG
 
 
 def _small_tensors() -> dict[str, torch.Tensor]:

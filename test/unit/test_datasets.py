@@ -18,8 +18,9 @@ from pae_ros import geometry
 from pae_ros.datasets import (CameraIntrinsics, DatasetError, DatasetSplit, Frame, load_rgb,
                               read_dataset, write_7scenes_frame, write_7scenes_splits,
                               write_cambridge, write_intrinsics, write_label_csv, write_rgb)
+from support import REPO
 
-REFERENCE_LABELS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "reference_labels"
+REFERENCE_LABELS = REPO.parent / "shared" / "fixtures" / "reference_labels"
 
 W, H = 32, 24
 K_TEST = CameraIntrinsics(W, H, fx=30.0, fy=28.0, cx=15.5, cy=11.5)

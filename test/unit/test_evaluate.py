@@ -332,7 +332,7 @@ def test_eval_cli_rejects_a_bad_pair(tiny_bundle, tiny_dataset, capsys):
 def test_bench_accuracy_prints_every_row_side_by_side(tiny_bundle, tiny_dataset, tmp_path, capsys):
     import importlib.util
 
-    from conftest import REPO
+    from support import REPO
 
     spec = importlib.util.spec_from_file_location("_bench_accuracy", REPO / "bench" / "bench_accuracy.py")
     mod = importlib.util.module_from_spec(spec)

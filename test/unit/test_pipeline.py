@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from pae_ros.bundle import BundleError, load_bundle, save_bundle
-from pae_ros.confidence import SigmaModel
 from pae_ros.datasets import load_rgb, read_dataset
 from pae_ros.pipeline import Estimate, Localizer, resolve_device
 
