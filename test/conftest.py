@@ -1,7 +1,8 @@
 """Test configuration for every tier.
 
 Tiers by folder: ``unit/`` (in-process, no ROS, no training beyond the session's tiny bundle),
-``integration/`` (training runs, CLI subprocesses, rosbag files without DDS: marked ``slow``),
+``integration/`` (training runs, CLI subprocesses, rosbag files without DDS: marked ``slow``, as
+are the few unit tests that train or start a process),
 ``ros/`` (rclpy over DDS, colcon, ``ros2 launch``: marked ``ros``). ``pytest -m "not slow and not
 ros"`` runs the unit tier. The shared fixtures live in :mod:`support.fixtures`.
 """

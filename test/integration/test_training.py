@@ -208,7 +208,8 @@ def apr_two_epochs(train_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     work, out = root / "work", root / "b.pae"
     torch.set_num_threads(2)
-    train_all(tiny_config(apr={"epochs": 2}), train_split, out, work, device="cpu", stages=("apr",), show_progress=False)
+    train_all(tiny_config(apr={"epochs": 2}), train_split, out, work, device="cpu", stages=("apr",),
+              show_progress=False)
     return work, out
 
 
@@ -219,8 +220,8 @@ def test_apr_training_resumes_from_checkpoint(apr_two_epochs, train_split, tmp_p
     shutil.copytree(work0, work)
     shutil.copy(out0, out)
     caplog.set_level(logging.INFO, logger="pae.train.apr")
-    stats = train_all(tiny_config(apr={"epochs": 4}), train_split, out, work, device="cpu", stages=("apr",), resume=True,
-                      show_progress=False)
+    stats = train_all(tiny_config(apr={"epochs": 4}), train_split, out, work, device="cpu", stages=("apr",),
+                      resume=True, show_progress=False)
     assert "resuming APR training at epoch 2/4" in caplog.text
     assert "APR epoch 1/4" not in caplog.text and "APR epoch 3/4" in caplog.text  # epochs 1-2 not re-run
     ck = load_checkpoint(work / "apr_last.ckpt")
@@ -233,8 +234,8 @@ def test_apr_training_resumes_from_checkpoint(apr_two_epochs, train_split, tmp_p
 
     # resuming is exact: same weights as 4 uninterrupted epochs
     ref_out = tmp_path / "ref.pae"
-    train_all(tiny_config(apr={"epochs": 4}), train_split, ref_out, tmp_path / "ref_work", device="cpu", stages=("apr",),
-              show_progress=False)
+    train_all(tiny_config(apr={"epochs": 4}), train_split, ref_out, tmp_path / "ref_work", device="cpu",
+              stages=("apr",), show_progress=False)
     ref = load_bundle(ref_out)
     for k in b.state_dict("apr"):
         torch.testing.assert_close(b.state_dict("apr")[k], ref.state_dict("apr")[k], rtol=0, atol=1e-6,
@@ -823,8 +824,8 @@ def test_table_descriptors_are_the_localizers_query_descriptors(train_split, tmp
     stride-16 map: the float32 pooled output of the same backbone pass) and equal what the Localizer
     computes for the same images."""
     cfg = tiny_config(model={"type": model, "backbone": "efficientnet_lite0", "orientation_stride": 16},
-               apr={"epochs": 1, "freeze_backbone": True, "cache_features": True}, pae={"epochs": 2},
-               decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
+                      apr={"epochs": 1, "freeze_backbone": True, "cache_features": True}, pae={"epochs": 2},
+                      decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
     out = tmp_path / "b.pae"
     train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae", "calibrate"),
               show_progress=False)

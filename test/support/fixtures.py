@@ -71,6 +71,41 @@ def tiny_bundle(tiny_dataset, tmp_path_factory) -> Path:
     return out
 
 
+#: the two-scene training config: an MS-Transformer-style APR and a scene-conditioned PAE
+TWO_SCENE_CONFIG = {
+    "model": {"type": "mstransformer", "backbone": "tiny_cnn", "latent_dim": 64, "transformer_heads": 4,
+              "transformer_layers": 1, "transformer_ffn_dim": 64, "head_hidden_dim": 64, "orientation_stride": 16},
+    "input": {"resize": 48, "crop": 48, "random_crop": False, "color_jitter": 0.0},
+    "apr": {"epochs": 12, "batch_size": 16, "lr": 2e-3},
+    "pae": {"epochs": 30, "batch_size": 32, "hidden": [32, 64]},
+    "decoder": {"enabled": False},
+    "calibration": {"holdout_fraction": 0.0},
+}
+
+
+@pytest.fixture(scope="session")
+def two_scene_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """``(dataset root, bundle)``: two synthetic rooms ``room_a`` and ``room_b`` (different
+    textures; 2 train walks and 1 test walk of 30 frames each) in one 7Scenes-format dataset, and a
+    bundle trained on both with :data:`TWO_SCENE_CONFIG`."""
+    import torch
+
+    from pae_ros.config import config_from_dict
+    from pae_ros.datasets import read_dataset
+    from pae_ros.datasets.synthetic import write_room_dataset
+    from pae_ros.training.run import train_all
+
+    torch.set_num_threads(2)
+    tmp = tmp_path_factory.mktemp("two_scene")
+    root = tmp / "data"
+    write_room_dataset(root, "room_a", train_walks=2, test_walks=1, frames=30, seed=1)
+    write_room_dataset(root, "room_b", train_walks=2, test_walks=1, frames=30, seed=2)
+    bundle = tmp / "two.pae"
+    train_all(config_from_dict(TWO_SCENE_CONFIG), read_dataset(root, "7scenes", "train"), bundle, tmp / "work",
+              device="cpu", show_progress=False)
+    return root, bundle
+
+
 @pytest.fixture(scope="session")
 def textured_room(tmp_path_factory) -> Path:
     """Dataset root holding scene ``room`` of :mod:`support.geometric_scene` (3 train walks, 1 test

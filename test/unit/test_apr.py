@@ -45,9 +45,10 @@ def test_trunk_then_tail_equals_the_full_forward_at_every_cut():
         bb.run_trunk(x, 6)
 
 
+@pytest.mark.slow  # trains an APR
 def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
     cfg = tiny_config(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
-                    "tail_lr_scale": 1.0})
+                           "tail_lr_scale": 1.0})
     data = _data(train_split, cfg)
     torch.manual_seed(cfg.seed)
     before = build_apr(cfg.model, 1).backbone.state_dict()  # same seed -> the initial weights train_apr starts from
@@ -110,14 +111,15 @@ def test_cache_views_without_any_augmentation_caches_one_view_and_says_so(train_
     assert "no augmentation is configured" in caplog.text
 
 
+@pytest.mark.slow  # trains a bundle
 def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     """Partial fine-tuning + cached views through train_all: the bundle keeps the fine-tuned
     backbone and the Localizer's APR reproduces the trained model."""
     from pae_ros.pipeline import Localizer
 
     cfg = tiny_config(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
-               apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
-                    "cache_views": 2})
+                      apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
+                           "cache_views": 2})
     out = tmp_path / "b.pae"
     stats = train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae"),
                       show_progress=False)
@@ -133,6 +135,7 @@ def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     assert np.all(np.isfinite(est.position))
 
 
+@pytest.mark.slow  # trains an APR
 def test_full_preset_runs_one_epoch_end_to_end(train_split, tmp_path):
     """The GPU recipe (fine-tuned backbone, augmentation, 4-layer MS-Transformer) runs here:
     one epoch on the tiny backbone, every backbone layer trains."""

@@ -242,6 +242,7 @@ def test_format_1_bundle_is_refused_with_advice_and_can_be_upgraded(tmp_path):
     assert not (tmp_path / "no.pae").exists()
 
 
+@pytest.mark.slow  # two `pae` processes
 def test_upgrade_command(tmp_path):
     old, new = tmp_path / "old.pae", tmp_path / "new.pae"
     _save_v1(old, _small_tensors(), _header())

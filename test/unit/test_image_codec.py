@@ -349,6 +349,7 @@ def test_yuv422_decodes_to_rgb(encoding):
     assert _reason(decode_image, 2, 4, encoding, 8, 0, bytes(15)) == "size_mismatch"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_module_imports_no_ros():
     code = "import sys, pae_ros.image_codec; assert not any(m.startswith('rclpy') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
