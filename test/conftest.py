@@ -1,10 +1,14 @@
 """Test configuration for every tier.
 
-Tiers by folder: ``unit/`` (in-process, no ROS, no training beyond the session's tiny bundle),
-``integration/`` (training runs, CLI subprocesses, rosbag files without DDS: marked ``slow``, as
-are the few unit tests that train or start a process),
-``ros/`` (rclpy over DDS, colcon, ``ros2 launch``: marked ``ros``). ``pytest -m "not slow and not
-ros"`` runs the unit tier. The shared fixtures live in :mod:`support.fixtures`.
+Tiers by folder:
+
+* ``unit/``: in-process, no ROS, no training beyond the session's tiny bundle (the few unit tests
+  that train or start a process are marked ``slow`` by hand);
+* ``integration/``: training runs, CLI subprocesses, rosbag files without DDS (marked ``slow``);
+* ``ros/``: rclpy over DDS, colcon, ``ros2 launch`` (marked ``ros``).
+
+``pytest -m "not slow and not ros"`` runs the unit tier, ``-m slow`` / ``-m ros`` the others.
+The shared fixtures live in :mod:`support.fixtures`.
 """
 from __future__ import annotations
 

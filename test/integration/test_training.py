@@ -412,7 +412,7 @@ def test_walk_folds_hold_out_whole_walks_or_one_stretch(train_split):
 def spied_run(train_split, tmp_path_factory):
     """train_all (refit: false, so the published models are fold 1's) with a spy on the real
     holdout_pass recording the table and the held-out poses each calibration ran with; then the
-    calibrate stage alone re-run on the finished bundle (issue 10 item 8)."""
+    calibrate stage alone re-run on the finished bundle."""
     root = tmp_path_factory.mktemp("spied")
     out, work = root / "b.pae", root / "work"
     seen = []

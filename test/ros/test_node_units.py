@@ -462,9 +462,10 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
     """A robot driving a circle (1 m/s, 0.5 rad/s), odometry on /tf at 50 Hz (delivered shuffled),
     the camera mount on /tf_static, the image processed 300 ms after its stamp with a perfect
     estimate: map -> odom (stamped image + transform_tolerance) composed with odom -> base now
-    gives the true base pose now (the old newest-odom composition was 30 cm off); pae/pose is the
-    base pose with the covariance carried; the correction is re-published with newer stamps;
-    odometry that lags is waited for (bounded), a frame older than the history is counted."""
+    gives the true base pose now (composing with the newest odometry instead is 30 cm off);
+    pae/pose is the base pose with the covariance carried; the correction is re-published with
+    newer stamps; odometry that lags is waited for (bounded), a frame older than the history is
+    counted."""
     import rclpy
     from tf2_msgs.msg import TFMessage
 

@@ -1,7 +1,7 @@
 """Helpers shared by the test tiers (``test/unit``, ``test/integration``, ``test/ros``).
 
 ``test/`` is on ``sys.path`` (``pythonpath`` in the pytest config), so test files import these as
-``support.<module>``; the fixtures of :mod:`support.fixtures` are registered by ``test/conftest.py``.
+``support.<module>``; ``test/conftest.py`` registers the fixtures of :mod:`support.fixtures`.
 """
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def test_out_of_range_names_dotted_path(data, key):
     ({"pae": {"hidden": [True, 8]}}, "pae.hidden"),
 ])
 def test_error_names_the_key_actually_wrong(data, key):
-    """Regression: these used to name a neighbouring key or raise a non-ConfigError."""
+    """The ConfigError names the wrong key itself, not a neighbouring one."""
     _raises_naming(data, key)
 
 
