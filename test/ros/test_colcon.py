@@ -8,7 +8,6 @@ error line, proving the entry point resolves to the installed code).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,30 +16,12 @@ import pytest
 
 from support import REPO
 
-PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "pae_ros", "launch", "config"]
-
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_colcon_build_installs_where_ros_tools_look(tmp_path):
+def test_colcon_build_installs_where_ros_tools_look(colcon_ws, tmp_path):
     venv = Path(sys.prefix)
-    colcon = venv / "bin" / "colcon"
-    if not colcon.exists():
-        pytest.skip("colcon is not installed in this environment (scripts/setup.sh installs it)")
-    src = tmp_path / "ws" / "src" / "pae_ros"
-    src.mkdir(parents=True)
-    for name in PACKAGE_FILES:
-        p = REPO / name
-        if p.is_dir():
-            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(p, src / name)
-    ws = tmp_path / "ws"
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
-    r = subprocess.run([str(colcon), "build", "--base-paths", "src"], cwd=ws, env=env, capture_output=True,
-                       text=True, timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    install = ws / "install" / "pae_ros"
+    ws, install, env = colcon_ws
     exe = install / "lib" / "pae_ros" / "localizer"
     assert exe.is_file() and os.access(exe, os.X_OK)
     share = install / "share" / "pae_ros"
