@@ -1,8 +1,7 @@
 """End to end over real DDS: ``pae bag make`` -> ``pae bag play`` -> localizer node ->
 ``pae bag record`` -> ``pae bag eval``, each tool in its own process.
 
-Needs the ``tiny_dataset`` (7Scenes format) and ``tiny_bundle`` fixtures of ``test/conftest.py``;
-skipped where they are not defined.
+On the session's ``tiny_dataset`` (7Scenes format) and ``tiny_bundle``.
 """
 from __future__ import annotations
 
@@ -20,18 +19,11 @@ import pytest
 pytest.importorskip("rclpy")
 
 from pae_ros.bags import GT_TOPIC, io, eval_cmd, make_cmd  # noqa: E402
-from proc_util import stderr_until  # noqa: E402
+from support.proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 
 N_FRAMES = 6
-
-
-def _fixture(request, name: str):
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"needs the {name!r} fixture (test/conftest.py)")
 
 
 def _payloads(bag: Path, topic: str) -> list[bytes]:
@@ -81,9 +73,8 @@ def _stop(recorder: subprocess.Popen | None, node: subprocess.Popen) -> None:
             node.kill()
 
 
-def test_make_play_node_record_eval(request, tmp_path):
-    bundle = _fixture(request, "tiny_bundle")
-    data = _fixture(request, "tiny_dataset")
+def test_make_play_node_record_eval(tiny_bundle, tiny_dataset, tmp_path):
+    bundle, data = tiny_bundle, tiny_dataset
     env = _ros_env(50)
 
     made = tmp_path / "made"
@@ -144,14 +135,13 @@ def test_make_play_node_record_eval(request, tmp_path):
         assert abs(p - e.position).max() < 1e-4 and min(abs(q - e.quaternion).max(), abs(q + e.quaternion).max()) < 1e-4
 
 
-def test_fast_bag_drops_old_frames_instead_of_queueing(request, tmp_path):
+def test_fast_bag_drops_old_frames_instead_of_queueing(tiny_bundle, tiny_dataset, tmp_path):
     """A bag replayed far faster than the node localizes: the node keeps only the newest frame.
 
     Proof: fewer poses than frames, no stamp twice, stamps in order (no backlog re-ordering), the
     last frame is localized (nothing stale is queued ahead of it), and /diagnostics counts drops.
     """
-    bundle = _fixture(request, "tiny_bundle")
-    data = _fixture(request, "tiny_dataset")
+    bundle, data = tiny_bundle, tiny_dataset
     env = _ros_env(51)
     made = tmp_path / "fast"
     # 40 frames 2 ms apart (500 Hz) while the node needs several ms per frame plus publishing

@@ -3,8 +3,6 @@ last backbone blocks on cached features, cached augmented views, and the ``full`
 (one epoch, tiny backbone)."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -18,14 +16,7 @@ from pae_ros.training.data import FrameImages, PoseNormalization, frames_positio
 from pae_ros.training.run import train_all
 from pae_ros.training.train_apr import cache_views, tail_start_of, train_apr
 
-from conftest import TINY_CONFIG
-
-
-def _cfg(preset=None, **sections):
-    d = copy.deepcopy(TINY_CONFIG)
-    for sec, vals in sections.items():
-        d.setdefault(sec, {}).update(vals)
-    return config_from_dict(d, preset)
+from support.fixtures import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +45,10 @@ def test_trunk_then_tail_equals_the_full_forward_at_every_cut():
         bb.run_trunk(x, 6)
 
 
+@pytest.mark.slow  # trains an APR
 def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
-    cfg = _cfg(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
-                    "tail_lr_scale": 1.0})
+    cfg = tiny_config(apr={"epochs": 3, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
+                           "tail_lr_scale": 1.0})
     data = _data(train_split, cfg)
     torch.manual_seed(cfg.seed)
     before = build_apr(cfg.model, 1).backbone.state_dict()  # same seed -> the initial weights train_apr starts from
@@ -78,13 +70,13 @@ def test_partial_finetuning_trains_only_the_last_blocks(train_split, tmp_path):
 
 
 def test_finetune_blocks_count_the_blocks_the_model_uses():
-    cfg = _cfg(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
+    cfg = tiny_config(model={"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1})
     apr = build_apr(cfg.model, 1)
     assert tail_start_of(apr, 1) == 3  # to_s16 (the s16 tap); to_s32 is never run
     assert tail_start_of(apr, 4) == 0
     with pytest.raises(ValueError, match="come from the first 4 blocks"):
         tail_start_of(apr, 5)
-    assert tail_start_of(build_apr(_cfg().model, 1), 5) == 0  # posenet: every block and the head
+    assert tail_start_of(build_apr(tiny_config().model, 1), 5) == 0  # posenet: every block and the head
     # the transformer's tail stops at the s16 tap, and training it changes only that block
     bb = apr.backbone
     x = torch.randn(2, 3, 48, 48)
@@ -92,12 +84,13 @@ def test_finetune_blocks_count_the_blocks_the_model_uses():
     assert "s16" in out and "pooled" not in out
     assert bb.tail_modules(3, apr.feature_keys) == [bb.to_s16]
     with pytest.raises(ConfigError, match="apr.finetune_blocks: needs freeze_backbone"):
-        _cfg(apr={"finetune_blocks": 2, "freeze_backbone": False})
+        tiny_config(apr={"finetune_blocks": 2, "freeze_backbone": False})
 
 
 def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_split):
-    cfg = _cfg(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.3})
+    cfg = tiny_config(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.3})
     data = _data(train_split, cfg)
+    torch.manual_seed(cfg.seed)  # the model's initial weights, whatever ran before in this process
     apr = build_apr(cfg.model, 1).eval()
     f = cache_views(apr, data, torch.device("cpu"), views=3, seed=0, show_progress=False)
     assert f["pooled"].shape == (3, len(data), 64)
@@ -106,27 +99,31 @@ def test_cached_views_are_the_centre_crop_then_distinct_augmented_views(train_sp
     torch.testing.assert_close(f["pooled"][0].float(), centre, atol=1e-2, rtol=1e-2)
     d01 = (f["pooled"][0] - f["pooled"][1]).float().abs().mean()
     d12 = (f["pooled"][1] - f["pooled"][2]).float().abs().mean()
-    assert d01 > 1e-3 and d12 > 1e-3  # augmented views differ from the centre crop and from each other
+    # augmented views differ from the centre crop and from each other, by a good part of the
+    # features' own size (the untrained tiny CNN's features are ~1e-3: no absolute bound fits)
+    scale = centre.abs().mean()
+    assert d01 > 0.1 * scale and d12 > 0.1 * scale, (d01, d12, scale)
     again = cache_views(apr, data, torch.device("cpu"), views=3, seed=0, show_progress=False)
     assert torch.equal(again["pooled"], f["pooled"])  # seeded
 
 
 def test_cache_views_without_any_augmentation_caches_one_view_and_says_so(train_split, tmp_path, caplog):
-    cfg = _cfg(apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "cache_views": 3})
+    cfg = tiny_config(apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "cache_views": 3})
     _, _, stats, _ = train_apr(cfg, _data(train_split, cfg), scenes_of(train_split), tmp_path, torch.device("cpu"),
                                show_progress=False)
     assert stats["cache_views"] == 1
     assert "no augmentation is configured" in caplog.text
 
 
+@pytest.mark.slow  # trains a bundle
 def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     """Partial fine-tuning + cached views through train_all: the bundle keeps the fine-tuned
     backbone and the Localizer's APR reproduces the trained model."""
     from pae_ros.pipeline import Localizer
 
-    cfg = _cfg(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
-               apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
-                    "cache_views": 2})
+    cfg = tiny_config(input={"resize": 56, "crop": 48, "random_crop": True, "color_jitter": 0.2},
+                      apr={"epochs": 2, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 2,
+                           "cache_views": 2})
     out = tmp_path / "b.pae"
     stats = train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae"),
                       show_progress=False)
@@ -142,6 +139,7 @@ def test_quick_preset_variant_trains_a_bundle_that_loads(train_split, tmp_path):
     assert np.all(np.isfinite(est.position))
 
 
+@pytest.mark.slow  # trains an APR
 def test_full_preset_runs_one_epoch_end_to_end(train_split, tmp_path):
     """The GPU recipe (fine-tuned backbone, augmentation, 4-layer MS-Transformer) runs here:
     one epoch on the tiny backbone, every backbone layer trains."""
@@ -171,7 +169,7 @@ def test_onnx_export_of_each_apr_variant_agrees_with_torch(model, tmp_path):
 
     from pae_ros.onnx_apr import export_apr
 
-    cfg = _cfg(model={**model, "head_hidden_dim": 64})
+    cfg = tiny_config(model={**model, "head_hidden_dim": 64})
     torch.manual_seed(0)
     apr = build_apr(cfg.model, 1).eval()
     path = export_apr(apr, [1.0, 2.0, 3.0], 2.5, 48, tmp_path / "apr.onnx")

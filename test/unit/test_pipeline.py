@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from pae_ros.bundle import BundleError, load_bundle, save_bundle
-from pae_ros.confidence import SigmaModel
 from pae_ros.datasets import load_rgb, read_dataset
 from pae_ros.pipeline import Estimate, Localizer, resolve_device
 
@@ -227,8 +226,8 @@ def test_onnx_backend_matches_torch_and_recovers_from_a_damaged_cache(tiny_bundl
 
 
 def test_one_non_finite_row_leaves_the_others_refined_and_calibrated(tiny_bundle, images, monkeypatch):
-    """Issue 10 item 6: a NaN APR output in one row must not switch refinement / confidence off
-    for the other rows of the batch."""
+    """A NaN APR output in one row leaves refinement and confidence on for the other rows of the
+    batch."""
     loc = Localizer.from_bundle(tiny_bundle, device="cpu")
     clean = loc.localize_batch(images[:4])
     real = loc.predict_apr

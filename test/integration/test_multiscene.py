@@ -1,42 +1,24 @@
 """Multi-scene: an MS-Transformer-style APR and a scene-conditioned PAE on two rooms.
 
-Two synthetic rooms with different textures form one dataset; after training, the scene
-classifier separates the rooms, and refinement takes neighbours only from the chosen room's part
-of the train table (the table mixes both).
+Two synthetic rooms with different textures form one dataset (``two_scene_bundle``); after
+training, the scene classifier separates the rooms, and refinement takes neighbours only from the
+chosen room's part of the train table (the table mixes both).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pae_ros.config import config_from_dict
 from pae_ros.datasets import load_rgb, read_dataset
-from pae_ros.datasets.synthetic import write_room_dataset
 from pae_ros.pipeline import Localizer
-from pae_ros.training.run import train_all
 
 pytestmark = pytest.mark.timeout(300)
 
-CONFIG = {
-    "model": {"type": "mstransformer", "backbone": "tiny_cnn", "latent_dim": 64, "transformer_heads": 4,
-              "transformer_layers": 1, "transformer_ffn_dim": 64, "head_hidden_dim": 64, "orientation_stride": 16},
-    "input": {"resize": 48, "crop": 48, "random_crop": False, "color_jitter": 0.0},
-    "apr": {"epochs": 12, "batch_size": 16, "lr": 2e-3},
-    "pae": {"epochs": 30, "batch_size": 32, "hidden": [32, 64]},
-    "decoder": {"enabled": False},
-    "calibration": {"holdout_fraction": 0.0},
-}
 
-
-def test_two_scene_model_classifies_scene_and_refines_within_it(tmp_path):
-    root = tmp_path / "data"
-    write_room_dataset(root, "room_a", train_walks=2, test_walks=1, frames=30, seed=1)
-    write_room_dataset(root, "room_b", train_walks=2, test_walks=1, frames=30, seed=2)
+def test_two_scene_model_classifies_scene_and_refines_within_it(two_scene_bundle):
+    root, bundle = two_scene_bundle
     train = read_dataset(root, "7scenes", "train")
     assert sorted({f.scene for f in train.frames}) == ["room_a", "room_b"]
-    bundle = tmp_path / "two.pae"
-    train_all(config_from_dict(CONFIG), train, bundle, tmp_path / "work", device="cpu", show_progress=False)
-
     loc = Localizer.from_bundle(bundle, device="cpu")
     assert loc.scenes == ["room_a", "room_b"] and loc.info["model"] == "mstransformer"
     table_scene = loc.bundle.table_scene_idx

@@ -1,4 +1,6 @@
-"""A small ray-cast room with high-frequency wall textures (SIFT-friendly), for the geometric tests.
+"""A small ray-cast room with high-frequency wall textures (SIFT-friendly), for the geometric tests
+(the session's copy of it and the tiny bundle trained on it: ``textured_room``, ``textured_bundle``
+in :mod:`support.fixtures`).
 
 Same box geometry, walks and 7Scenes on-disk format as :mod:`pae_ros.datasets.synthetic`, but each
 wall is textured with a seeded blob-noise image (corners and blobs at every scale) so local
@@ -73,25 +75,3 @@ def write_textured_room(out_dir, scene: str = "room", train_walks: int = 3, test
     write_intrinsics(scene_dir, intr)
     return scene_dir
 
-
-def train_tiny_bundle(root: Path) -> Path:
-    """The textured room under ``root / "data"`` and a tiny bundle (APR + PAE, no decoder) trained on
-    it by ``pae train`` (``root / "model.pae"``); shared by the geometric test files."""
-    import json
-
-    import torch
-    import yaml
-
-    from conftest import TINY_CONFIG
-    from pae_ros.cli import main
-
-    torch.set_num_threads(2)
-    write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15)
-    cfg = json.loads(json.dumps(TINY_CONFIG))
-    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = 2, 5
-    cfg["decoder"] = {"enabled": False}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    out = root / "model.pae"
-    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
-                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
-    return out

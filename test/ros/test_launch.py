@@ -19,15 +19,14 @@ import yaml
 
 pytest.importorskip("rclpy")
 
-import ros_harness as H  # noqa: E402  (isolated ROS domain)
-from ros_harness import launched, probe  # noqa: E402,F401  (shared session fixtures)
+from support import REPO  # noqa: E402
+from support import ros_harness as H  # noqa: E402  (isolated ROS domain)
 
 from pae_ros.ros.localizer_node import NODE_NAME, PARAMETERS  # noqa: E402
 
 # generous: the first test also pays for training the session's tiny bundle
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "localize.launch.py"
 CONFIG = REPO / "config" / "localize.yaml"
 ROS_BUILTIN_PARAMS = {"use_sim_time"}  # declared by every rclpy node
@@ -241,9 +240,6 @@ def test_launched_node_localizes_on_the_remapped_topic(launched, probe, tiny_dat
 # From a colcon install of the package (what registers it in the ament index), with the `ros2`
 # command of the environment (../shared/ros2-cli installed by scripts/setup.sh, or a ROS 2 install).
 
-PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "pae_ros", "launch", "config"]
-
-
 def _ros2_exe():
     import shutil
     import sys
@@ -255,37 +251,20 @@ def _ros2_exe():
 
 
 @pytest.fixture(scope="module")
-def colcon_install(tmp_path_factory):
-    """``colcon build`` of a copy of the package; returns the environment that sees it (like
-    sourcing ``install/local_setup.bash`` with the venv kept on AMENT_PREFIX_PATH)."""
+def colcon_install(request):
+    """The session's colcon build of the package (``colcon_ws``); returns the environment that sees
+    it (like sourcing ``install/local_setup.bash`` with the venv kept on AMENT_PREFIX_PATH)."""
     import os
-    import shutil
-    import subprocess
     import sys
 
-    ros2 = _ros2_exe()
-    venv = Path(sys.prefix)
-    colcon = venv / "bin" / "colcon"
-    if ros2 is None or not colcon.exists():
-        pytest.skip("no `ros2` command / colcon here (scripts/setup.sh installs ../shared/ros2-cli and colcon)")
+    if _ros2_exe() is None:
+        pytest.skip("no `ros2` command here (scripts/setup.sh installs ../shared/ros2-cli)")
     try:
         import launch_ros  # noqa: F401
     except ImportError:
         pytest.skip("launch_ros is not importable")
-    ws = tmp_path_factory.mktemp("ros2_ws")
-    src = ws / "src" / "pae_ros"
-    src.mkdir(parents=True)
-    for name in PACKAGE_FILES:
-        p = REPO / name
-        if p.is_dir():
-            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(p, src / name)
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
-    r = subprocess.run([str(colcon), "build", "--base-paths", "src"], cwd=ws, env=env, capture_output=True,
-                       text=True, timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    install = ws / "install" / "pae_ros"
+    ws, install, env = request.getfixturevalue("colcon_ws")
+    venv = Path(sys.prefix)
     site = next((install / "lib").glob("python3*/site-packages"))
     prefix = os.environ.get("AMENT_PREFIX_PATH", "")
     return dict(env, AMENT_PREFIX_PATH=":".join(x for x in (str(install), str(venv), prefix) if x),

@@ -332,7 +332,7 @@ def test_eval_cli_rejects_a_bad_pair(tiny_bundle, tiny_dataset, capsys):
 def test_bench_accuracy_prints_every_row_side_by_side(tiny_bundle, tiny_dataset, tmp_path, capsys):
     import importlib.util
 
-    from conftest import REPO
+    from support import REPO
 
     spec = importlib.util.spec_from_file_location("_bench_accuracy", REPO / "bench" / "bench_accuracy.py")
     mod = importlib.util.module_from_spec(spec)
@@ -362,29 +362,16 @@ def test_published_errors_are_split_by_the_method_each_frame_used(report):
     assert by["refined"]["median_position_m"] == pytest.approx(np.median(_errors(report, "published")))
 
 
-def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(tmp_path):
+@pytest.mark.slow  # trains a two-scene bundle
+def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(two_scene_bundle):
     """Per scene: the mean pose and the oracle come from that scene's train poses, coverage from
     that scene's cameras, and every row is summarised on that scene's frames only."""
-    from pae_ros.config import config_from_dict
-    from pae_ros.datasets.synthetic import write_room_dataset
     from pae_ros.pipeline import Localizer
     from pae_ros.training.evaluate import evaluate
-    from pae_ros.training.run import train_all
 
-    root = tmp_path / "data"
-    write_room_dataset(root, "room_a", train_walks=2, test_walks=1, frames=16, seed=1)
-    write_room_dataset(root, "room_b", train_walks=2, test_walks=1, frames=16, seed=2)
+    root, bundle = two_scene_bundle
     train, test = read_dataset(root, "7scenes", "train"), read_dataset(root, "7scenes", "test")
-    cfg = {"model": {"type": "mstransformer", "backbone": "tiny_cnn", "latent_dim": 32, "transformer_heads": 2,
-                     "transformer_layers": 1, "transformer_ffn_dim": 32, "head_hidden_dim": 32,
-                     "orientation_stride": 16},
-           "input": {"resize": 48, "crop": 48, "random_crop": False, "color_jitter": 0.0},
-           "apr": {"epochs": 3, "batch_size": 16}, "pae": {"epochs": 5, "batch_size": 32, "hidden": [16, 32]},
-           "decoder": {"enabled": False}, "calibration": {"holdout_fraction": 0.0}}
-    train_all(config_from_dict(cfg), train, tmp_path / "two.pae", tmp_path / "work", device="cpu",
-              show_progress=False)
-    rep = evaluate(Localizer.from_bundle(tmp_path / "two.pae", device="cpu"), test, train, show_progress=False,
-                   n_boot=50)
+    rep = evaluate(Localizer.from_bundle(bundle, device="cpu"), test, train, show_progress=False, n_boot=50)
     assert list(rep["scenes"]) == ["room_a", "room_b"]
     for s in ("room_a", "room_b"):
         tr = [f for f in train.frames if f.scene == s]

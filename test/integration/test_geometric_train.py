@@ -1,32 +1,22 @@
-"""``pae train --stage map``: the sparse map beside a real (tiny) bundle, bound to it, calibrated."""
-from __future__ import annotations
+"""``pae train --stage map``: the sparse map beside a real (tiny) bundle, bound to it, calibrated.
 
-import sys
-from pathlib import Path
+The map checked here is the one ``textured_mapped`` wrote with that very command (building a map
+costs tens of seconds on a small machine, so the session builds it once)."""
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geometric_scene import train_tiny_bundle, write_textured_room  # noqa: E402
+from support.fixtures import copy_textured_bundle
+from support.geometric_scene import write_textured_room
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny bundle (APR + PAE, no decoder) trained by ``pae train`` on the textured room."""
-    root = tmp_path_factory.mktemp("geo_train")
-    return root, train_tiny_bundle(root)
-
-
-def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):
+def test_train_stage_map_writes_a_bound_calibrated_map(textured_mapped):
     from pae_ros.bundle import load_bundle
-    from pae_ros.cli import main
     from pae_ros.geometric import load_map, map_path_for, open_stage
     from pae_ros.datasets import load_rgb, read_dataset
 
-    root, out = trained
-    assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(root / "data"),
-                 "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
+    root, out, _ = textured_mapped
     bundle = load_bundle(out)
     smap = load_map(map_path_for(out), bundle)          # bound: loads without complaint
     assert smap.n_points > 100 and smap.meta["bundle_id"] == bundle.bundle_id
@@ -41,18 +31,18 @@ def test_train_stage_map_writes_a_bound_calibrated_map(trained, capsys):
     assert r.accepted and np.linalg.norm(r.position - f.position) < 0.1
 
 
-def test_map_stage_on_another_dataset_says_so(trained, tmp_path, capsys):
+def test_map_stage_on_another_dataset_says_so(textured_room, textured_bundle, tmp_path, capsys):
     from pae_ros.cli import main
 
-    root, out = trained
-    other = write_textured_room(tmp_path, train_walks=1, test_walks=1, frames=5, seed=3).parent
+    root, out = copy_textured_bundle(textured_room, textured_bundle, tmp_path / "copy")
+    other = write_textured_room(tmp_path / "other", train_walks=1, test_walks=1, frames=5, seed=3).parent
     rc = main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(other),
                "--format", "7scenes", "--device", "cpu", "--quiet"])
     assert rc == 2
     assert "no train frame with that pose" in capsys.readouterr().err
 
 
-def test_map_calibration_queries_never_match_their_own_walk(trained, monkeypatch):
+def test_map_calibration_queries_never_match_their_own_walk(textured_mapped, monkeypatch):
     """The covariance is calibrated leave-one-walk-out: every held-out query's shortlist holds
     only train images of the other walks (a spy on the real stage records what it is given)."""
     from pae_ros.bundle import load_bundle
@@ -60,12 +50,8 @@ def test_map_calibration_queries_never_match_their_own_walk(trained, monkeypatch
     from pae_ros.geometric import GeometricStage, load_map, map_path_for
     from pae_ros.geometric.build import frames_for_table, held_out_fixes
 
-    root, out = trained
+    root, out, _ = textured_mapped
     bundle = load_bundle(out)
-    if not map_path_for(out).exists():
-        from pae_ros.cli import main
-        assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data",
-                     str(root / "data"), "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
     smap = load_map(map_path_for(out), bundle)
     frames = frames_for_table(bundle, read_dataset(root / "data", "7scenes", "train").frames)
     images = [load_rgb(f.image_path) for f in frames]

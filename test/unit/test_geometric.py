@@ -1,36 +1,29 @@
 """The geometric stage: map building, storage and its refusals, PnP covariance, accept / fall back.
 
-Scene: a small ray-cast room with high-frequency wall textures (test/geometric_scene.py), exact
+Scene: a small ray-cast room with high-frequency wall textures (``textured_room``, test/support/geometric_scene.py), exact
 poses, 160x120 images; the map builds in a few seconds.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geometric_scene import write_textured_room  # noqa: E402
-
-from pae_ros.datasets import load_rgb, read_dataset  # noqa: E402
-from pae_ros.geometric import (GeometricStage, MapError, MapSettings, build_map, load_map,  # noqa: E402
-                               save_map, scale_intrinsics, select_pairs)
-from pae_ros.geometric.pnp import pose_covariance, solve_pnp  # noqa: E402
-from pae_ros.geometry import camera_project, quat_to_rotmat  # noqa: E402
+from pae_ros.datasets import load_rgb, read_dataset
+from pae_ros.geometric import (GeometricStage, MapError, MapSettings, build_map, load_map, save_map,
+                               scale_intrinsics, select_pairs)
+from pae_ros.geometric.pnp import pose_covariance, solve_pnp
+from pae_ros.geometry import camera_project, quat_to_rotmat
 
 ROOM = np.array([8.0, 6.0, 3.0])
 SETTINGS = MapSettings(max_keypoints=400)
 
 
 @pytest.fixture(scope="module")
-def room(tmp_path_factory):
+def room(textured_room):
     import cv2
 
     cv2.setNumThreads(1)
-    root = tmp_path_factory.mktemp("geo_room")
-    write_textured_room(root, frames=14, step_m=0.15)
+    root = textured_room
     return root, read_dataset(root, "7scenes", "train"), read_dataset(root, "7scenes", "test")
 
 

@@ -33,16 +33,10 @@ from pae_ros.training.train_pae import teacher_outputs, train_pae
 import pae_ros.training.train_apr  # noqa: E402,F401
 import pae_ros.training.train_decoder  # noqa: E402,F401
 
-from conftest import REPO, TINY_CONFIG
+from support import REPO
+from support.fixtures import TINY_CONFIG, tiny_config, tiny_config_dict
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _cfg(**sections):
-    d = copy.deepcopy(TINY_CONFIG)
-    for sec, vals in sections.items():
-        d.setdefault(sec, {}).update(vals)
-    return config_from_dict(d)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def test_split(tiny_dataset):
 @pytest.fixture(scope="module")
 def teacher_setup(train_split):
     """A small (untrained, seeded) APR, the train images and the teacher's outputs."""
-    cfg = _cfg()
+    cfg = tiny_config()
     torch.manual_seed(0)
     apr = build_apr(cfg.model, 1, pretrained_weights=False).eval()
     norm = PoseNormalization.fit(train_split.positions)
@@ -79,7 +73,7 @@ def test_pae_pose_term_trains_the_pae_through_frozen_teacher_heads(teacher_setup
     apr = copy.deepcopy(apr0)
     heads_before = {k: v.clone() for k, v in apr.state_dict().items() if k.startswith(("head_x", "head_q"))}
     # only the pose term: latent weight 0, no weight decay (so any change comes from the pose term)
-    cfg = _cfg(pae={"epochs": 2, "latent_loss_weight": 0.0, "pose_loss_weight": 1.0, "weight_decay": 0.0})
+    cfg = tiny_config(pae={"epochs": 2, "latent_loss_weight": 0.0, "pose_loss_weight": 1.0, "weight_decay": 0.0})
     pl = LearnedPoseLoss(0.0, -3.0, learnable=False)
     pae, stats = train_pae(cfg, apr, pl, data, teacher, 1, torch.device("cpu"), show_progress=False)
     assert stats["final"]["pose_loss"] > 0
@@ -109,7 +103,7 @@ def test_pae_with_zero_loss_weights_changes_nothing(teacher_setup):
     cfg0, apr0, data, teacher = teacher_setup
     apr = copy.deepcopy(apr0)
     apr_before = {k: v.clone() for k, v in apr.state_dict().items()}
-    cfg = _cfg(pae={"epochs": 2, "latent_loss_weight": 0.0, "pose_loss_weight": 0.0, "weight_decay": 0.0})
+    cfg = tiny_config(pae={"epochs": 2, "latent_loss_weight": 0.0, "pose_loss_weight": 0.0, "weight_decay": 0.0})
     pae, _ = train_pae(cfg, apr, LearnedPoseLoss(0.0, -3.0, learnable=False), data, teacher, 1,
                        torch.device("cpu"), show_progress=False)
     init = _seeded_pae(cfg).state_dict()
@@ -121,7 +115,7 @@ def test_pae_with_zero_loss_weights_changes_nothing(teacher_setup):
 
 def test_pae_latent_term_fits_the_teacher(teacher_setup):
     cfg0, apr0, data, teacher = teacher_setup
-    cfg = _cfg(pae={"epochs": 12, "pose_loss_weight": 0.0})
+    cfg = tiny_config(pae={"epochs": 12, "pose_loss_weight": 0.0})
     pae, stats = train_pae(cfg, copy.deepcopy(apr0), LearnedPoseLoss(learnable=False), data, teacher, 1,
                            torch.device("cpu"), show_progress=False)
     with torch.no_grad():
@@ -214,7 +208,8 @@ def apr_two_epochs(train_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     work, out = root / "work", root / "b.pae"
     torch.set_num_threads(2)
-    train_all(_cfg(apr={"epochs": 2}), train_split, out, work, device="cpu", stages=("apr",), show_progress=False)
+    train_all(tiny_config(apr={"epochs": 2}), train_split, out, work, device="cpu", stages=("apr",),
+              show_progress=False)
     return work, out
 
 
@@ -225,8 +220,8 @@ def test_apr_training_resumes_from_checkpoint(apr_two_epochs, train_split, tmp_p
     shutil.copytree(work0, work)
     shutil.copy(out0, out)
     caplog.set_level(logging.INFO, logger="pae.train.apr")
-    stats = train_all(_cfg(apr={"epochs": 4}), train_split, out, work, device="cpu", stages=("apr",), resume=True,
-                      show_progress=False)
+    stats = train_all(tiny_config(apr={"epochs": 4}), train_split, out, work, device="cpu", stages=("apr",),
+                      resume=True, show_progress=False)
     assert "resuming APR training at epoch 2/4" in caplog.text
     assert "APR epoch 1/4" not in caplog.text and "APR epoch 3/4" in caplog.text  # epochs 1-2 not re-run
     ck = load_checkpoint(work / "apr_last.ckpt")
@@ -239,8 +234,8 @@ def test_apr_training_resumes_from_checkpoint(apr_two_epochs, train_split, tmp_p
 
     # resuming is exact: same weights as 4 uninterrupted epochs
     ref_out = tmp_path / "ref.pae"
-    train_all(_cfg(apr={"epochs": 4}), train_split, ref_out, tmp_path / "ref_work", device="cpu", stages=("apr",),
-              show_progress=False)
+    train_all(tiny_config(apr={"epochs": 4}), train_split, ref_out, tmp_path / "ref_work", device="cpu",
+              stages=("apr",), show_progress=False)
     ref = load_bundle(ref_out)
     for k in b.state_dict("apr"):
         torch.testing.assert_close(b.state_dict("apr")[k], ref.state_dict("apr")[k], rtol=0, atol=1e-6,
@@ -255,7 +250,7 @@ def test_resume_from_truncated_checkpoint_is_a_clear_error(apr_two_epochs, train
     data = ck.read_bytes()
     ck.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match="cannot resume from") as ei:
-        train_all(_cfg(apr={"epochs": 3}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
+        train_all(tiny_config(apr={"epochs": 3}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
                   resume=True, show_progress=False)
     assert str(ck) in str(ei.value)
 
@@ -265,7 +260,7 @@ def test_resume_with_another_model_config_is_refused(apr_two_epochs, train_split
     work = tmp_path / "work"
     shutil.copytree(work0, work)
     with pytest.raises(RuntimeError, match="different model config"):
-        train_all(_cfg(apr={"epochs": 3}, model={"latent_dim": 32}), train_split, tmp_path / "b.pae", work,
+        train_all(tiny_config(apr={"epochs": 3}, model={"latent_dim": 32}), train_split, tmp_path / "b.pae", work,
                   device="cpu", stages=("apr",), resume=True, show_progress=False)
 
 
@@ -295,8 +290,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def ddp_run(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    cfg = copy.deepcopy(TINY_CONFIG)
-    cfg["apr"]["epochs"], cfg["pae"]["epochs"], cfg["decoder"]["enabled"] = 2, 5, False
+    cfg = tiny_config_dict(apr={"epochs": 2}, pae={"epochs": 5}, decoder={"enabled": False})
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     (root / "ddp_spy.py").write_text(_DDP_SCRIPT)
     out = root / "model.pae"
@@ -367,7 +361,7 @@ from pae_ros.bundle import Bundle  # noqa: E402
 from pae_ros.training import calibrate as calibrate_mod  # noqa: E402
 from pae_ros.training.calibrate import decide_published, holdout_pass  # noqa: E402
 from pae_ros.training.checkpoint import CheckpointExistsError  # noqa: E402
-from pae_ros.training.data import BadPoseError, check_poses, frame_key, walk_folds  # noqa: E402
+from pae_ros.training.data import BadPoseError, check_poses, walk_folds  # noqa: E402
 from pae_ros.training.run import NonFiniteBundleError, _save, check_finite  # noqa: E402
 
 #: a fast config for the runs below: no decoder, few epochs; neighbours by pose only (the tiny CNN
@@ -380,7 +374,7 @@ def _fast_cfg(**sections):
     d = copy.deepcopy(_FAST)
     for sec, vals in sections.items():
         d.setdefault(sec, {}).update(vals)
-    return _cfg(**d)
+    return tiny_config(**d)
 
 
 def _pose_rows(positions) -> set:
@@ -418,7 +412,7 @@ def test_walk_folds_hold_out_whole_walks_or_one_stretch(train_split):
 def spied_run(train_split, tmp_path_factory):
     """train_all (refit: false, so the published models are fold 1's) with a spy on the real
     holdout_pass recording the table and the held-out poses each calibration ran with; then the
-    calibrate stage alone re-run on the finished bundle (issue 10 item 8)."""
+    calibrate stage alone re-run on the finished bundle."""
     root = tmp_path_factory.mktemp("spied")
     out, work = root / "b.pae", root / "work"
     seen = []
@@ -589,13 +583,13 @@ def test_refuses_to_overwrite_an_earlier_checkpoint(apr_two_epochs, train_split,
     shutil.copytree(work0, work)
     before = (work / "apr_last.ckpt").read_bytes()
     with pytest.raises(CheckpointExistsError) as ei:
-        train_all(_cfg(apr={"epochs": 1}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
+        train_all(tiny_config(apr={"epochs": 1}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
                   show_progress=False)
     assert "--resume" in str(ei.value) and "--restart" in str(ei.value) and "epoch 2" in str(ei.value)
     assert (work / "apr_last.ckpt").read_bytes() == before and not (tmp_path / "b.pae").exists()
     (work / "fold1").mkdir()
     (work / "fold1" / "fold.pae").write_bytes(b"an earlier run's fold model")
-    train_all(_cfg(apr={"epochs": 1}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
+    train_all(tiny_config(apr={"epochs": 1}), train_split, tmp_path / "b.pae", work, device="cpu", stages=("apr",),
               show_progress=False, restart=True)
     assert load_checkpoint(work / "apr_last.ckpt")["epoch"] == 1
     assert not (work / "fold1" / "fold.pae").exists(), "--restart kept an earlier run's fold model"
@@ -623,7 +617,7 @@ def test_pae_training_resumes_exactly(teacher_setup, tmp_path, monkeypatch):
     import pae_ros.training.train_pae as tp
 
     cfg0, apr0, data, teacher = teacher_setup
-    cfg = _cfg(pae={"epochs": 6})
+    cfg = tiny_config(pae={"epochs": 6})
     pl = LearnedPoseLoss(0.0, -3.0, learnable=False)
     ref, _ = train_pae(cfg, copy.deepcopy(apr0), pl, data, teacher, 1, torch.device("cpu"), show_progress=False)
     ck = tmp_path / "pae_last.ckpt"
@@ -646,7 +640,7 @@ def test_decoder_training_resumes_exactly(tmp_path, monkeypatch):
     import pae_ros.training.train_decoder as td
     from pae_ros.training.train_decoder import train_decoder
 
-    cfg = _cfg(decoder={"epochs": 4, "image_size": 32, "batch_size": 8})
+    cfg = tiny_config(decoder={"epochs": 4, "image_size": 32, "batch_size": 8})
     g = torch.Generator().manual_seed(0)
     z, y = torch.randn(24, 128, generator=g), torch.rand(24, 3, 32, 32, generator=g)
     ref, _ = train_decoder(cfg, z, y, "cpu", show_progress=False)
@@ -829,9 +823,9 @@ def test_table_descriptors_are_the_localizers_query_descriptors(train_split, tmp
     stage's cached pooled features (PoseNet: its float16 inputs; MS-Transformer, which reads the
     stride-16 map: the float32 pooled output of the same backbone pass) and equal what the Localizer
     computes for the same images."""
-    cfg = _cfg(model={"type": model, "backbone": "efficientnet_lite0", "orientation_stride": 16},
-               apr={"epochs": 1, "freeze_backbone": True, "cache_features": True}, pae={"epochs": 2},
-               decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
+    cfg = tiny_config(model={"type": model, "backbone": "efficientnet_lite0", "orientation_stride": 16},
+                      apr={"epochs": 1, "freeze_backbone": True, "cache_features": True}, pae={"epochs": 2},
+                      decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
     out = tmp_path / "b.pae"
     train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae", "calibrate"),
               show_progress=False)

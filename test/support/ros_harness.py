@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 CONFIG = REPO / "config" / "localize.yaml"
 
 
@@ -221,11 +222,9 @@ def stamp_key(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-# --------------------------------------------------------------------------- shared fixtures
-# Imported by test_node.py and test_launch.py; the singletons make both modules share one probe
-# and one launched node (a node start costs seconds on a small machine).
-import pytest  # noqa: E402
-
+# --------------------------------------------------------------------------- shared singletons
+# test/ros/conftest.py wraps these in session fixtures: one probe and one launched node for every
+# test file (a node start costs seconds on a small machine).
 _probe: Probe | None = None
 
 
@@ -241,23 +240,6 @@ def close_probe() -> None:
     if _probe is not None:
         _probe.close()
         _probe = None
-
-
-@pytest.fixture(scope="session")
-def probe():
-    """The in-process rclpy node (session singleton)."""
-    yield get_probe()
-    close_probe()
-
-
-@pytest.fixture(scope="session")
-def launched(tiny_bundle, probe):
-    """The node started like the launch file, ready (session singleton, restarted if stopped)."""
-    add_output_collectors(probe)
-    node = launched_node(tiny_bundle)
-    node.wait_for_log("ready", 120)
-    yield node
-    stop_all()
 
 
 def add_output_collectors(probe: Probe, ns: str = "") -> dict[str, Collector]:

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import REPO
+from support import REPO
 
 PKG = REPO / "pae_ros"
 ROS_DIR = PKG / "ros"

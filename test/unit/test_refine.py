@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pae_ros.datasets import load_rgb, read_dataset
-from pae_ros.geometry import average_quaternions, canonical_quat
+from pae_ros.geometry import canonical_quat
 from pae_ros.models import PoseAutoEncoder
 from pae_ros.pipeline import Localizer
 from pae_ros.refine import PoseTableIndex, Refiner, fit_convex_weights, table_metric_scales

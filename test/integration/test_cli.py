@@ -9,6 +9,7 @@ import pytest
 
 from pae_ros.cli import COMMANDS, main
 from pae_ros.metrics import THRESHOLDS, threshold_key
+from support import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -22,7 +23,9 @@ def test_every_subcommand_has_help(capsys):
         assert out.startswith("usage: pae " + " ".join(path))
 
 
-def test_eval_writes_the_report_the_issue_asks_for(tiny_bundle, tiny_dataset, tmp_path, capsys):
+def test_eval_writes_every_method_summary_calibration_and_plots(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    """``pae eval`` prints each method and k of the sweep, writes per-scene summaries and per-frame
+    errors (JSON), the reconstruction PSNR, the calibration of the refined pose and the plots."""
     out_json = tmp_path / "eval" / "report.json"
     rc = main(["eval", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--format", "7scenes",
                "--split", "test", "--json", str(out_json), "--k-sweep", "1", "5", "--quiet"])
@@ -113,7 +116,7 @@ def test_eval_on_scenes_the_bundle_does_not_know_is_one_clear_error(tiny_bundle,
     assert "hall" in err and "room" in err
 
 
-# ----------------------------------------------------------------------------- issue 10 (hardening)
+# ----------------------------------------------------------------------------- bad input: one clear line
 
 def _edit_header_bytes(src, dst, old: bytes, new: bytes) -> None:
     """Replace ``old`` by ``new`` (same length) inside the bundle's JSON header, in place."""
@@ -131,8 +134,8 @@ def _one_line(err: str) -> str:
 
 
 def test_eval_refuses_a_tampered_header_in_one_line(tiny_bundle, tiny_dataset, tmp_path, capsys):
-    """Issue 10 items 1 and 12: one digit of position_scale loaded silently (exit 0, median 1.21 ->
-    5.22 m on the demo); a renamed header key gave a 20-line KeyError traceback."""
+    """One digit of a header number changed in place, or a header key renamed: ``pae eval`` exits 2
+    with one line naming the bundle and the digest mismatch, and writes nothing."""
     import re
 
     key = b'position_scale\\": '  # as the JSON header sits, escaped, in the safetensors header
@@ -177,7 +180,8 @@ def test_known_errors_reaching_main_are_one_line(tmp_path, capsys):
 
 
 def test_eval_skip_bad_skips_a_corrupt_image_quietly(tiny_bundle, tiny_dataset, tmp_path, capfd):
-    """Issue 10 item 12: --skip-bad did not skip corrupt or empty images; OpenCV added stderr lines."""
+    """A truncated and an empty test image: without --skip-bad, exit 2 naming the file; with it, both
+    are skipped, the rest evaluated, and OpenCV / libpng print nothing."""
     import shutil
 
     data = tmp_path / "data"
@@ -199,7 +203,8 @@ def test_eval_skip_bad_skips_a_corrupt_image_quietly(tiny_bundle, tiny_dataset, 
 
 
 def test_refused_checkpoint_message_gives_no_unsafe_advice(tmp_path):
-    """Issue 10 item 12: the message quoted torch's advice to load with weights_only=False."""
+    """A checkpoint that needs unpickling, or a truncated one, is refused in one line that names
+    the file and never advises loading it with ``weights_only=False``; nothing in it runs."""
     import builtins
 
     import torch
@@ -224,7 +229,8 @@ def test_refused_checkpoint_message_gives_no_unsafe_advice(tmp_path):
 
 
 def test_progress_prints_few_plain_lines_into_a_log(monkeypatch):
-    """Issue 10 item 12: `scripts/demo.sh > log` got ~1,900 carriage-return redraws."""
+    """Into a file (not a terminal) the progress bar prints a few plain lines (every 10 %), no
+    carriage-return redraws; with the real intervals a short transient bar prints nothing."""
     import io
 
     from pae_ros import progress
@@ -260,9 +266,7 @@ def test_progress_prints_few_plain_lines_into_a_log(monkeypatch):
 
 def test_modules_use_the_progress_wrapper():
     """No module imports tqdm directly (the wrapper decides terminal vs log)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "pae_ros"
+    root = REPO / "pae_ros"
     offenders = [str(p) for p in root.rglob("*.py") if p.name != "progress.py"
                  and any(ln.strip() in ("from tqdm import tqdm", "import tqdm") for ln in p.read_text().splitlines())]
     assert offenders == []

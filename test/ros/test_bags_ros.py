@@ -20,7 +20,7 @@ pytest.importorskip("rclpy")
 
 from pae_ros import datasets, geometry  # noqa: E402
 from pae_ros.bags import CAMERA_INFO_TOPIC, GT_TOPIC, IMAGE_TOPIC, io, make_cmd, msgs  # noqa: E402
-from proc_util import stderr_until  # noqa: E402
+from support.proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,48 +1,20 @@
-"""The geometric stage inside the Localizer: a tiny bundle + its map on geo's textured room.
+"""The geometric stage inside the Localizer: a tiny bundle + its map on the textured room
+(``textured_mapped``).
 
 Accepted path: test frames published as ``method == "geometric"`` close to the ground truth, with
 the fix's covariance; fallback path: a blank image keeps the APR/PAE pose and names the reason;
 ``geometric="off"`` and a missing map path behave as documented; ``pae eval`` gets the row."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geometric_scene import train_tiny_bundle  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def mapped(tmp_path_factory):
-    from pae_ros.cli import main
-
-    root = tmp_path_factory.mktemp("geo_loc")
-    out = train_tiny_bundle(root)
-    assert main(["train", "--stage", "map", "--bundle", str(out), "--out", str(out), "--data", str(root / "data"),
-                 "--format", "7scenes", "--device", "cpu", "--quiet"]) == 0
-    return root, out, _table_descriptors(root, out)
-
-
-def _table_descriptors(root, out):
-    """Retrieval descriptors of the bundle's table rows from the train images (the tiny bundle has
-    no ``table.descriptors``; callers then compute them, as pae eval does)."""
-    from pae_ros.datasets import load_rgb, read_dataset
-    from pae_ros.geometric.build import frames_for_table
-    from pae_ros.pipeline import Localizer
-
-    loc = Localizer.from_bundle(out, device="cpu", geometric="off")
-    frames = frames_for_table(loc.bundle, read_dataset(root / "data", "7scenes", "train").frames)
-    return loc.describe([load_rgb(f.image_path) for f in frames])
-
-
-def test_localizer_publishes_geometric_fixes_and_falls_back(mapped):
+def test_localizer_publishes_geometric_fixes_and_falls_back(textured_mapped):
     from pae_ros.datasets import load_rgb, read_dataset
     from pae_ros.pipeline import Localizer
 
-    root, out, desc = mapped
+    root, out, desc = textured_mapped
     # geometric="auto": the map beside the bundle; the out-of-scene gate (fitted on this tiny scene's few
     # held-out frames) is off: gated frames never reach the stage, and the gate has its own tests
     loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc, ood=False)
@@ -85,11 +57,11 @@ def test_localizer_publishes_geometric_fixes_and_falls_back(mapped):
     assert fb.method != "geometric" and fb.extras["geometric_reason"] in ("no_features", "too_few_matches")
 
 
-def test_geometric_map_path_errors(mapped, tmp_path):
+def test_geometric_map_path_errors(textured_mapped, tmp_path):
     from pae_ros.geometric import MapError
     from pae_ros.pipeline import Localizer
 
-    _, out, desc = mapped
+    _, out, desc = textured_mapped
     with pytest.raises(MapError, match="does not exist"):
         Localizer.from_bundle(out, device="cpu", geometric=str(tmp_path / "nope.map"))
     bad = tmp_path / "corrupt.map"
@@ -98,12 +70,12 @@ def test_geometric_map_path_errors(mapped, tmp_path):
         Localizer.from_bundle(out, device="cpu", geometric=str(bad))
 
 
-def test_eval_report_has_the_geometric_section(mapped):
+def test_eval_report_has_the_geometric_section(textured_mapped):
     from pae_ros.datasets import read_dataset
     from pae_ros.pipeline import Localizer
     from pae_ros.training.evaluate import evaluate
 
-    root, out, desc = mapped
+    root, out, desc = textured_mapped
     loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc)
     te = read_dataset(root / "data", "7scenes", "test")
     te.frames = te.frames[::3]
@@ -114,14 +86,14 @@ def test_eval_report_has_the_geometric_section(mapped):
         k == "geometric" for k in rep["published"].get("by_method", {}))
 
 
-def test_pae_eval_geometric_flag(mapped, tmp_path, capsys):
+def test_pae_eval_geometric_flag(textured_mapped, tmp_path, capsys):
     """``pae eval --geometric off`` reports the APR/PAE pose alone (what a robot without the map gets);
     a map path that does not exist is one clear line and exit 2."""
     import json
 
     from pae_ros.cli import main
 
-    root, out, _ = mapped
+    root, out, _ = textured_mapped
     common = ["eval", "--bundle", str(out), "--data", str(root / "data"), "--format", "7scenes", "--quiet",
               "--bootstrap", "50"]
     assert main(common + ["--json", str(tmp_path / "off" / "r.json"), "--geometric", "off"]) == 0

@@ -18,8 +18,9 @@ from pae_ros import geometry
 from pae_ros.datasets import (CameraIntrinsics, DatasetError, DatasetSplit, Frame, load_rgb,
                               read_dataset, write_7scenes_frame, write_7scenes_splits,
                               write_cambridge, write_intrinsics, write_label_csv, write_rgb)
+from support import REPO
 
-REFERENCE_LABELS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "reference_labels"
+REFERENCE_LABELS = REPO.parent / "shared" / "fixtures" / "reference_labels"
 
 W, H = 32, 24
 K_TEST = CameraIntrinsics(W, H, fx=30.0, fy=28.0, cx=15.5, cy=11.5)
@@ -411,7 +412,7 @@ def test_types():
 
 
 def test_empty_split_file_is_named(tmp_path):
-    """Issue 10 item 12: an empty split file gave 'no frames' for the folder, not the file."""
+    """An empty split file is named in the error (the file, not only 'no frames' for the folder)."""
     make_7scenes_by_hand(tmp_path / "s")
     (tmp_path / "s" / "TrainSplit.txt").write_text("")
     with pytest.raises(DatasetError, match=r"TrainSplit\.txt: split file is empty"):
@@ -436,8 +437,8 @@ def _scrambled_jpeg(seed: int = 0) -> bytes:
 
 
 def test_skip_bad_skips_corrupt_and_empty_images_quietly(tmp_path, capfd):
-    """Issue 10 items 3 and 12: --skip-bad (on_error="skip") kept corrupt and empty images (they
-    failed later, in training), and OpenCV / libjpeg printed lines on stderr."""
+    """With on_error="skip" (--skip-bad) corrupt and empty images are skipped at read time (not
+    kept to fail later, in training), and OpenCV / libjpeg print nothing on stderr."""
     from pae_ros.datasets.synthetic import write_room_dataset
 
     scene = write_room_dataset(tmp_path, "room", train_walks=1, test_walks=1, frames=8, seed=1)

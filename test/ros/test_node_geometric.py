@@ -1,5 +1,5 @@
-"""The node's geometric thread (issue 11, in the node): real rclpy over DDS, the real Localizer on
-the tiny bundle + map of test_pipeline_geometric (its fixture, reused).
+"""The node's geometric thread: real rclpy over DDS, the real Localizer on the textured room's tiny
+bundle + map (``textured_mapped``).
 
 * every frame gets its APR/PAE pose while the geometric stage is slower than the camera (made
   slow for real: the images are 4x upscaled, so SIFT + matching + PnP take ~130 ms against a
@@ -13,10 +13,8 @@ Plus units without DDS: the worker's counting and the TF output's newer_only rul
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,10 +22,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ros_harness as H  # noqa: E402  (isolated ROS domain before any context exists)
-from ros_harness import probe  # noqa: E402,F401  (session fixture)
-from test_pipeline_geometric import mapped  # noqa: E402,F401  (tiny bundle + map, reused)
+from support import ros_harness as H  # noqa: E402  (isolated ROS domain before any context exists)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,7 +30,7 @@ UPSCALE = 4  # slows the stage down for real (features on 16x the pixels)
 
 
 @pytest.fixture(scope="module")
-def scene(mapped):
+def scene(textured_mapped):
     """The Localizer the node runs (with the table descriptors the tiny bundle lacks), two test
     images whose fix is accepted (far apart, so a fix with the wrong stamp cannot pass) and one
     that falls back, at 1x and 4x, with the stage's own answer for each (offline reference)."""
@@ -44,7 +39,7 @@ def scene(mapped):
     from pae_ros.datasets import load_rgb, read_dataset
     from pae_ros.pipeline import Localizer
 
-    root, out, desc = mapped
+    root, out, desc = textured_mapped
     loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc, threads=1)
     te = read_dataset(root / "data", "7scenes", "test")
     base = [(load_rgb(f.image_path), f.position) for f in te.frames]

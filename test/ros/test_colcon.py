@@ -8,38 +8,20 @@ error line, proving the entry point resolves to the installed code).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE_FILES = ["package.xml", "setup.py", "setup.cfg", "resource", "pae_ros", "launch", "config"]
+from support import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_colcon_build_installs_where_ros_tools_look(tmp_path):
+def test_colcon_build_installs_where_ros_tools_look(colcon_ws, tmp_path):
     venv = Path(sys.prefix)
-    colcon = venv / "bin" / "colcon"
-    if not colcon.exists():
-        pytest.skip("colcon is not installed in this environment (scripts/setup.sh installs it)")
-    src = tmp_path / "ws" / "src" / "pae_ros"
-    src.mkdir(parents=True)
-    for name in PACKAGE_FILES:
-        p = REPO / name
-        if p.is_dir():
-            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(p, src / name)
-    ws = tmp_path / "ws"
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
-    r = subprocess.run([str(colcon), "build", "--base-paths", "src"], cwd=ws, env=env, capture_output=True,
-                       text=True, timeout=240)
-    assert r.returncode == 0, r.stdout + r.stderr
-    install = ws / "install" / "pae_ros"
+    ws, install, env = colcon_ws
     exe = install / "lib" / "pae_ros" / "localizer"
     assert exe.is_file() and os.access(exe, os.X_OK)
     share = install / "share" / "pae_ros"
@@ -116,6 +98,6 @@ def test_package_xml_declares_every_runtime_import():
     # transforms3d: only the tests use it
     assert "transforms3d" not in runtime and "python3-transforms3d" not in exec_deps
     assert "python3-transforms3d" in test_deps
-    assert "transforms3d" in _imports((REPO / "test").glob("*.py"))
+    assert "transforms3d" in _imports((REPO / "test").rglob("*.py"))
     base = (REPO / "requirements" / "base.txt").read_text()
     assert "transforms3d" not in base and "transforms3d" in (REPO / "requirements" / "test.txt").read_text()

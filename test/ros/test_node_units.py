@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-from pathlib import Path
 import time
 
 import numpy as np
@@ -18,9 +17,9 @@ from pae_ros.ros.diagnostics import NodeStats, diagnostic_array, diagnostic_valu
 from pae_ros.ros.localizer_node import PARAMETERS, LatestSlot  # noqa: E402
 from pae_ros.ros.qos import choose_image_reliability  # noqa: E402
 from pae_ros.ros.tf import TfBuffer, map_to_odom  # noqa: E402
+from support import REPO  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _rand_pose(rng):
@@ -211,7 +210,7 @@ def test_worker_survives_nan_and_exceptions_and_counts_them():
     """In-process node around a fake pipeline: NaN estimates and inference exceptions are counted
     by reason and publish nothing; good frames publish pose, covariance, APR pose, TF and the
     reconstruction with the image stamp; below the gate no TF."""
-    import ros_harness  # noqa: F401  (isolated domain)
+    from support import ros_harness  # noqa: F401  (isolated domain)
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter
@@ -444,7 +443,7 @@ class _PoseLocalizer(_FakeLocalizer):
 
 
 def _in_process_node(overrides: dict):
-    import ros_harness  # noqa: F401  (isolated domain)
+    from support import ros_harness  # noqa: F401  (isolated domain)
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter
@@ -463,9 +462,10 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
     """A robot driving a circle (1 m/s, 0.5 rad/s), odometry on /tf at 50 Hz (delivered shuffled),
     the camera mount on /tf_static, the image processed 300 ms after its stamp with a perfect
     estimate: map -> odom (stamped image + transform_tolerance) composed with odom -> base now
-    gives the true base pose now (the old newest-odom composition was 30 cm off); pae/pose is the
-    base pose with the covariance carried; the correction is re-published with newer stamps;
-    odometry that lags is waited for (bounded), a frame older than the history is counted."""
+    gives the true base pose now (composing with the newest odometry instead is 30 cm off);
+    pae/pose is the base pose with the covariance carried; the correction is re-published with
+    newer stamps; odometry that lags is waited for (bounded), a frame older than the history is
+    counted."""
     import rclpy
     from tf2_msgs.msg import TFMessage
 

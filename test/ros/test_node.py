@@ -25,8 +25,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-import ros_harness as H  # noqa: E402  (sets ROS_DOMAIN_ID before any rclpy context)
-from ros_harness import launched, probe  # noqa: E402,F401  (shared session fixtures)
+from support import ros_harness as H  # noqa: E402  (sets ROS_DOMAIN_ID before any rclpy context)
 
 from pae_ros import geometry as G  # noqa: E402
 

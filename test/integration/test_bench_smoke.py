@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 BENCH = REPO / "bench"
 

@@ -9,7 +9,8 @@ import yaml
 from pae_ros.config import (PRESETS, Config, ConfigError, config_from_dict, deep_merge, load_config,
                             parse_set_option)
 
-from conftest import TINY_CONFIG
+from support import REPO
+from support.fixtures import TINY_CONFIG
 
 
 def _raises_naming(data: dict, key: str) -> str:
@@ -124,7 +125,7 @@ def test_out_of_range_names_dotted_path(data, key):
     ({"pae": {"hidden": [True, 8]}}, "pae.hidden"),
 ])
 def test_error_names_the_key_actually_wrong(data, key):
-    """Regression: these used to name a neighbouring key or raise a non-ConfigError."""
+    """The ConfigError names the wrong key itself, not a neighbouring one."""
     _raises_naming(data, key)
 
 
@@ -231,13 +232,12 @@ def test_config_sections_all_validated():
 def test_shipped_train_yaml_lists_every_key_with_its_default():
     """config/train.yaml documents the whole schema: it loads, and equals the defaults."""
     import dataclasses
-    from pathlib import Path
 
     import yaml
 
     from pae_ros.config import Config, load_config
 
-    path = Path(__file__).resolve().parents[1] / "config" / "train.yaml"
+    path = REPO / "config" / "train.yaml"
     assert load_config(path).to_dict() == Config().to_dict()
 
     def keys(d, prefix=""):

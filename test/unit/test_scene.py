@@ -200,6 +200,7 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
     assert (tmp_path / "courtyard" / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow  # a pool of worker processes
 def test_two_workers_match_one(tmp_path):
     kw = dict(TINY, train_frames=8, test_frames=4)
     one = render_scene(tmp_path / "w1", **kw)

@@ -20,7 +20,7 @@ from pae_ros.bundle import (DIGEST_KEY, FORMAT_NAME, FORMAT_VERSION, HEADER_KEY,
 from pae_ros.config import config_from_dict
 from pae_ros.models import PoseAutoEncoder, build_apr
 
-from conftest import TINY_CONFIG
+from support.fixtures import TINY_CONFIG
 
 
 def _small_tensors() -> dict[str, torch.Tensor]:
@@ -150,7 +150,7 @@ def test_tampered_tensor_byte_fails_digest(small_bundle, tmp_path):
 
 
 def test_tampered_header_value_detected_as_wrong_digest(small_bundle, tmp_path):
-    """Issue 10 item 1: one digit of position_scale changed in place (same length) is refused."""
+    """One digit of position_scale changed in place (same length) is refused."""
     data = small_bundle.read_bytes()
     old = b'\\"position_scale\\": 0.5'
     assert data.count(old) == 1, "test setup: the value must appear once in the raw header"
@@ -188,10 +188,8 @@ def test_every_header_change_is_covered(small_bundle, tmp_path):
 
 
 def test_random_bit_flips_in_the_metadata_are_all_refused_or_harmless(small_bundle, tmp_path):
-    """Issue 10 item 1: of 89 random single-bit flips in the metadata, 18 loaded silently on main.
-
-    Every flip anywhere in the safetensors JSON header (which holds the pae_ros metadata) must be
-    refused with a BundleError, or load a bundle identical to the original (harmless)."""
+    """Every single-bit flip anywhere in the safetensors JSON header (which holds the pae_ros
+    metadata) is refused with a BundleError, or loads a bundle identical to the original (harmless)."""
     data = small_bundle.read_bytes()
     n = int.from_bytes(data[:8], "little")
     ref = load_bundle(small_bundle)
@@ -242,6 +240,7 @@ def test_format_1_bundle_is_refused_with_advice_and_can_be_upgraded(tmp_path):
     assert not (tmp_path / "no.pae").exists()
 
 
+@pytest.mark.slow  # two `pae` processes
 def test_upgrade_command(tmp_path):
     old, new = tmp_path / "old.pae", tmp_path / "new.pae"
     _save_v1(old, _small_tensors(), _header())
@@ -268,7 +267,7 @@ def test_non_finite_numbers_are_never_written(tmp_path):
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_written_files_respect_the_umask(tmp_path, umask, mode):
-    """Issue 10 item 11: bundles were 0600 whatever the umask (mkstemp's mode)."""
+    """Bundles and other atomic writes get the mode the umask gives a new file, not mkstemp's 0600."""
     old = os.umask(umask)
     try:
         save_bundle(tmp_path / "b.pae", _header(), _small_tensors())
@@ -280,7 +279,8 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
 
 
 def test_directory_and_fifo_are_named_as_such(tmp_path):
-    """Issue 10 item 12: both were reported as 'not found'; a FIFO must not block the load."""
+    """A directory and a FIFO given as the bundle are named as such (not 'not found'); a FIFO does
+    not block the load."""
     d = tmp_path / "adir.pae"
     d.mkdir()
     with pytest.raises(BundleError, match="is a directory"):
