@@ -14,7 +14,8 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or is out of range. The message names it."""
+    """A setting (a config key, or a ROS parameter of the node) is unknown, has the wrong type, or
+    is out of range. The message names it."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -95,6 +96,12 @@ class APRTrainConfig:
     #: when input.random_crop, colour jitter input.color_jitter); each epoch draws one per frame
     cache_views: int = 1
     num_workers: int = 0
+
+    def backbone_unchanged(self) -> bool:
+        """Whether training leaves the backbone as built (``freeze_backbone`` without
+        ``finetune_blocks``): then its pooled features are the retrieval descriptors (ImageNet's
+        for ``efficientnet_lite0``) and one forward serves the APR and retrieval."""
+        return bool(self.freeze_backbone and self.finetune_blocks == 0)
 
     def validate(self, p: str) -> None:
         for k in ("epochs", "batch_size", "lr_step_epochs"):
