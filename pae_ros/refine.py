@@ -95,6 +95,17 @@ class PoseTableIndex:
         if metric == "scaled" and len(p) >= ann_min:
             self.ann = self._build_ann(p - self.origin, self._q_np)
 
+    @classmethod
+    def from_bundle(cls, bundle, metric: str, device="cpu") -> "PoseTableIndex":
+        """The index over a :class:`pae_ros.bundle.Bundle`'s train pose table with the header's
+        metric scales (``metric_scales``), per scene when the bundle holds several."""
+        from .bundle import multi_scene_idx
+
+        scales = bundle.require("metric_scales")
+        return cls(bundle.table_positions, bundle.table_quaternions,
+                   multi_scene_idx(bundle.table_scene_idx, len(bundle.require("scenes"))), metric,
+                   scales["position_m"], scales["orientation_rad"], device)
+
     def _embed(self, pc: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.concatenate([pc / self.pos_scale, 2.0 * q / self.ori_scale], 1).astype(np.float32)
 
