@@ -163,7 +163,7 @@ def test_localizer_retrieval_candidates_are_train_rows(tiny_bundle, room_splits)
     loc = Localizer(base.bundle, device="cpu", table_descriptors=desc, candidates="retrieval", retrieval_k=4)
     # the tiny bundle's backbone is not frozen and not pretrained: share the one describer that made
     # the table descriptors (a second random tiny_cnn would describe differently)
-    loc.shares_backbone, loc._describer = base.shares_backbone, base._describer
+    loc.describer = base.describer
     assert loc.info["candidates"] == "retrieval" and loc.info["retrieval"] is True
     te_imgs = [load_rgb(f.image_path) for f in test.frames[::4]]
     ests = loc.localize_batch(te_imgs)

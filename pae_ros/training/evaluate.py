@@ -101,18 +101,10 @@ def make_describer(loc: Localizer):
 
 def _table_neighbors(loc: Localizer, apr: AprOutput, chunk: int = 256):
     """k -> (N, k) rows of the bundle's pose table nearest each APR pose (the refiner's metric)."""
-    from ..refine import PoseTableIndex
+    from ..bundle import multi_scene_idx
 
-    b = loc.bundle
-    if loc.refiner is not None:
-        index = loc.refiner.index
-    else:
-        scales = b.header["metric_scales"]
-        index = PoseTableIndex(b.table_positions, b.table_quaternions,
-                               b.table_scene_idx if len(loc.scenes) > 1 else None, loc.cfg.refine.metric,
-                               scales["position_m"], scales["orientation_rad"], loc.device)
+    index = loc.pose_index
     cache: dict[int, np.ndarray] = {}
-    multi = len(loc.scenes) > 1
 
     def query(k: int) -> np.ndarray:
         if k not in cache:
@@ -120,7 +112,7 @@ def _table_neighbors(loc: Localizer, apr: AprOutput, chunk: int = 256):
             for i in range(0, len(apr.positions), chunk):
                 p = torch.as_tensor(apr.positions[i:i + chunk], dtype=torch.float32)
                 q = torch.as_tensor(apr.quaternions[i:i + chunk], dtype=torch.float32)
-                s = torch.as_tensor(apr.scene_idx[i:i + chunk]) if multi else None
+                s = multi_scene_idx(torch.as_tensor(apr.scene_idx[i:i + chunk]), len(loc.scenes))
                 out.append(index.query(p, q, k, s).cpu().numpy())
             cache[k] = np.concatenate(out) if out else np.zeros((0, k), np.int64)
         return cache[k]
