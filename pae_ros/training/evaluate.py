@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..confidence import coverage
+from ..confidence import sigma_hit_rate
 from ..config import RefineConfig
 from ..coverage import COVERAGE_BINS_M, coverage_bin_label, coverage_distance
 from ..datasets import DatasetSplit, load_rgb
@@ -393,7 +393,7 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
                     "median_position_m": float(np.median(pe[sel])) if sel.any() else None,
                     "median_orientation_deg": float(np.degrees(np.median(oe[sel]))) if sel.any() else None}
 
-        return {"frames": int(m.sum()), "position": coverage(pe[m], sp[m]), "orientation": coverage(oe[m], so[m]),
+        return {"frames": int(m.sum()), "position": sigma_hit_rate(pe[m], sp[m]), "orientation": sigma_hit_rate(oe[m], so[m]),
                 "median_sigma_position_m": float(np.median(sp[m])),
                 "median_sigma_orientation_deg": float(np.degrees(np.median(so[m]))),
                 "above_threshold": side(hi), "below_threshold": side(lo),
@@ -402,7 +402,7 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
     out = {"method": pub["method"], "methods": pub["methods"], "confidence_threshold": threshold,
            **block(np.ones(len(pe), bool))}
     model = loc.sigma_models.get(pub["method"])
-    out["held_back_train_fit"] = model.coverage if model is not None else None
+    out["held_back_train_fit"] = model.hit_rate if model is not None else None
     out["settings"] = loc.bundle.header.get("calibration_settings")
     out["by_scene"] = {s: block(scene_idx == i) for i, s in enumerate(loc.scenes) if (scene_idx == i).any()}
     # per method: the geometric fixes' covariance and the APR/PAE fallbacks' are two different promises

@@ -546,7 +546,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         header["calibration_holdout"] = {"mode": cfg.calibration.holdout, "folds": records,
                                          "sequences": [s["held_sequences"] for s in fold_stats],
                                          "refit": refit, "table": "each fold's own training frames"}
-        stats["calibration"] = {k: v["coverage"] for k, v in header["calibration"].items()}
+        stats["calibration"] = {k: v["hit_rate"] for k, v in header["calibration"].items()}
         if gate_parts:
             names = set.intersection(*(set(g) for g in gate_parts))
             ood = _fit_ood({n: np.concatenate([g[n] for g in gate_parts]) for n in names})
