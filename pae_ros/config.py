@@ -271,7 +271,7 @@ PRESETS: dict[str, dict] = {
     # map, 8 x 8 tokens at 128 px) over frozen, cached EfficientNet-Lite0 features. Chosen over
     # PoseNet heads on pooled features, partial fine-tuning of the last backbone blocks, cached
     # augmented views and 192 px input by APR accuracy on both built-in scenes (courtyard and
-    # plaza) per CPU second; the figures and commands are in the apr branch report / README.
+    # plaza) per CPU second (bench/bench_train.py, bench/bench_accuracy.py).
     "quick": {
         "model": {"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1,
                   "transformer_ffn_dim": 256},
@@ -279,9 +279,8 @@ PRESETS: dict[str, dict] = {
         "apr": {"epochs": 30, "batch_size": 32, "lr": 3e-4, "lr_step_epochs": 20, "freeze_backbone": True,
                 "cache_features": True},
         "pae": {"epochs": 300, "batch_size": 64},
-        # the decoder only draws reconstructions (plots, pae/reconstruction), no pose depends on it;
-        # 20 epochs instead of 60: the demo courtyard's train PSNR 18.4 dB instead of 20.4 dB, for a
-        # third of what was the largest training stage (227 s of a 952 s demo, load 4.5 on 2 cores)
+        # the decoder only draws reconstructions (plots, pae/reconstruction), no pose depends on it:
+        # few epochs keep it from being the longest training stage, at a slightly lower PSNR
         "decoder": {"epochs": 20},
     },
     # better accuracy: the backbone is fine-tuned with augmentation (GPU recommended)

@@ -62,7 +62,7 @@ class Estimate:
     refined: bool
     finite: bool = True
     extras: dict = field(default_factory=dict)
-    #: which estimate ``position`` is: ``apr`` | ``refined`` (later ``geometric``)
+    #: which estimate ``position`` is: ``apr`` | ``refined`` | ``geometric`` (an accepted geometric fix)
     method: str = "apr"
     #: the out-of-scene gate's verdict (True when the bundle has no gate); when False the
     #: confidence is 0 and the covariance the uninformative one

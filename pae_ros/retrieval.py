@@ -76,9 +76,9 @@ class RetrievalIndex:
     ``ann_min`` rows on, and when faiss is installed, an inverted-file index (``IndexIVFFlat``,
     inner product, ``sqrt(N)`` k-means cells trained on at most ``64 sqrt(N)`` rows) visits only
     the ``nprobe`` cells nearest the query: the scores of what it returns are exact, but a true
-    neighbour in an unvisited cell is missed (``bench/bench_scaling.py`` prints the recall). A query with per-scene masking falls back to the exhaustive search. The
-    exhaustive search grows linearly with N (0.09 -> 33 ms from 1 k to 100 k rows here); the
-    index keeps a query near constant in N.
+    neighbour in an unvisited cell is missed (``bench/bench_scaling.py`` prints the recall). A
+    query with per-scene masking falls back to the exhaustive search. The exhaustive search grows
+    linearly with N; the index keeps a query near constant in N (``bench/bench_scaling.py``).
     """
 
     def __init__(self, descriptors: np.ndarray, scene_idx: np.ndarray | None = None, ann_min: int | None = 5000,
