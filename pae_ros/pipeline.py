@@ -136,7 +136,7 @@ class Localizer:
         """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
         refinement and decoder stay in torch; speed in ``bench/bench_onnx.py``), or ``auto`` (onnx
         on the CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and ONNX
-        Runtime); None leaves the process setting alone (``bench/bench_node.py`` times both).
+        Runtime); None leaves the process setting alone (``bench/bench_node.py --threads N`` times one).
 
         ``refine``, ``k``, ``steps``, ``lr``, ``orientation``, ``metric``, ``candidates``,
         ``retrieval_k``, ``ood``, ``geometric_k``: see :func:`pae_ros.localizer_settings.resolve`
