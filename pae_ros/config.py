@@ -86,7 +86,7 @@ class APRTrainConfig:
     #: with freeze_backbone: still train the last this many backbone blocks that the model uses
     #: (posenet: the last blocks and the head conv; mstransformer: those before its stride-16 /
     #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached.
-    #: The backbone is then no longer the ImageNet one: retrieval needs its own describer.
+    #: The backbone then differs from the ImageNet one: retrieval needs its own describer.
     finetune_blocks: int = 0
     #: learning rate of those backbone blocks, as a factor of apr.lr
     tail_lr_scale: float = 0.1
