@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     from pae_ros.geometric.build import retrieval_descriptors, run_map_stage, frames_for_table
     from pae_ros.geometric.calibrate import mahalanobis_coverage
     from pae_ros.geometric.mapping import MapSettings
-    from pae_ros.confidence import coverage
+    from pae_ros.confidence import sigma_hit_rate
     from pae_ros.geometry import orientation_error_deg
     from pae_ros.pipeline import Localizer
     from pae_ros.retrieval import Describer
@@ -242,10 +242,10 @@ def main(argv=None) -> int:
             "geometric_accepted_only": _summary(pe_g, oe_g), "published+geometric": comb,
             "acceptance_rate": float(acc.mean()), "fallback_share": float(1 - acc.mean()), "reasons": reasons,
             "ms_per_query_median": tim,
-            "coverage_accepted_isotropic": coverage(pe_g, sp) if len(acc_idx) else None,
-            "coverage_accepted_rotation": coverage(np.radians(oe_g), sr) if len(acc_idx) else None,
+            "coverage_accepted_isotropic": sigma_hit_rate(pe_g, sp) if len(acc_idx) else None,
+            "coverage_accepted_rotation": sigma_hit_rate(np.radians(oe_g), sr) if len(acc_idx) else None,
             "coverage_accepted_mahalanobis": mahalanobis_coverage(evec, covs),
-            "coverage_published+geometric": coverage(pe_comb, sig_comb)}
+            "coverage_published+geometric": sigma_hit_rate(pe_comb, sig_comb)}
     report["rows"] = base
     from pae_ros.coverage import coverage_distance
 

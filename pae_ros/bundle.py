@@ -48,6 +48,12 @@ class BundleError(RuntimeError):
     """The bundle file is missing, truncated, tampered with, or does not match this code."""
 
 
+def multi_scene_idx(scene_idx, n_scenes: int):
+    """``scene_idx`` (per-row scene indices) when the bundle holds more than one scene, else None:
+    with one scene there is nothing to restrict a search to or to condition a model on."""
+    return scene_idx if n_scenes > 1 else None
+
+
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of all tensors, in sorted name order."""
     h = hashlib.sha256()

@@ -12,10 +12,9 @@ Sources:
   descriptors (:class:`pae_ros.retrieval.RetrievalIndex`);
 * ``merge_candidates``: their union per query, duplicates masked out.
 
-Measured on the demo courtyard (200 test frames, bundle out/demo/model.pae, PAE fit 10 steps):
-retrieval top-3 candidates 0.367 m median, APR 3-NN 0.59 m, union of both 0.40 m; continuous
-descent on the position through the PAE's position branch made every start worse (0.376 ->
-0.41-0.84 m), so poses "between" train poses come only from convex weights.
+``bench/bench_refine_accuracy.py`` compares the sources on a scene's test split. Poses "between"
+train poses come only from convex weights over the candidates: continuous descent on the position
+through the PAE's position branch moved every start away from the ground truth.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ class SigmaModel:
     theta_position: list[float]
     theta_orientation: list[float]
     sigma_ref_m: float
-    coverage: dict = field(default_factory=dict)
+    #: :func:`sigma_hit_rate` of the fit on its held-back frames (``position``, ``orientation``, ``frames``)
+    hit_rate: dict = field(default_factory=dict)
 
     def sigmas(self, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         X = feature_matrix(feats, self.features)
@@ -90,16 +91,19 @@ class SigmaModel:
     def to_dict(self) -> dict:
         return dict(features=self.features, theta_position=list(map(float, self.theta_position)),
                     theta_orientation=list(map(float, self.theta_orientation)),
-                    sigma_ref_m=float(self.sigma_ref_m), coverage=self.coverage)
+                    sigma_ref_m=float(self.sigma_ref_m), hit_rate=self.hit_rate)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SigmaModel":
+        """The model of a header's ``calibration`` entry; the hit rates are read from ``hit_rate``
+        or, in older bundles, ``coverage`` (absent: empty)."""
         return cls(list(d["features"]), list(d["theta_position"]), list(d["theta_orientation"]),
-                   float(d["sigma_ref_m"]), dict(d.get("coverage", {})))
+                   float(d["sigma_ref_m"]), dict(d.get("hit_rate", d.get("coverage", {}))))
 
 
-def coverage(err: np.ndarray, sigma: np.ndarray) -> dict:
-    """Share of 3-D error norms within the 68.3 % / 95.4 % radius of the predicted Gaussian."""
+def sigma_hit_rate(err: np.ndarray, sigma: np.ndarray) -> dict:
+    """Share of 3-D error norms within the 68.3 % / 95.4 % radius of the predicted Gaussian
+    (``within_1sigma`` / ``within_2sigma``, beside the ``expected_*`` shares); None without errors."""
     err, sigma = np.asarray(err, np.float64), np.asarray(sigma, np.float64)
     if err.size == 0:
         return {"within_1sigma": None, "within_2sigma": None, "expected_1sigma": 0.683, "expected_2sigma": 0.954}
@@ -117,7 +121,7 @@ def fit_sigma_model(feats: dict[str, np.ndarray], names: list[str], pos_err_m: n
     model = SigmaModel(list(names), tp.tolist(), to.tolist(), sigma_ref_m=1.0)
     sp, so = model.sigmas(feats)
     model.sigma_ref_m = float(np.median(sp))
-    model.coverage = {"position": coverage(pos_err_m, sp), "orientation": coverage(ori_err_rad, so),
+    model.hit_rate = {"position": sigma_hit_rate(pos_err_m, sp), "orientation": sigma_hit_rate(ori_err_rad, so),
                       "frames": int(len(pos_err_m))}
     return model
 

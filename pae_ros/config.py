@@ -14,7 +14,8 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or is out of range. The message names it."""
+    """A setting (a config key, or a ROS parameter of the node) is unknown, has the wrong type, or
+    is out of range. The message names it."""
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -85,7 +86,7 @@ class APRTrainConfig:
     #: with freeze_backbone: still train the last this many backbone blocks that the model uses
     #: (posenet: the last blocks and the head conv; mstransformer: those before its stride-16 /
     #: stride-8 taps); partial fine-tuning; with cache_features the features before them are cached.
-    #: The backbone is then no longer the ImageNet one: retrieval needs its own describer.
+    #: The backbone then differs from the ImageNet one: retrieval needs its own describer.
     finetune_blocks: int = 0
     #: learning rate of those backbone blocks, as a factor of apr.lr
     tail_lr_scale: float = 0.1
@@ -95,6 +96,12 @@ class APRTrainConfig:
     #: when input.random_crop, colour jitter input.color_jitter); each epoch draws one per frame
     cache_views: int = 1
     num_workers: int = 0
+
+    def backbone_unchanged(self) -> bool:
+        """Whether training leaves the backbone as built (``freeze_backbone`` without
+        ``finetune_blocks``): then its pooled features are the retrieval descriptors (ImageNet's
+        for ``efficientnet_lite0``) and one forward serves the APR and retrieval."""
+        return bool(self.freeze_backbone and self.finetune_blocks == 0)
 
     def validate(self, p: str) -> None:
         for k in ("epochs", "batch_size", "lr_step_epochs"):
@@ -264,7 +271,7 @@ PRESETS: dict[str, dict] = {
     # map, 8 x 8 tokens at 128 px) over frozen, cached EfficientNet-Lite0 features. Chosen over
     # PoseNet heads on pooled features, partial fine-tuning of the last backbone blocks, cached
     # augmented views and 192 px input by APR accuracy on both built-in scenes (courtyard and
-    # plaza) per CPU second; the figures and commands are in the apr branch report / README.
+    # plaza) per CPU second (bench/bench_train.py, bench/bench_accuracy.py).
     "quick": {
         "model": {"type": "mstransformer", "orientation_stride": 16, "transformer_layers": 1,
                   "transformer_ffn_dim": 256},
@@ -272,9 +279,8 @@ PRESETS: dict[str, dict] = {
         "apr": {"epochs": 30, "batch_size": 32, "lr": 3e-4, "lr_step_epochs": 20, "freeze_backbone": True,
                 "cache_features": True},
         "pae": {"epochs": 300, "batch_size": 64},
-        # the decoder only draws reconstructions (plots, pae/reconstruction), no pose depends on it;
-        # 20 epochs instead of 60: the demo courtyard's train PSNR 18.4 dB instead of 20.4 dB, for a
-        # third of what was the largest training stage (227 s of a 952 s demo, load 4.5 on 2 cores)
+        # the decoder only draws reconstructions (plots, pae/reconstruction), no pose depends on it:
+        # few epochs keep it from being the longest training stage, at a slightly lower PSNR
         "decoder": {"epochs": 20},
     },
     # better accuracy: the backbone is fine-tuned with augmentation (GPU recommended)

@@ -1,4 +1,6 @@
-"""How well the train walks cover a query pose: distance to the nearest similar-view train camera.
+"""View coverage: how well the train walks cover a query pose, as the distance to the nearest
+similar-view train camera. ("Coverage" in pae_ros means this; how often errors fall inside the
+predicted sigma is the sigma hit rate, :func:`pae_ros.confidence.sigma_hit_rate`.)
 
 ``coverage_distance`` is, per query, the distance (metres) from the query camera centre to the
 nearest train camera centre whose optical axis (camera +z, OpenCV axes) is within ``max_angle_deg``

@@ -6,22 +6,26 @@ metres, quaternion wxyz, camera axes OpenCV optical (x right, y down, z forward)
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .bundle import Bundle, BundleError, build_models, load_bundle
+from .bundle import Bundle, BundleError, build_models, load_bundle, multi_scene_idx
+from .candidates import retrieval_candidates
 from .confidence import SigmaModel, covariance_6x6
+from .geometric_adapter import apply_fix, open_geometric, shortlist
 from .geometry import canonical_quat
-from .preprocess import to_batch
+from .localizer_settings import LocalizerSettings, resolve
 from .ood import apply_ood_gate
+from .preprocess import to_batch
 from .refine import PoseTableIndex, Refiner, RefineResult
-from .retrieval import RetrievalIndex, normalise_descriptors
+from .retrieval import Describer, RetrievalIndex, normalise_descriptors
 
 log = logging.getLogger("pae.pipeline")
 
@@ -58,7 +62,7 @@ class Estimate:
     refined: bool
     finite: bool = True
     extras: dict = field(default_factory=dict)
-    #: which estimate ``position`` is: ``apr`` | ``refined`` (later ``geometric``)
+    #: which estimate ``position`` is: ``apr`` | ``refined`` | ``geometric`` (an accepted geometric fix)
     method: str = "apr"
     #: the out-of-scene gate's verdict (True when the bundle has no gate); when False the
     #: confidence is 0 and the covariance the uninformative one
@@ -87,23 +91,41 @@ class AprOutput:
                          self.scene_idx[sel], None if self.descriptors is None else self.descriptors[sel])
 
 
-def _backbone_frozen(cfg) -> bool:
-    """Whether the APR's backbone is the ImageNet-pretrained one unchanged (then its pooled
-    features are the retrieval descriptors and one forward serves both)."""
-    ac = cfg.apr
-    if not getattr(ac, "freeze_backbone", False):
-        return False
-    for name in vars(ac):  # partial fine-tuning keys (e.g. unfreeze_blocks) change the backbone
-        if ("unfreeze" in name or "finetune" in name or "trainable" in name) and getattr(ac, name):
-            return False
-    return True
+def _setting(name: str, doc: str) -> property:
+    """A read-only Localizer attribute that is one of its :class:`LocalizerSettings` fields."""
+    return property(attrgetter(f"settings.{name}"), doc=doc)
+
+
+def _unknown_sigma_m(bundle: Bundle) -> float:
+    """Sigma (m) published when nothing calibrated applies (uncalibrated, out of scene, non-finite):
+    the scene's radius (largest distance of a train camera from the table's median), at least the
+    normalisation scale, so it is never smaller than any honest calibrated sigma."""
+    tp = np.asarray(bundle.table_positions, np.float64)
+    radius = float(np.max(np.linalg.norm(tp - np.median(tp, 0), axis=1))) if len(tp) else 0.0
+    return max(float(bundle.position_scale), radius)
+
+
+def _table_retrieval(bundle: Bundle, table_descriptors: np.ndarray | None) -> RetrievalIndex | None:
+    """Retrieval over the pose table's rows (train frames): descriptors from the caller, else the
+    bundle's ``table.descriptors`` tensor; None when neither exists."""
+    desc = table_descriptors
+    if desc is None and "table.descriptors" in bundle.tensors:
+        desc = bundle.tensors["table.descriptors"].float().cpu().numpy()
+    if desc is None:
+        return None
+    desc = np.asarray(desc, np.float32)
+    if len(desc) != len(bundle.table_positions):
+        raise BundleError(f"{bundle.path}: table.descriptors has {len(desc)} rows, the pose table "
+                          f"{len(bundle.table_positions)}")
+    return RetrievalIndex(desc, multi_scene_idx(bundle.table_scene_idx, len(bundle.header["scenes"])))
 
 
 class Localizer:
     """APR + PAE refinement + calibrated confidence + out-of-scene gate, built from one bundle.
 
     It only composes the stages (:mod:`pae_ros.candidates`, :mod:`pae_ros.refine`,
-    :mod:`pae_ros.confidence`, :mod:`pae_ros.ood`, :mod:`pae_ros.retrieval`)."""
+    :mod:`pae_ros.confidence`, :mod:`pae_ros.ood`, :mod:`pae_ros.retrieval`); its settings come
+    from :func:`pae_ros.localizer_settings.resolve`."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", refine: bool | str | None = None, k: int | None = None,
                  steps: int | None = None, lr: float | None = None, orientation: str | None = None,
@@ -112,143 +134,95 @@ class Localizer:
                  table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
                  geometric_k: int | None = None):
         """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
-        refinement and decoder stay in torch; 3x faster per frame here), or ``auto`` (onnx on the
-        CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and
-        ONNX Runtime); None leaves the process setting alone. For batch-1 inference on a small CPU
-        one thread was fastest here (11 ms vs 31 ms with two, bench/bench_refine.py).
+        refinement and decoder stay in torch; speed in ``bench/bench_onnx.py``), or ``auto`` (onnx
+        on the CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and ONNX
+        Runtime); None leaves the process setting alone (``bench/bench_node.py --threads N`` times one).
 
-        ``refine``: None or ``"auto"`` = what the bundle publishes (header ``published``:
-        ``apr`` | ``refined``; absent: the config's ``refine.enabled``), True/False force it.
-        ``candidates`` / ``retrieval_k``: see :class:`pae_ros.config.RefineConfig`.
-        ``ood``: the out-of-scene gate dict (:func:`pae_ros.ood.fit_ood_gate`); None = the
-        bundle header's ``ood`` (no gate when absent), False = off.
-        ``table_descriptors``: (N, D) retrieval descriptors of the pose table's rows, when the
-        bundle has no ``table.descriptors`` tensor (e.g. computed with :class:`pae_ros.retrieval.Describer`).
-        ``geometric``: the geometric stage (:mod:`pae_ros.geometric_adapter`): ``auto`` = the map
-        beside the bundle (``<bundle>.map``) when present, ``off``, or a map path. ``geometric_k``:
-        retrieval top-k train images in its shortlist (united with the refinement's candidates);
-        None: :data:`pae_ros.geometric.stage.SHORTLIST_K`, the shortlist the map was calibrated with."""
+        ``refine``, ``k``, ``steps``, ``lr``, ``orientation``, ``metric``, ``candidates``,
+        ``retrieval_k``, ``ood``, ``geometric_k``: see :func:`pae_ros.localizer_settings.resolve`
+        (None = the bundle's setting). ``table_descriptors``: (N, D) retrieval descriptors of the
+        pose table's rows, when the bundle has no ``table.descriptors`` tensor (e.g. computed with
+        :class:`pae_ros.retrieval.Describer`). ``geometric``: the geometric stage
+        (:mod:`pae_ros.geometric_adapter`): ``auto`` = the map beside the bundle
+        (``<bundle>.map``) when present, ``off``, or a map path."""
         self.bundle = bundle
         self.device = resolve_device(device)
-        if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r} (use auto, torch or onnx)")
-        if backend == "auto":  # ONNX Runtime on the CPU, torch on a GPU
-            backend = "onnx" if self.device.type == "cpu" else "torch"
-        if backend == "onnx" and self.device.type != "cpu":
-            raise ValueError("the onnx backend runs on the CPU; use backend torch on a GPU")
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(int(threads))
-        self.backend = backend
         self.cfg, self.apr, self.pae, self.decoder = build_models(bundle, self.device)
-        rc = self.cfg.refine
-        self.published = bundle.header.get("published")
-        if self.published not in (None, "apr", "refined", "geometric"):
-            raise BundleError(f"{bundle.path}: header 'published' is {self.published!r} (expected apr or refined)")
-        if refine is None or refine == "auto":
-            if self.published is not None:
-                self.refine_enabled = self.published == "refined"
-            else:  # bundles written before the refine: auto decision
-                self.refine_enabled = True if rc.enabled in ("auto", None) else bool(rc.enabled)
-        elif isinstance(refine, str):
-            if refine not in ("true", "false"):
-                raise ValueError(f"refine must be auto, true or false, got {refine!r}")
-            self.refine_enabled = refine == "true"
-        else:
-            self.refine_enabled = bool(refine)
-        self.k = rc.k if k is None else int(k)
-        #: the candidates' weights: ``pae`` (latent fit) or ``uniform`` (no PAE: the training's
-        #: ``refine.weights: auto`` found the fit no better than equal weights, header ``refine_weights``)
-        self.weights = bundle.header.get("refine_weights", "pae") if rc.weights == "auto" else rc.weights
-        if self.weights not in ("pae", "uniform"):
-            raise BundleError(f"{bundle.path}: header 'refine_weights' is {self.weights!r} (expected pae or uniform)")
-        if steps is not None:  # an explicit step count decides (0 = uniform weights)
-            self.steps = int(steps)
-            self.weights = "uniform" if self.steps == 0 else "pae"
-        else:
-            self.steps = 0 if self.weights == "uniform" else rc.steps
-        self.lr = rc.lr if lr is None else float(lr)
-        self.orientation = orientation or rc.orientation
-        self.candidates = candidates or getattr(rc, "candidates", "auto")
-        self.retrieval_k = int(retrieval_k if retrieval_k is not None else getattr(rc, "retrieval_k", 2))
-        if self.k < 1 or self.steps < 0 or self.lr <= 0 or self.retrieval_k < 1:
-            raise ValueError(f"refinement needs k >= 1, steps >= 0, lr > 0, retrieval_k >= 1 (got k={self.k}, "
-                             f"steps={self.steps}, lr={self.lr}, retrieval_k={self.retrieval_k})")
-        if self.candidates not in ("auto", "knn", "retrieval", "union"):
-            raise ValueError(f"unknown candidates {self.candidates!r} (use auto, knn, retrieval or union)")
+        self.settings: LocalizerSettings = resolve(
+            bundle.header, self.cfg, device_type=self.device.type, where=bundle.path, refine=refine, k=k,
+            steps=steps, lr=lr, orientation=orientation, metric=metric, candidates=candidates,
+            retrieval_k=retrieval_k, ood=ood, geometric_k=geometric_k, backend=backend, threads=threads)
+        if self.settings.threads is not None:
+            torch.set_num_threads(self.settings.threads)
         if self.refine_enabled and self.pae is None:
             raise BundleError(f"{bundle.path}: refinement requested but the bundle has no PAE (train it with pae train --stage pae)")
         self.scenes: list[str] = list(bundle.header["scenes"])
         self.position_mean = bundle.position_mean
         self.position_scale = bundle.position_scale
-        #: sigma (m) published when nothing calibrated applies (uncalibrated, out of scene, non-finite):
-        #: the scene's radius (largest distance of a train camera from the table's median), at least
-        #: the normalisation scale, so it is never smaller than any honest calibrated sigma
-        tp = np.asarray(bundle.table_positions, np.float64)
-        radius = float(np.max(np.linalg.norm(tp - np.median(tp, 0), axis=1))) if len(tp) else 0.0
-        self.unknown_sigma_m = max(float(self.position_scale), radius)
+        self.unknown_sigma_m = _unknown_sigma_m(bundle)
         self.resize = int(bundle.header["input"]["resize"])
         self.crop = int(bundle.header["input"]["crop"])
         cal = bundle.header.get("calibration") or {}
         self.sigma_models = {k_: SigmaModel.from_dict(v) for k_, v in cal.items()}
-        # retrieval over the pose table's rows (train frames): descriptors from the bundle or the caller
-        desc = table_descriptors
-        if desc is None and "table.descriptors" in bundle.tensors:
-            desc = bundle.tensors["table.descriptors"].float().cpu().numpy()
-        self.retrieval: RetrievalIndex | None = None
-        if desc is not None:
-            desc = np.asarray(desc, np.float32)
-            if len(desc) != len(bundle.table_positions):
-                raise BundleError(f"{bundle.path}: table.descriptors has {len(desc)} rows, the pose table "
-                                  f"{len(bundle.table_positions)}")
-            self.retrieval = RetrievalIndex(desc, bundle.table_scene_idx if len(self.scenes) > 1 else None)
+        self.retrieval = _table_retrieval(bundle, table_descriptors)
         if self.candidates in ("retrieval", "union") and self.retrieval is None:
             raise BundleError(f"{bundle.path}: candidates {self.candidates!r} need retrieval descriptors "
                               "(bundle tensor table.descriptors), which this bundle lacks")
-        self.shares_backbone = _backbone_frozen(self.cfg)
-        self._describer = None
+        self.describer = Describer.for_config(self.cfg, self.apr.backbone, self.device)
+        self._warned_no_desc = False
+        self._pose_index: PoseTableIndex | None = None
         self.refiner: Refiner | None = None
         if self.pae is not None:
-            scales = bundle.header["metric_scales"]
-            index = PoseTableIndex(bundle.table_positions, bundle.table_quaternions,
-                                   bundle.table_scene_idx if len(self.scenes) > 1 else None,
-                                   metric or rc.metric, scales["position_m"], scales["orientation_rad"], self.device)
             latents = self.pae_latents(bundle.table_positions, bundle.table_quaternions, bundle.table_scene_idx)
-            self.refiner = Refiner(index, latents, bundle.table_positions, bundle.table_quaternions)
-        self.ood_gate = (bundle.header.get("ood") if ood is None else (ood or None))
+            self.refiner = Refiner(self.pose_index, latents, bundle.table_positions, bundle.table_quaternions)
         self.onnx = None
-        if backend == "onnx":
+        if self.backend == "onnx":
             from .onnx_apr import OnnxAPR
 
-            self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop, threads)
+            self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop,
+                                self.settings.threads)
         self.calibration_mismatch = self._check_calibration_settings()
-        from .geometric.stage import SHORTLIST_K
-        from .geometric_adapter import open_geometric
-
-        geometric_k = SHORTLIST_K if geometric_k is None else geometric_k
-        if geometric_k < 1:
-            raise ValueError(f"geometric_k must be >= 1, got {geometric_k}")
-        self.geometric_k = int(geometric_k)
         self.geometric = open_geometric(bundle, geometric)
 
     @classmethod
     def from_bundle(cls, path: str | Path, **kwargs) -> "Localizer":
         return cls(load_bundle(path), **kwargs)
 
+    refine_enabled = _setting("refine", "Publish the refined pose (else the APR's).")
+    published = _setting("published", "The header's ``published`` decision, or None.")
+    k = _setting("k", "Nearest train poses among the candidates.")
+    steps = _setting("steps", "Steps of the convex-weight fit (0: equal weights).")
+    lr = _setting("lr", "Learning rate of the convex-weight fit.")
+    orientation = _setting("orientation", "``apr`` or ``average``: the refined pose's orientation.")
+    candidates = _setting("candidates", "``auto``, ``knn``, ``retrieval`` or ``union`` as configured.")
+    retrieval_k = _setting("retrieval_k", "Retrieval top-k candidates.")
+    weights = _setting("weights", "The candidates' weights: ``pae`` (latent fit) or ``uniform``.")
+    ood_gate = _setting("ood_gate", "The out-of-scene gate dict, or None.")
+    geometric_k = _setting("geometric_k", "Retrieval top-k train images in the geometric shortlist.")
+    backend = _setting("backend", "``torch`` or ``onnx``.")
+
+    @property
+    def shares_backbone(self) -> bool:
+        """Whether the retrieval descriptors are the APR backbone's pooled feature (one forward)."""
+        return self.describer.shares_backbone
+
     @property
     def candidate_mode(self) -> str:
         """The candidate source in use: ``knn``, ``retrieval`` or ``union`` (``auto`` resolved)."""
-        if self.candidates == "auto":
-            return "retrieval" if self.retrieval is not None else "knn"
-        return self.candidates
+        return self.settings.candidate_mode(self.retrieval is not None)
+
+    @property
+    def pose_index(self) -> PoseTableIndex:
+        """The neighbour index over the bundle's train pose table (built on first use)."""
+        if self._pose_index is None:
+            self._pose_index = PoseTableIndex.from_bundle(self.bundle, self.settings.metric, self.device)
+        return self._pose_index
 
     def refine_settings(self) -> dict:
         """The refinement settings a calibration is valid for (compared with ``calibration_settings``)."""
         mode = self.candidate_mode
         s = {"k": self.k, "steps": self.steps, "lr": self.lr, "orientation": self.orientation,
-             "metric": self.refiner.index.metric if self.refiner is not None else self.cfg.refine.metric,
-             "candidates": mode}
+             "metric": self.settings.metric, "candidates": mode}
         if mode != "knn":
             s["retrieval_k"] = self.retrieval_k
         return s
@@ -292,21 +266,15 @@ class Localizer:
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         return to_batch(images, self.resize, self.crop)
 
-    def _needs_descriptors(self) -> bool:
-        return self.retrieval is not None
-
     @torch.inference_mode()
     def predict_apr(self, batch: torch.Tensor, descriptors: bool | None = None) -> AprOutput:
         """APR on a preprocessed batch (B, 3, S, S). ``descriptors``: also compute the retrieval
         descriptors (None: when retrieval is on). With a frozen backbone they come from the same
         forward (the pooled backbone feature), else from a second, pretrained backbone."""
-        want = self._needs_descriptors() if descriptors is None else descriptors
+        want = self.retrieval is not None if descriptors is None else descriptors
         if self.onnx is not None:
             p, q, z, s, d = self.onnx(batch)
-            desc = None
-            if want:
-                desc = normalise_descriptors(d) if self.shares_backbone else self.describe_batch(batch)
-            return AprOutput(p, q, z, s, desc)
+            return AprOutput(p, q, z, s, self._apr_descriptors(batch, d) if want else None)
         feats = self.apr.backbone(batch.to(self.device))
         out = self.apr.forward_features({k_: feats[k_] for k_ in self.apr.feature_keys})
         x = out["x"].double().cpu().numpy()
@@ -314,22 +282,18 @@ class Localizer:
         n = np.linalg.norm(q, axis=1, keepdims=True)
         q = np.where(n > 1e-9, q / np.maximum(n, 1e-12), np.nan)
         q = np.where(q[:, :1] < 0, -q, q)
-        desc = None
-        if want:
-            desc = normalise_descriptors(feats["pooled"]) if self.shares_backbone else self.describe_batch(batch)
+        desc = self._apr_descriptors(batch, feats["pooled"]) if want else None
         return AprOutput(self.denormalise_positions(x), q, torch.cat([out["z_x"], out["z_q"]], -1).float(),
                          out["scene_idx"].cpu().numpy(), desc)
 
+    def _apr_descriptors(self, batch: torch.Tensor, pooled) -> np.ndarray:
+        """Retrieval descriptors (B, D) of ``batch`` given the APR forward's ``pooled`` backbone
+        feature: that feature itself when the describer shares the APR's backbone."""
+        return normalise_descriptors(pooled) if self.shares_backbone else self.describer(batch)
+
     def describe_batch(self, batch: torch.Tensor) -> np.ndarray:
         """Retrieval descriptors (B, D) of a preprocessed batch."""
-        if self.shares_backbone:
-            with torch.inference_mode():
-                return normalise_descriptors(self.apr.backbone(batch.to(self.device))["pooled"])
-        if self._describer is None:
-            from .retrieval import Describer
-
-            self._describer = Describer(None, self.cfg.model.backbone, self.device)
-        return self._describer(batch)
+        return self.describer(batch)
 
     def describe(self, images: list[np.ndarray]) -> np.ndarray:
         """Retrieval descriptors (B, D) float32, unit rows, of RGB uint8 images (H, W, 3)."""
@@ -357,26 +321,24 @@ class Localizer:
         (None: the Localizer's); retrieval needs ``apr.descriptors`` (else it falls back to knn)."""
         if self.refiner is None:
             raise BundleError("this bundle has no PAE: refinement is unavailable")
-        from .candidates import retrieval_candidates
-
         mode = candidates or self.candidate_mode
-        multi = len(self.scenes) > 1
+        scene_idx = multi_scene_idx(apr.scene_idx, len(self.scenes))
         extra = None
         k_eff = k or self.k
         if mode in ("retrieval", "union"):
             if self.retrieval is not None and apr.descriptors is not None:
                 extra, _ = retrieval_candidates(self.retrieval, apr.descriptors, retrieval_k or self.retrieval_k,
-                                                apr.scene_idx if multi else None)
+                                                scene_idx)
                 if mode == "retrieval":
                     k_eff = 0
-            elif self.retrieval is not None and not getattr(self, "_warned_no_desc", False):
+            elif self.retrieval is not None and not self._warned_no_desc:
                 self._warned_no_desc = True
                 log.warning("refine: candidates %r need descriptors but the APR output has none (build AprOutput "
                             "with descriptors=, or call predict_apr); using the k nearest poses instead", mode)
         return self.refiner.refine(apr.positions, apr.quaternions, apr.latents, k_eff,
                                    self.steps if steps is None else steps, lr or self.lr,
-                                   self.cfg.refine.weight_decay, orientation or self.orientation,
-                                   apr.scene_idx if multi else None, extra_candidates=extra)
+                                   self.settings.weight_decay, orientation or self.orientation,
+                                   scene_idx, extra_candidates=extra)
 
     def confidence_features(self, apr: AprOutput, ref: RefineResult | None) -> dict[str, np.ndarray]:
         """Per-frame confidence / gate features (see :mod:`pae_ros.confidence`, :mod:`pae_ros.ood`)."""
@@ -391,7 +353,7 @@ class Localizer:
             if ref.manifold is not None:
                 feats["manifold"] = ref.manifold
         if self.retrieval is not None and apr.descriptors is not None:
-            _, cos = self.retrieval.query(apr.descriptors, 1, apr.scene_idx if len(self.scenes) > 1 else None)
+            _, cos = self.retrieval.query(apr.descriptors, 1, multi_scene_idx(apr.scene_idx, len(self.scenes)))
             feats["retrieval_cos"] = cos[:, 0].astype(np.float64)
         return feats
 
@@ -410,77 +372,92 @@ class Localizer:
         finite in-scene row; False skips it and returns the APR/PAE estimates, for a caller that
         runs :meth:`localize_geometric` itself (the node's slower thread)."""
         apr = self.predict_apr(self.preprocess(images))
-        n = len(images)
         finite = np.isfinite(apr.positions).all(1) & np.isfinite(apr.quaternions).all(1) & \
             torch.isfinite(apr.latents).all(1).cpu().numpy()
         ok_rows = np.flatnonzero(finite)
-        sub = apr.rows(ok_rows) if len(ok_rows) < n else apr
-        ref = None
-        if self.refine_enabled and len(ok_rows):
-            ref = self.refine(sub)
-        pos = np.array(apr.positions, np.float64)
-        quat = np.array(apr.quaternions, np.float64)
-        if ref is not None:
-            pos[ok_rows], quat[ok_rows] = ref.position, ref.quaternion
-        feats_sub = self.confidence_features(sub, ref) if len(ok_rows) else {}
-        if self.ood_gate and len(ok_rows) and ref is None and self.refiner is not None:
-            # refinement off: the gate still needs the candidates' latent distance
-            g = self.confidence_features(sub, self.refine(sub, steps=0))
-            feats_gate = {k_: g[k_] for k_ in ("manifold", "residual") if k_ in g} | feats_sub
-        else:
-            feats_gate = feats_sub
-        in_sub, failed_sub = apply_ood_gate(self.ood_gate, feats_gate, len(ok_rows))
+        sub = apr.rows(ok_rows) if len(ok_rows) < len(images) else apr
+        ref = self.refine(sub) if self.refine_enabled and len(ok_rows) else None
+        feats, gate_feats = self._row_features(sub, ref) if len(ok_rows) else ({}, {})
+        in_scene, reasons = self._gate(gate_feats, ok_rows, len(images))
+        sigmas = self._sigmas(feats, ref, ok_rows, ~in_scene & finite)
+        out = self._estimates(apr, ok_rows, ref, gate_feats, in_scene, reasons, sigmas)
+        if self.geometric is not None and geometric is not False:
+            for i, e in enumerate(out):
+                if e.finite and e.in_scene:
+                    out[i] = self._geometric_fix(images[i], e, None if apr.descriptors is None else apr.descriptors[i:i + 1])
+        return out
+
+    def _row_features(self, sub: AprOutput, ref: RefineResult | None) -> tuple[dict, dict]:
+        """(confidence features, out-of-scene gate features) of the finite rows ``sub``. With
+        refinement off the gate still needs the candidates' latent distance (an unfitted refine)."""
+        feats = self.confidence_features(sub, ref)
+        if not (self.ood_gate and ref is None and self.refiner is not None):
+            return feats, feats
+        g = self.confidence_features(sub, self.refine(sub, steps=0))
+        return feats, {k_: g[k_] for k_ in ("manifold", "residual") if k_ in g} | feats
+
+    def _gate(self, gate_feats: dict, ok_rows: np.ndarray, n: int) -> tuple[np.ndarray, list[list[str]]]:
+        """(in_scene (n,) bool, reasons per row): the out-of-scene gate on the finite rows
+        ``ok_rows``; a non-finite row is out of scene with reason ``non-finite``."""
+        in_sub, failed_sub = apply_ood_gate(self.ood_gate, gate_feats, len(ok_rows))
         in_scene = np.zeros(n, bool)
         in_scene[ok_rows] = in_sub
-        failed = [["non-finite"] for _ in range(n)]
+        reasons = [["non-finite"] for _ in range(n)]
         for j, i in enumerate(ok_rows):
-            failed[i] = failed_sub[j]
-        # uncalibrated (or out-of-scene / non-finite): an honest "we don't know", never a tiny fixed covariance
-        sp = np.full(n, self.unknown_sigma_m)
-        so = np.full(n, np.pi / 2)
-        conf = np.zeros(n)
+            reasons[i] = failed_sub[j]
+        return in_scene, reasons
+
+    def _sigmas(self, feats: dict, ref: RefineResult | None, ok_rows: np.ndarray,
+                gated: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sigma position m, sigma orientation rad, confidence), each (n,), from the calibrated
+        model of the published method. Uncalibrated, non-finite and ``gated`` (out-of-scene) rows
+        get an honest "we don't know" (:attr:`unknown_sigma_m`, pi/2, confidence 0), never a tiny
+        fixed covariance."""
+        n = len(gated)
+        sp, so, conf = np.full(n, self.unknown_sigma_m), np.full(n, np.pi / 2), np.zeros(n)
         model = self.sigma_models.get("refined" if ref is not None else "apr")
-        if model is not None and feats_sub and all(f in feats_sub for f in model.features):
-            sp_s, so_s = model.sigmas(feats_sub)
+        if model is not None and feats and all(f in feats for f in model.features):
+            sp_s, so_s = model.sigmas(feats)
             sp[ok_rows], so[ok_rows] = sp_s, so_s
             conf[ok_rows] = model.confidence(sp_s)
-        gated = ~in_scene & finite
         sp[gated], so[gated], conf[gated] = self.unknown_sigma_m, np.pi / 2, 0.0
+        return sp, so, conf
+
+    def _estimates(self, apr: AprOutput, ok_rows: np.ndarray, ref: RefineResult | None, gate_feats: dict,
+                   in_scene: np.ndarray, reasons: list[list[str]], sigmas) -> list[Estimate]:
+        """One :class:`Estimate` per row of ``apr``: the refined pose on the finite rows when
+        ``ref`` exists, the features and candidates in ``extras``."""
+        sp, so, conf = sigmas
+        pos, quat = np.array(apr.positions, np.float64), np.array(apr.quaternions, np.float64)
+        if ref is not None:
+            pos[ok_rows], quat[ok_rows] = ref.position, ref.quaternion
         row_of = {int(i): j for j, i in enumerate(ok_rows)}
-        method = "refined" if ref is not None else "apr"
         out = []
-        for i in range(n):
+        for i in range(len(pos)):
             j = row_of.get(i)
-            ok = bool(j is not None and np.isfinite(pos[i]).all() and np.isfinite(sp[i]))
-            extras = {} if j is None else {k_: float(v[j]) for k_, v in feats_gate.items()}
+            extras = {} if j is None else {k_: float(v[j]) for k_, v in gate_feats.items()}
             if ref is not None and j is not None:
                 valid = ref.valid[j] if ref.valid is not None else np.ones(ref.neighbors.shape[1], bool)
                 extras["neighbors"] = ref.neighbors[j][valid].tolist()
                 extras["weights"] = ref.weights[j][valid].tolist()
-            if failed[i]:
-                extras["out_of_scene"] = failed[i]
+            if reasons[i]:
+                extras["out_of_scene"] = reasons[i]
+            refined = ref is not None and j is not None
             out.append(Estimate(
                 position=pos[i].copy(), quaternion=quat[i].copy(), apr_position=apr.positions[i].copy(),
                 apr_quaternion=apr.quaternions[i].copy(), confidence=float(conf[i]),
                 sigma_position_m=float(sp[i]), sigma_orientation_rad=float(so[i]),
                 covariance=covariance_6x6(float(sp[i]), float(so[i])),
-                scene=self.scenes[int(apr.scene_idx[i])], refined=ref is not None and j is not None, finite=ok,
-                extras=extras, method=method if j is not None else "apr", in_scene=bool(in_scene[i]),
+                scene=self.scenes[int(apr.scene_idx[i])], refined=refined,
+                finite=bool(j is not None and np.isfinite(pos[i]).all() and np.isfinite(sp[i])),
+                extras=extras, method="refined" if refined else "apr", in_scene=bool(in_scene[i]),
                 descriptor=None if apr.descriptors is None else np.array(apr.descriptors[i], np.float32)))
-        if self.geometric is not None and geometric is not False:
-            for i in range(n):
-                if out[i].finite and out[i].in_scene:
-                    desc = None if apr.descriptors is None else apr.descriptors[i:i + 1]
-                    out[i] = self._geometric_fix(images[i], out[i], desc)
         return out
 
     def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None) -> Estimate:
-        from .geometric_adapter import apply_fix, shortlist
-
         top = None
         if self.retrieval is not None and descriptor is not None:
-            multi = len(self.scenes) > 1
-            s_idx = np.array([self.scenes.index(prior.scene)]) if multi else None
+            s_idx = multi_scene_idx(np.array([self.scenes.index(prior.scene)]), len(self.scenes))
             top, _ = self.retrieval.query(descriptor, min(self.geometric_k, len(self.bundle.table_positions)), s_idx)
             top = top[0]
         rows = shortlist(top, prior.extras.get("neighbors"))

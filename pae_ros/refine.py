@@ -55,9 +55,9 @@ class PoseTableIndex:
     neighbours come from the query's scene only.
 
     Precision: coordinates are centred on the table's mean and distances are computed in float64
-    without the matmul expansion of ``cdist``, so the ranking stays exact far from the origin
-    (float32 ``cdist`` on raw coordinates picked the wrong neighbour for 16 % of queries 100 m
-    from the origin, 98 % at 1000 m).
+    without the matmul expansion of ``cdist``, so the ranking stays exact far from the origin,
+    where float32 ``cdist`` on raw coordinates picks wrong neighbours
+    (``test_refine.py::test_nearest_neighbour_exact_far_from_origin``).
 
     Speed (``scaled`` metric, tables of at least ``ann_min`` poses, faiss installed): an L2
     search in the 7-D embedding ``[p / pos_scale, 2 q / ori_scale]`` (both quaternion signs) gives
@@ -67,8 +67,8 @@ class PoseTableIndex:
     to the exhaustive float64 search. The shortlist comes from a flat (exhaustive) faiss index,
     which makes the result provably exact, or, for tables of at least ``hnsw_min`` poses, from an
     HNSW graph (O(log N) per query; approximate: the bound holds only if the graph found the true
-    shortlist, recall@8 was 1.000 on 200 queries against 200 k random 7-D points here; building it
-    takes ~20 s for 100 k poses on the loaded 2-core machine). ``hnsw_min=None`` keeps it flat.
+    shortlist, which ``test_refine.py`` checks against brute force; ``bench/bench_scaling.py``
+    times queries and the build). ``hnsw_min=None`` keeps it flat.
     """
 
     def __init__(self, positions, quaternions, scene_idx=None, metric: str = "scaled",
@@ -94,6 +94,17 @@ class PoseTableIndex:
         self.ann_kind = "exhaustive"
         if metric == "scaled" and len(p) >= ann_min:
             self.ann = self._build_ann(p - self.origin, self._q_np)
+
+    @classmethod
+    def from_bundle(cls, bundle, metric: str, device="cpu") -> "PoseTableIndex":
+        """The index over a :class:`pae_ros.bundle.Bundle`'s train pose table with the header's
+        metric scales (``metric_scales``), per scene when the bundle holds several."""
+        from .bundle import multi_scene_idx
+
+        scales = bundle.require("metric_scales")
+        return cls(bundle.table_positions, bundle.table_quaternions,
+                   multi_scene_idx(bundle.table_scene_idx, len(bundle.require("scenes"))), metric,
+                   scales["position_m"], scales["orientation_rad"], device)
 
     def _embed(self, pc: np.ndarray, q: np.ndarray) -> np.ndarray:
         return np.concatenate([pc / self.pos_scale, 2.0 * q / self.ori_scale], 1).astype(np.float32)
@@ -180,7 +191,7 @@ def fit_convex_weights(z: torch.Tensor, Z: torch.Tensor, steps: int, lr: float,
     gradients through the Gram matrix. z: (B, D), Z: (B, k, D). ``mask`` (B, k) bool: candidates
     marked False keep weight 0 (logit -inf, zero gradient). The D-sized products run in
     torch on the tensors' device; the k-sized iteration runs in numpy float64 (on tiny arrays a
-    torch op costs more in dispatch than in arithmetic: 0.4 ms vs 1.5 ms for 30 steps, k = 3).
+    torch op costs more in dispatch than in arithmetic; ``bench/bench_refine.py`` times the fit).
     Returns (w (B, k), relative residual (B,)) as CPU tensors of ``z``'s dtype.
     """
     D = z.shape[-1]

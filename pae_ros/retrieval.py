@@ -26,21 +26,44 @@ def normalise_descriptors(pooled) -> np.ndarray:
 class Describer:
     """Computes retrieval descriptors of preprocessed image batches (B, 3, S, S), ImageNet-normalised.
 
-    Uses ``backbone`` (e.g. the APR's own backbone when it is frozen, so no second forward is
-    needed) or, when ``backbone`` is None, a fresh ImageNet-pretrained backbone ``name``.
+    Runs ``backbone`` (the APR's own when training left it unchanged, so the APR's forward gives
+    the descriptors too) or, when ``backbone`` is None, a fresh ImageNet-pretrained backbone
+    ``name``, built on first use. :meth:`for_config` picks between the two for a bundle: the
+    Localizer, training's table descriptors and evaluation all describe images through it.
     """
 
     def __init__(self, backbone: nn.Module | None = None, name: str = "efficientnet_lite0",
                  device: str | torch.device = "cpu"):
-        if backbone is None:
+        self.device = torch.device(device)
+        self.name = name
+        #: True when ``backbone`` was given (the APR's): its pooled feature is the descriptor
+        self.shares_backbone = backbone is not None
+        self._backbone = None if backbone is None else backbone.to(self.device).eval()
+
+    @classmethod
+    def for_config(cls, cfg, apr_backbone: nn.Module, device: str | torch.device = "cpu") -> "Describer":
+        """The describer of a model trained with ``cfg`` (:class:`pae_ros.config.Config`): its
+        ``apr_backbone`` when ``cfg.apr.backbone_unchanged()``, else a pretrained ``cfg.model.backbone``."""
+        if cfg.apr.backbone_unchanged():
+            return cls(apr_backbone, device=device)
+        return cls(None, cfg.model.backbone, device)
+
+    @property
+    def source(self) -> str:
+        """``apr_backbone`` or ``<name>_pretrained``: which network made the descriptors."""
+        return "apr_backbone" if self.shares_backbone else f"{self.name}_pretrained"
+
+    @property
+    def backbone(self) -> nn.Module:
+        if self._backbone is None:
             from .models.backbone import build_backbone
 
-            backbone = build_backbone(name, pretrained_weights=True)
-        self.backbone = backbone.to(device).eval()
-        self.device = torch.device(device)
+            self._backbone = build_backbone(self.name, pretrained_weights=True).to(self.device).eval()
+        return self._backbone
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor, chunk: int = 64) -> np.ndarray:
+        """(B, D) float32 unit descriptors; ``chunk`` images per forward."""
         out = [normalise_descriptors(self.backbone(batch[i:i + chunk].to(self.device))["pooled"])
                for i in range(0, len(batch), chunk)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -53,9 +76,9 @@ class RetrievalIndex:
     ``ann_min`` rows on, and when faiss is installed, an inverted-file index (``IndexIVFFlat``,
     inner product, ``sqrt(N)`` k-means cells trained on at most ``64 sqrt(N)`` rows) visits only
     the ``nprobe`` cells nearest the query: the scores of what it returns are exact, but a true
-    neighbour in an unvisited cell is missed (``bench/bench_scaling.py`` prints the recall). A query with per-scene masking falls back to the exhaustive search. The
-    exhaustive search grows linearly with N (0.09 -> 33 ms from 1 k to 100 k rows here); the
-    index keeps a query near constant in N.
+    neighbour in an unvisited cell is missed (``bench/bench_scaling.py`` prints the recall). A
+    query with per-scene masking falls back to the exhaustive search. The exhaustive search grows
+    linearly with N; the index keeps a query near constant in N (``bench/bench_scaling.py``).
     """
 
     def __init__(self, descriptors: np.ndarray, scene_idx: np.ndarray | None = None, ann_min: int | None = 5000,

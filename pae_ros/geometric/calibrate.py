@@ -1,7 +1,7 @@
 """Calibration of the PnP covariance: one scale per block (position, rotation) fitted on
 held-out queries so that the isotropic-equivalent sigma covers the errors like a 3-D Gaussian
 (``err <= 1.878 sigma`` for 68.3 %, ``err <= 2.833 sigma`` for 95.4 %, as
-:func:`pae_ros.confidence.coverage` judges them).
+:func:`pae_ros.confidence.sigma_hit_rate` judges them).
 
 The scale puts 68.3 % of the held-out errors inside 1 sigma; when that leaves fewer than
 ``target_2sigma`` inside 2 sigma (heavy tails), it grows until the 2-sigma share is reached, but
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..confidence import CHI3_RADIUS_68, CHI3_RADIUS_95, coverage
+from ..confidence import CHI3_RADIUS_68, CHI3_RADIUS_95, sigma_hit_rate
 
 
 #: a fix whose error/sigma ratio exceeds this many times the median ratio is a gross error (a fix on a
@@ -60,5 +60,5 @@ def calibrate_covariance(pos_err_m, sigma_pos_m, rot_err_rad, sigma_rot_rad, tar
     sr = fit_scale(rot_err_rad, sigma_rot_rad, target_2sigma)
     return {"position_scale": sp, "orientation_scale": sr, "queries": int(len(pos_err_m)),
             "gross_share_position": gross_share(pos_err_m, sigma_pos_m),
-            "coverage_position": coverage(pos_err_m, sp * np.asarray(sigma_pos_m)),
-            "coverage_orientation": coverage(rot_err_rad, sr * np.asarray(sigma_rot_rad))}
+            "coverage_position": sigma_hit_rate(pos_err_m, sp * np.asarray(sigma_pos_m)),
+            "coverage_orientation": sigma_hit_rate(rot_err_rad, sr * np.asarray(sigma_rot_rad))}

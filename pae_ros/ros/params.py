@@ -10,7 +10,8 @@ Validation happens twice, because rcl silently loses some mistakes before the no
   here against the table, and names the node does not declare (``confidence_gte``) are refused.
 * :func:`declare_and_read` declares every parameter and checks each value (type, range, choice).
 
-Both raise :class:`ConfigError` with one sentence naming every bad parameter. This module does not
+Both raise :class:`pae_ros.config.ConfigError` (the one error of a bad setting) with one sentence
+naming every bad parameter. This module does not
 import rclpy at module level (the launch file imports it to check launch arguments).
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from pae_ros.config import ConfigError
 
 NODE_NAME = "pae_localizer"
 
@@ -32,10 +35,6 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 FRAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
 #: parameters every rclpy node declares itself
 ROS_BUILTIN_PARAMS = frozenset({"use_sim_time", "start_type_description_service"})
-
-
-class ConfigError(Exception):
-    """A parameter has a bad value or name; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from ..confidence import CHI3_RADIUS_68, CHI3_RADIUS_95, SigmaModel, coverage, fit_sigma_model
+from ..confidence import CHI3_RADIUS_68, CHI3_RADIUS_95, SigmaModel, fit_sigma_model, sigma_hit_rate
 from ..geometry import orientation_error_rad, position_error
 from ..pipeline import Localizer
 
@@ -70,10 +70,10 @@ def pool_passes(passes: list[dict]) -> dict:
     return out
 
 
-def coverage_scale(err: np.ndarray, sigma: np.ndarray) -> float:
-    """The factor ``c`` on sigma whose 1- and 2-sigma coverage of ``err`` is nearest 68.3 % and
+def sigma_scale(err: np.ndarray, sigma: np.ndarray) -> float:
+    """The factor ``c`` on sigma whose 1- and 2-sigma hit rates of ``err`` are nearest 68.3 % and
     95.4 % (squared distance; the smallest ``|log c|`` among ties). Maximum likelihood under a
-    Gaussian lets a few large errors inflate every sigma; this matches the coverage itself."""
+    Gaussian lets a few large errors inflate every sigma; this matches the hit rates themselves."""
     err, sigma = np.asarray(err, np.float64), np.asarray(sigma, np.float64)
     cs = np.exp(np.linspace(np.log(0.5), np.log(4.0), 209))
     c1 = (err[None, :] <= CHI3_RADIUS_68 * cs[:, None] * sigma[None, :]).mean(1)
@@ -85,29 +85,29 @@ def coverage_scale(err: np.ndarray, sigma: np.ndarray) -> float:
 
 def _rescaled(m: SigmaModel, feats: dict, pos_err, ori_err) -> tuple[SigmaModel, dict]:
     sp, so = m.sigmas(feats)
-    cp, co = coverage_scale(pos_err, sp), coverage_scale(ori_err, so)
+    cp, co = sigma_scale(pos_err, sp), sigma_scale(ori_err, so)
     tp, to = list(m.theta_position), list(m.theta_orientation)
     tp[0] += float(np.log(cp))
     to[0] += float(np.log(co))
     out = SigmaModel(list(m.features), tp, to, sigma_ref_m=1.0)
     sp, so = out.sigmas(feats)
     out.sigma_ref_m = float(np.median(sp))
-    out.coverage = {"position": coverage(pos_err, sp), "orientation": coverage(ori_err, so), "frames": int(len(pos_err)),
-                    "maximum_likelihood": m.coverage}
+    out.hit_rate = {"position": sigma_hit_rate(pos_err, sp), "orientation": sigma_hit_rate(ori_err, so), "frames": int(len(pos_err)),
+                    "maximum_likelihood": m.hit_rate}
     return out, {"position": cp, "orientation": co}
 
 
 def fit_calibration(pooled: dict) -> dict:
     """Fit the ``apr`` and ``refined`` sigma models on pooled held-out frames: the bundle's
-    ``calibration`` dict (method -> SigmaModel dict, plus ``coverage_scale``: the factor applied
-    to the maximum-likelihood sigma, see :func:`coverage_scale`)."""
+    ``calibration`` dict (method -> SigmaModel dict, plus ``sigma_scale``: the factor applied
+    to the maximum-likelihood sigma, see :func:`sigma_scale`)."""
     models = {}
     for name, names in (("apr", APR_FEATURES), ("refined", REFINED_FEATURES)):
         r = pooled[name]
         m = fit_sigma_model(r["feats"], names, r["pos_err"], r["ori_err"])
         m, scale = _rescaled(m, r["feats"], r["pos_err"], r["ori_err"])
-        models[name] = {**m.to_dict(), "coverage_scale": scale}
-        cov = m.coverage["position"]
+        models[name] = {**m.to_dict(), "sigma_scale": scale}
+        cov = m.hit_rate["position"]
         log.info("calibrated %s sigma on %d held-out frames: median sigma %.3f m, %.0f%% within 1 sigma-radius "
                  "(expected 68%%), %.0f%% within 2 (95%%)", name, len(r["pos_err"]), m.sigma_ref_m,
                  100 * cov["within_1sigma"], 100 * cov["within_2sigma"])

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..confidence import coverage
+from ..confidence import sigma_hit_rate
 from ..config import RefineConfig
 from ..coverage import COVERAGE_BINS_M, coverage_bin_label, coverage_distance
 from ..datasets import DatasetSplit, load_rgb
@@ -101,18 +101,10 @@ def make_describer(loc: Localizer):
 
 def _table_neighbors(loc: Localizer, apr: AprOutput, chunk: int = 256):
     """k -> (N, k) rows of the bundle's pose table nearest each APR pose (the refiner's metric)."""
-    from ..refine import PoseTableIndex
+    from ..bundle import multi_scene_idx
 
-    b = loc.bundle
-    if loc.refiner is not None:
-        index = loc.refiner.index
-    else:
-        scales = b.header["metric_scales"]
-        index = PoseTableIndex(b.table_positions, b.table_quaternions,
-                               b.table_scene_idx if len(loc.scenes) > 1 else None, loc.cfg.refine.metric,
-                               scales["position_m"], scales["orientation_rad"], loc.device)
+    index = loc.pose_index
     cache: dict[int, np.ndarray] = {}
-    multi = len(loc.scenes) > 1
 
     def query(k: int) -> np.ndarray:
         if k not in cache:
@@ -120,7 +112,7 @@ def _table_neighbors(loc: Localizer, apr: AprOutput, chunk: int = 256):
             for i in range(0, len(apr.positions), chunk):
                 p = torch.as_tensor(apr.positions[i:i + chunk], dtype=torch.float32)
                 q = torch.as_tensor(apr.quaternions[i:i + chunk], dtype=torch.float32)
-                s = torch.as_tensor(apr.scene_idx[i:i + chunk]) if multi else None
+                s = multi_scene_idx(torch.as_tensor(apr.scene_idx[i:i + chunk]), len(loc.scenes))
                 out.append(index.query(p, q, k, s).cpu().numpy())
             cache[k] = np.concatenate(out) if out else np.zeros((0, k), np.int64)
         return cache[k]
@@ -401,7 +393,7 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
                     "median_position_m": float(np.median(pe[sel])) if sel.any() else None,
                     "median_orientation_deg": float(np.degrees(np.median(oe[sel]))) if sel.any() else None}
 
-        return {"frames": int(m.sum()), "position": coverage(pe[m], sp[m]), "orientation": coverage(oe[m], so[m]),
+        return {"frames": int(m.sum()), "position": sigma_hit_rate(pe[m], sp[m]), "orientation": sigma_hit_rate(oe[m], so[m]),
                 "median_sigma_position_m": float(np.median(sp[m])),
                 "median_sigma_orientation_deg": float(np.degrees(np.median(so[m]))),
                 "above_threshold": side(hi), "below_threshold": side(lo),
@@ -410,7 +402,7 @@ def _calibration(loc: Localizer, published: list, gt_p, gt_q, scene_idx, thresho
     out = {"method": pub["method"], "methods": pub["methods"], "confidence_threshold": threshold,
            **block(np.ones(len(pe), bool))}
     model = loc.sigma_models.get(pub["method"])
-    out["held_back_train_fit"] = model.coverage if model is not None else None
+    out["held_back_train_fit"] = model.hit_rate if model is not None else None
     out["settings"] = loc.bundle.header.get("calibration_settings")
     out["by_scene"] = {s: block(scene_idx == i) for i, s in enumerate(loc.scenes) if (scene_idx == i).any()}
     # per method: the geometric fixes' covariance and the APR/PAE fallbacks' are two different promises

@@ -274,34 +274,15 @@ def _with_table(bundle: Bundle, frames, scenes, descriptors: dict | None = None)
     return Bundle(header, tensors, bundle.path)
 
 
-def _shares_backbone(cfg: Config) -> bool:
-    """The APR's backbone is the ImageNet-pretrained one, unchanged: its pooled features are the
-    retrieval descriptors (the Localizer's rule when it has one)."""
-    from .. import pipeline
-
-    rule = getattr(pipeline, "_backbone_frozen", None)
-    return bool(rule(cfg) if rule is not None else cfg.apr.freeze_backbone)
-
-
-def _describer(cfg: Config, apr, dev):
-    """The retrieval describer the Localizer uses at run time (``Localizer.describe_batch``): the
-    APR's own backbone when it is frozen (no second network), else a fresh
-    ``Describer(None, cfg.model.backbone)`` (ImageNet-pretrained for ``efficientnet_lite0``)."""
-    from ..retrieval import Describer
-
-    if _shares_backbone(cfg):
-        return Describer(apr.backbone, device=dev), "apr_backbone"
-    return Describer(None, name=cfg.model.backbone, device=dev), f"{cfg.model.backbone}_pretrained"
-
-
 def table_descriptors(cfg: Config, apr, table_frames, dev, data: FrameImages | None, feats: dict | None,
                       image_cache: dict) -> tuple[np.ndarray, dict]:
     """(N, D) float32 unit retrieval descriptors of the table frames (bundle input size, centre
     crop), reusing the APR stage's cached pooled backbone features where it cached them."""
     from ..preprocess import to_batch
-    from ..retrieval import normalise_descriptors
+    from ..retrieval import Describer, normalise_descriptors
 
-    describer, source = _describer(cfg, apr, dev)
+    describer = Describer.for_config(cfg, apr.backbone, dev)
+    source = describer.source
     out: list[np.ndarray | None] = [None] * len(table_frames)
     if source == "apr_backbone" and data is not None and feats is not None and "pooled" in feats:
         pos = {id(f): i for i, f in enumerate(data.frames)}
@@ -565,7 +546,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         header["calibration_holdout"] = {"mode": cfg.calibration.holdout, "folds": records,
                                          "sequences": [s["held_sequences"] for s in fold_stats],
                                          "refit": refit, "table": "each fold's own training frames"}
-        stats["calibration"] = {k: v["coverage"] for k, v in header["calibration"].items()}
+        stats["calibration"] = {k: v["hit_rate"] for k, v in header["calibration"].items()}
         if gate_parts:
             names = set.intersection(*(set(g) for g in gate_parts))
             ood = _fit_ood({n: np.concatenate([g[n] for g in gate_parts]) for n in names})

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bundle import multi_scene_idx
 from ..config import Config
 from ..models import PoseAutoEncoder
 from .checkpoint import checkpoint_every, resume_training, save_checkpoint, training_state
@@ -104,7 +105,7 @@ def train_pae(cfg: Config, apr, pose_loss: LearnedPoseLoss, data: FrameImages, t
         nb = 0
         for i in range(0, n, pc.batch_size):
             b = perm[i:i + pc.batch_size]
-            zx, zq = pae(x_in[b], q_in[b], s_all[b] if n_scenes > 1 else None)
+            zx, zq = pae(x_in[b], q_in[b], multi_scene_idx(s_all[b], n_scenes))
             l_lat = nn.functional.mse_loss(torch.cat([zx, zq], -1), z_t[b])
             loss = pc.latent_loss_weight * l_lat
             l_pose = torch.zeros((), device=device)

@@ -771,16 +771,16 @@ def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
         os.umask(old)
 
 
-def test_coverage_scale_matches_the_coverage_not_the_likelihood():
-    from pae_ros.training.calibrate import coverage_scale
+def test_sigma_scale_matches_the_hit_rate_not_the_likelihood():
+    from pae_ros.training.calibrate import sigma_scale
 
     rng = np.random.default_rng(0)
     e = np.linalg.norm(rng.normal(size=(4000, 3)), axis=1)       # 3-D Gaussian errors, sigma 1
-    assert 0.93 < coverage_scale(e, np.ones(len(e))) < 1.07
-    assert 1.85 < coverage_scale(2 * e, np.ones(len(e))) < 2.15   # sigma given 2x too small
+    assert 0.93 < sigma_scale(e, np.ones(len(e))) < 1.07
+    assert 1.85 < sigma_scale(2 * e, np.ones(len(e))) < 2.15   # sigma given 2x too small
     heavy = e.copy()
     heavy[:200] *= 30                                             # 5 % gross errors: ML sigma would be ~7x
-    c = coverage_scale(heavy, np.ones(len(e)))
+    c = sigma_scale(heavy, np.ones(len(e)))
     assert 0.9 < c < 1.4, c
 
 

@@ -501,3 +501,11 @@ def test_real_bundle_loads_and_builds(tiny_bundle):
     assert cfg.model.backbone == "tiny_cnn" and dec is not None
     n = len(b.table_positions)
     assert b.table_quaternions.shape == (n, 4) and b.table_scene_idx.shape == (n,)
+
+
+def test_multi_scene_idx_only_with_several_scenes():
+    from pae_ros.bundle import multi_scene_idx
+
+    s = torch.tensor([0, 1, 1])
+    assert multi_scene_idx(s, 1) is None      # one scene: nothing to restrict or condition on
+    assert multi_scene_idx(s, 2) is s

@@ -1,4 +1,4 @@
-"""pae_ros.confidence: max-likelihood sigma model, coverage, serialisation."""
+"""pae_ros.confidence: max-likelihood sigma model, sigma hit rate, serialisation."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pae_ros.confidence import (CHI3_RADIUS_68, CHI3_RADIUS_95, SigmaModel, covariance_6x6, coverage,
+from pae_ros.confidence import (CHI3_RADIUS_68, CHI3_RADIUS_95, SigmaModel, covariance_6x6, sigma_hit_rate,
                                 feature_matrix, fit_log_sigma, fit_sigma_model)
 
 
@@ -44,16 +44,16 @@ def test_fit_log_sigma_constant_model_is_the_closed_form_mle():
     assert np.exp(est[0]) == pytest.approx(0.25, rel=0.05)
 
 
-def test_coverage_on_data_from_the_model():
+def test_sigma_hit_rate_on_data_from_the_model():
     _, _, _, sigma, err = _synthetic(8000, (-1.0, 0.6), seed=3)
-    c = coverage(err, sigma)
+    c = sigma_hit_rate(err, sigma)
     assert c["within_1sigma"] == pytest.approx(0.683, abs=0.02)
     assert c["within_2sigma"] == pytest.approx(0.954, abs=0.01)
     assert c["expected_1sigma"] == 0.683 and c["expected_2sigma"] == 0.954
-    # over- / under-confident sigmas are visible in the coverage
-    assert coverage(err, sigma * 0.5)["within_1sigma"] < 0.4
-    assert coverage(err, sigma * 2.0)["within_1sigma"] > 0.95
-    empty = coverage(np.array([]), np.array([]))
+    # over- / under-confident sigmas are visible in the hit rate
+    assert sigma_hit_rate(err, sigma * 0.5)["within_1sigma"] < 0.4
+    assert sigma_hit_rate(err, sigma * 2.0)["within_1sigma"] > 0.95
+    empty = sigma_hit_rate(np.array([]), np.array([]))
     assert empty["within_1sigma"] is None
 
 
@@ -68,9 +68,9 @@ def test_fit_sigma_model_end_to_end_and_calibrated():
     sp, so = m.sigmas(feats)
     np.testing.assert_allclose(np.log(sp), np.log(sigma), atol=0.15)
     assert m.sigma_ref_m == pytest.approx(np.median(sp))
-    assert m.coverage["frames"] == 6000
-    assert m.coverage["position"]["within_1sigma"] == pytest.approx(0.683, abs=0.025)
-    assert m.coverage["orientation"]["within_2sigma"] == pytest.approx(0.954, abs=0.015)
+    assert m.hit_rate["frames"] == 6000
+    assert m.hit_rate["position"]["within_1sigma"] == pytest.approx(0.683, abs=0.025)
+    assert m.hit_rate["orientation"]["within_2sigma"] == pytest.approx(0.954, abs=0.015)
     # confidence: 0.5 at the reference sigma, decreasing in sigma, inside (0, 1)
     assert m.confidence(m.sigma_ref_m) == pytest.approx(0.5)
     conf = m.confidence(np.sort(sp))
@@ -85,9 +85,11 @@ def test_sigma_model_round_trip_through_json():
     assert m2 == m
     for a, b in zip(m.sigmas(feats), m2.sigmas(feats)):
         np.testing.assert_array_equal(a, b)
-    # old headers without coverage still load
+    # hit rates stored under the older key name are read; headers without them still load
+    d["coverage"] = d.pop("hit_rate")
+    assert SigmaModel.from_dict(d) == m
     d.pop("coverage")
-    assert SigmaModel.from_dict(d).coverage == {}
+    assert SigmaModel.from_dict(d).hit_rate == {}
 
 
 def test_feature_matrix_floors_zero_features():

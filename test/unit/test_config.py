@@ -125,7 +125,7 @@ def test_out_of_range_names_dotted_path(data, key):
     ({"pae": {"hidden": [True, 8]}}, "pae.hidden"),
 ])
 def test_error_names_the_key_actually_wrong(data, key):
-    """The ConfigError names the wrong key itself, not a neighbouring one."""
+    """Each error is a ConfigError naming the key that is wrong, not a neighbouring one."""
     _raises_naming(data, key)
 
 

@@ -220,7 +220,7 @@ def test_a_map_with_no_points_is_refused(room, tmp_path):
 
 
 def test_covariance_scale_fit_restores_gaussian_coverage():
-    from pae_ros.confidence import coverage
+    from pae_ros.confidence import sigma_hit_rate
     from pae_ros.geometric.calibrate import fit_scale
 
     rng = np.random.default_rng(0)
@@ -229,7 +229,7 @@ def test_covariance_scale_fit_restores_gaussian_coverage():
     reported = true_sigma / 3.0                                   # overconfident by 3x
     s = fit_scale(err, reported)
     assert 2.7 < s < 3.4
-    cov = coverage(err, s * reported)
+    cov = sigma_hit_rate(err, s * reported)
     assert 0.6 < cov["within_1sigma"] < 0.8 and cov["within_2sigma"] >= 0.9
     # 8 % gross errors (fixes on a look-alike elsewhere) count: the scale grows so that the 2-sigma share of
     # all fixes reaches the target, but never past 80 % inside 1 sigma (they cannot inflate it without bound)
@@ -237,11 +237,11 @@ def test_covariance_scale_fit_restores_gaussian_coverage():
     gross[::12] = 50.0
     s_g = fit_scale(gross, reported)
     assert s < s_g < 3.6
-    cov_g = coverage(gross, s_g * reported)
+    cov_g = sigma_hit_rate(gross, s_g * reported)
     assert 0.55 < cov_g["within_1sigma"] <= 0.8 and cov_g["within_2sigma"] >= 0.88
     worse = err.copy()
     worse[::4] = 50.0                                               # 25 % gross: the 1-sigma cap binds
-    cov_w = coverage(worse, fit_scale(worse, reported) * reported)
+    cov_w = sigma_hit_rate(worse, fit_scale(worse, reported) * reported)
     assert cov_w["within_1sigma"] == pytest.approx(0.80, abs=0.01)
     with pytest.raises(ValueError, match=">= 5 accepted"):
         fit_scale(err[:3], reported[:3])

@@ -163,7 +163,7 @@ def test_localizer_retrieval_candidates_are_train_rows(tiny_bundle, room_splits)
     loc = Localizer(base.bundle, device="cpu", table_descriptors=desc, candidates="retrieval", retrieval_k=4)
     # the tiny bundle's backbone is not frozen and not pretrained: share the one describer that made
     # the table descriptors (a second random tiny_cnn would describe differently)
-    loc.shares_backbone, loc._describer = base.shares_backbone, base._describer
+    loc.describer = base.describer
     assert loc.info["candidates"] == "retrieval" and loc.info["retrieval"] is True
     te_imgs = [load_rgb(f.image_path) for f in test.frames[::4]]
     ests = loc.localize_batch(te_imgs)
@@ -544,3 +544,30 @@ def test_retrieval_index_for_large_tables_agrees_with_the_exhaustive_search():
     masked = RetrievalIndex(table, scene_idx=scenes, ann_min=1000)
     m_idx, _ = masked.query(queries, 3, scene_idx=np.ones(50, int))
     assert (scenes[m_idx] == 1).all()
+
+
+def test_pose_table_index_from_bundle_is_the_localizers_index(tiny_bundle, room_splits):
+    """One factory builds the index over a bundle's pose table: the Localizer's refiner uses it, and a
+    Localizer without refinement builds the same one on demand (evaluation's k-NN rows)."""
+    from pathlib import Path
+
+    from pae_ros.bundle import Bundle, BundleError
+
+    _, test = room_splits
+    on = Localizer.from_bundle(tiny_bundle, device="cpu", geometric="off")
+    assert on.refiner.index is on.pose_index
+    b = on.bundle
+    index = PoseTableIndex.from_bundle(b, "scaled")
+    scales = b.header["metric_scales"]
+    assert (index.pos_scale, index.ori_scale) == (scales["position_m"], scales["orientation_rad"])
+    assert index.scene_idx is None and len(index) == len(b.table_positions)   # one scene: no masking
+    q = torch.as_tensor(test.quaternions)
+    want = index.query(test.positions, q, 3)
+    assert torch.equal(on.pose_index.query(test.positions, q, 3), want)
+    no_pae = Bundle(b.header, {k: v for k, v in b.tensors.items() if not k.startswith("pae.")}, b.path)
+    apr_only = Localizer(no_pae, device="cpu", refine=False, geometric="off")
+    assert apr_only.refiner is None
+    assert torch.equal(apr_only.pose_index.query(test.positions, q, 3), want)
+    header = {k: v for k, v in b.header.items() if k != "metric_scales"}
+    with pytest.raises(BundleError, match="broken.pae: bundle header has no 'metric_scales'"):
+        PoseTableIndex.from_bundle(Bundle(header, b.tensors, Path("broken.pae")), "scaled")
