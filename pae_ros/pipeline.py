@@ -196,13 +196,7 @@ class Localizer:
         desc = table_descriptors
         if desc is None and "table.descriptors" in bundle.tensors:
             desc = bundle.tensors["table.descriptors"].float().cpu().numpy()
-        self.retrieval: RetrievalIndex | None = None
-        if desc is not None:
-            desc = np.asarray(desc, np.float32)
-            if len(desc) != len(bundle.table_positions):
-                raise BundleError(f"{bundle.path}: table.descriptors has {len(desc)} rows, the pose table "
-                                  f"{len(bundle.table_positions)}")
-            self.retrieval = RetrievalIndex(desc, bundle.table_scene_idx if len(self.scenes) > 1 else None)
+        self.retrieval: RetrievalIndex | None = None if desc is None else self._table_retrieval(desc)
         if self.candidates in ("retrieval", "union") and self.retrieval is None:
             raise BundleError(f"{bundle.path}: candidates {self.candidates!r} need retrieval descriptors "
                               "(bundle tensor table.descriptors), which this bundle lacks")
@@ -235,6 +229,21 @@ class Localizer:
     @classmethod
     def from_bundle(cls, path: str | Path, **kwargs) -> "Localizer":
         return cls(load_bundle(path), **kwargs)
+
+    def _table_retrieval(self, desc: np.ndarray) -> RetrievalIndex:
+        desc = np.asarray(desc, np.float32)
+        if len(desc) != len(self.bundle.table_positions):
+            raise BundleError(f"{self.bundle.path}: table.descriptors has {len(desc)} rows, the pose table "
+                              f"{len(self.bundle.table_positions)}")
+        return RetrievalIndex(desc, self.bundle.table_scene_idx if len(self.scenes) > 1 else None)
+
+    def set_table_descriptors(self, descriptors: np.ndarray) -> None:
+        """Retrieval over the pose table from the caller's (N, D) unit descriptors of its rows, for a
+        bundle without ``table.descriptors`` (``pae eval`` computes them with :meth:`describe`). The
+        geometric shortlist and the ``retrieval_cos`` feature use them; the refinement keeps the
+        candidates it resolved to at construction, the ones its calibration was made with."""
+        self.candidates = self.candidate_mode
+        self.retrieval = self._table_retrieval(descriptors)
 
     @property
     def candidate_mode(self) -> str:
