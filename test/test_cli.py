@@ -22,7 +22,7 @@ def test_every_subcommand_has_help(capsys):
         assert out.startswith("usage: pae " + " ".join(path))
 
 
-def test_eval_writes_the_report_the_issue_asks_for(tiny_bundle, tiny_dataset, tmp_path, capsys):
+def test_eval_writes_every_method_and_threshold_to_the_report(tiny_bundle, tiny_dataset, tmp_path, capsys):
     out_json = tmp_path / "eval" / "report.json"
     rc = main(["eval", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--format", "7scenes",
                "--split", "test", "--json", str(out_json), "--k-sweep", "1", "5", "--quiet"])
@@ -113,7 +113,7 @@ def test_eval_on_scenes_the_bundle_does_not_know_is_one_clear_error(tiny_bundle,
     assert "hall" in err and "room" in err
 
 
-# ----------------------------------------------------------------------------- issue 10 (hardening)
+# ----------------------------------------------------------------------------- bad input, one line
 
 def _edit_header_bytes(src, dst, old: bytes, new: bytes) -> None:
     """Replace ``old`` by ``new`` (same length) inside the bundle's JSON header, in place."""
@@ -131,8 +131,8 @@ def _one_line(err: str) -> str:
 
 
 def test_eval_refuses_a_tampered_header_in_one_line(tiny_bundle, tiny_dataset, tmp_path, capsys):
-    """Issue 10 items 1 and 12: one digit of position_scale loaded silently (exit 0, median 1.21 ->
-    5.22 m on the demo); a renamed header key gave a 20-line KeyError traceback."""
+    """One changed digit of position_scale or a renamed header key: refused by the digest, in one
+    line naming the bundle, exit 2, nothing written."""
     import re
 
     key = b'position_scale\\": '  # as the JSON header sits, escaped, in the safetensors header
@@ -177,7 +177,8 @@ def test_known_errors_reaching_main_are_one_line(tmp_path, capsys):
 
 
 def test_eval_skip_bad_skips_a_corrupt_image_quietly(tiny_bundle, tiny_dataset, tmp_path, capfd):
-    """Issue 10 item 12: --skip-bad did not skip corrupt or empty images; OpenCV added stderr lines."""
+    """--skip-bad skips corrupt and empty images without OpenCV's stderr lines; without it the
+    error names the image."""
     import shutil
 
     data = tmp_path / "data"
@@ -199,7 +200,8 @@ def test_eval_skip_bad_skips_a_corrupt_image_quietly(tiny_bundle, tiny_dataset, 
 
 
 def test_refused_checkpoint_message_gives_no_unsafe_advice(tmp_path):
-    """Issue 10 item 12: the message quoted torch's advice to load with weights_only=False."""
+    """A checkpoint that is not plain tensors is refused in one line, without advice to load it
+    unsafely."""
     import builtins
 
     import torch
@@ -224,7 +226,7 @@ def test_refused_checkpoint_message_gives_no_unsafe_advice(tmp_path):
 
 
 def test_progress_prints_few_plain_lines_into_a_log(monkeypatch):
-    """Issue 10 item 12: `scripts/demo.sh > log` got ~1,900 carriage-return redraws."""
+    """Progress into a log (not a terminal): a few plain lines, no carriage-return redraws."""
     import io
 
     from pae_ros import progress

@@ -101,7 +101,7 @@ def test_geometric_map_path_errors(mapped, tmp_path):
 def test_eval_report_has_the_geometric_section(mapped):
     from pae_ros.datasets import read_dataset
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import evaluate
+    from pae_ros.evaluation.report import evaluate
 
     root, out, desc = mapped
     loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc)
