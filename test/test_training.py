@@ -364,11 +364,11 @@ def test_tiny_bundle_beats_the_mean_pose_baseline(tiny_bundle, train_split, test
 
 # ------------------------------------------------------------------ calibration on held-out walks
 from pae_ros.bundle import Bundle  # noqa: E402
-from pae_ros.training import calibrate as calibrate_mod  # noqa: E402
-from pae_ros.training.calibrate import decide_published, holdout_pass  # noqa: E402
+from pae_ros.training import folds as folds_mod  # noqa: E402
+from pae_ros.training.holdout_calibration import decide_published, holdout_pass  # noqa: E402
 from pae_ros.training.checkpoint import CheckpointExistsError  # noqa: E402
 from pae_ros.training.data import BadPoseError, check_poses, frame_key, walk_folds  # noqa: E402
-from pae_ros.training.run import NonFiniteBundleError, _save, check_finite  # noqa: E402
+from pae_ros.training.bundle_parts import NonFiniteBundleError, check_finite, save_checked  # noqa: E402
 
 #: a fast config for the runs below: no decoder, few epochs; neighbours by pose only (the tiny CNN
 #: is not pretrained, so image-retrieval candidates would rest on a randomly initialised describer)
@@ -418,17 +418,17 @@ def test_walk_folds_hold_out_whole_walks_or_one_stretch(train_split):
 def spied_run(train_split, tmp_path_factory):
     """train_all (refit: false, so the published models are fold 1's) with a spy on the real
     holdout_pass recording the table and the held-out poses each calibration ran with; then the
-    calibrate stage alone re-run on the finished bundle (issue 10 item 8)."""
+    calibrate stage alone re-run on the finished bundle."""
     root = tmp_path_factory.mktemp("spied")
     out, work = root / "b.pae", root / "work"
     seen = []
-    real = calibrate_mod.holdout_pass
+    real = folds_mod.holdout_pass
 
     def spy(loc, images, positions, quaternions):
         seen.append((loc.bundle.table_positions.copy(), np.asarray(positions).copy()))
         return real(loc, images, positions, quaternions)
 
-    calibrate_mod.holdout_pass = spy
+    folds_mod.holdout_pass = spy
     try:
         cfg = _fast_cfg(calibration={"refit": False})
         train_all(cfg, train_split, out, work, device="cpu", show_progress=False)
@@ -436,7 +436,7 @@ def spied_run(train_split, tmp_path_factory):
         n_first = len(seen)
         train_all(cfg, train_split, out, work, device="cpu", stages=("calibrate",), show_progress=False)
     finally:
-        calibrate_mod.holdout_pass = real
+        folds_mod.holdout_pass = real
     return seen, n_first, first, load_bundle(out), train_split
 
 
@@ -572,13 +572,13 @@ def test_non_finite_bundle_is_refused_and_nothing_written(tiny_bundle, tmp_path)
     header = copy.deepcopy(b.header)
     header["calibration"]["refined"]["theta_position"][0] = float("nan")
     with pytest.raises(NonFiniteBundleError, match="calibration.refined.theta_position"):
-        _save(tmp_path / "x.pae", header, dict(b.tensors))
+        save_checked(tmp_path / "x.pae", header, dict(b.tensors))
     tensors = dict(b.tensors)
     name = next(k for k in tensors if k.startswith("pae.") and tensors[k].is_floating_point())
     tensors[name] = tensors[name].clone()
     tensors[name].view(-1)[0] = float("inf")
     with pytest.raises(NonFiniteBundleError, match=name.replace(".", r"\.")):
-        _save(tmp_path / "x.pae", dict(b.header), tensors)
+        save_checked(tmp_path / "x.pae", dict(b.header), tensors)
     assert not (tmp_path / "x.pae").exists() and os.listdir(tmp_path) == []
 
 
@@ -767,7 +767,7 @@ def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
     old = os.umask(0o022)
     try:
         save_checkpoint(tmp_path / "a.ckpt", {"epoch": 1})
-        _save(tmp_path / "a.pae", dict(b.header), dict(b.tensors))
+        save_checked(tmp_path / "a.pae", dict(b.header), dict(b.tensors))
         for name in ("a.ckpt", "a.pae"):
             assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
         os.umask(0o077)
@@ -778,7 +778,7 @@ def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
 
 
 def test_coverage_scale_matches_the_coverage_not_the_likelihood():
-    from pae_ros.training.calibrate import coverage_scale
+    from pae_ros.training.holdout_calibration import coverage_scale
 
     rng = np.random.default_rng(0)
     e = np.linalg.norm(rng.normal(size=(4000, 3)), axis=1)       # 3-D Gaussian errors, sigma 1
@@ -812,7 +812,7 @@ def test_fold_apr_reuses_the_main_runs_cached_features_and_trains_the_same_model
     assert {"apr", "pae", "fold1_apr", "fold1_pae", "fold1_holdout_pass"} <= set(stats["stage_seconds"])
     assert all(v["wall_s"] >= 0 and v["cpu_s"] >= 0 for v in stats["stage_seconds"].values())
     # the same run with nothing to reuse: the fold computes its own features
-    monkeypatch.setattr("pae_ros.training.run._feature_subset", lambda source, frames: None)
+    monkeypatch.setattr("pae_ros.training.folds.feature_subset", lambda source, frames: None)
     calls.clear()
     train_all(cfg, train_split, tmp_path / "b.pae", tmp_path / "wb", device="cpu", show_progress=False)
     assert calls == [len(train_split.frames), len(train_split.frames) - held]
