@@ -22,7 +22,7 @@ could be evaluated.
 ``/pae/pose`` carries what the node *publishes*: the method the bundle header ``published`` names
 (refined or the APR, later geometric fixes too; without the key, refined when refinement is on).
 The report's ``published`` entry says which row holds that topic; ``--estimate-name published``
-names the row after it (``pae demo`` does), the default ``refined`` keeps older reports' keys.
+names the row after it (``pae demo`` does); the default is ``refined``.
 """
 from __future__ import annotations
 
