@@ -846,3 +846,23 @@ def test_table_descriptors_are_the_localizers_query_descriptors(train_split, tmp
     # PoseNet's cached features are float16; the MS-Transformer's pooled features are float32 (a few 1e-6
     # apart from the Localizer's: other batch sizes, as the separate descriptor pass had too)
     np.testing.assert_allclose(d[rows].numpy(), q, atol=2e-3 if model == "posenet" else 2e-5)
+
+
+def test_table_descriptors_of_a_fine_tuned_backbone_come_from_the_pretrained_one(train_split, tmp_path):
+    """Partial fine-tuning (the last backbone block trains): the APR's backbone is no longer the
+    ImageNet one, so the table's descriptors come from a fresh pretrained describer, the same one
+    the Localizer computes its query descriptors with."""
+    cfg = _cfg(model={"type": "posenet", "backbone": "efficientnet_lite0"},
+               apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 1},
+               pae={"epochs": 2}, decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
+    out = tmp_path / "b.pae"
+    train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae", "calibrate"),
+              show_progress=False)
+    b = load_bundle(out)
+    assert b.header["descriptors"]["source"] == "efficientnet_lite0_pretrained"
+    assert b.header["descriptors"]["reused_cached_features"] == 0
+    loc = Localizer(b, device="cpu")
+    assert not loc.shares_backbone
+    rows = [0, 17, 95]
+    q = loc.describe([load_rgb(train_split.frames[i].image_path) for i in rows])
+    np.testing.assert_allclose(b.tensors["table.descriptors"][rows].numpy(), q, atol=2e-5)
