@@ -1,6 +1,6 @@
 """Accuracy of every row side by side, for one or more (bundle, dataset) pairs.
 
-Runs :func:`pae_ros.training.evaluate.evaluate` (what ``pae eval`` runs) on each pair's test
+Runs :func:`pae_ros.evaluation.report.evaluate` (what ``pae eval`` runs) on each pair's test
 split and prints one table with a column per scene: median position / orientation error of
 every row (baselines, APR, PAE, refined, published, oracle), the coverage of the test walks,
 the paired bootstrap intervals and the calibration of the published estimate. ``--markdown``
@@ -61,7 +61,7 @@ def parse_args(argv=None):
 
 def side_by_side(reports: dict[str, dict], markdown: bool = False) -> str:
     """One line per row, one column per scene: 'median pos m / median ori deg'."""
-    from pae_ros.training.evaluate import table_rows
+    from pae_ros.evaluation.text import table_rows
 
     rows: list[str] = []
     labels: dict[str, dict] = {}
@@ -105,8 +105,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from pae_ros.datasets import load_rgb, read_dataset
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import bootstrap_lines, evaluate, gating_lines, json_clean
-    from pae_ros.training.ood_images import load_other_scene, out_of_scene_images, pick_evenly
+    from pae_ros.evaluation.ood_images import load_other_scene, out_of_scene_images, pick_evenly
+    from pae_ros.evaluation.plots import json_clean
+    from pae_ros.evaluation.report import evaluate
+    from pae_ros.evaluation.text import bootstrap_lines, gating_lines
 
     reports: dict[str, dict] = {}
     for n_pair, (bundle, data, fmt) in enumerate(args.pairs):

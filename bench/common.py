@@ -83,16 +83,16 @@ def untrained_parts(cfg, positions, quaternions, scenes=("bench",), decoder: boo
     from pae_ros.models import PoseAutoEncoder, build_apr, build_decoder
     from pae_ros.refine import table_metric_scales
     from pae_ros.training.data import PoseNormalization
-    from pae_ros.training.run import _prefixed
+    from pae_ros.training.bundle_parts import prefixed
 
     scenes = list(scenes)
     torch.manual_seed(seed)
     apr = build_apr(cfg.model, len(scenes), pretrained_weights=False).eval()
     pae = PoseAutoEncoder(cfg.model.latent_dim, cfg.pae.fourier_levels, cfg.pae.hidden, len(scenes)).eval()
-    tensors = {**_prefixed("apr", apr), **_prefixed("pae", pae)}
+    tensors = {**prefixed("apr", apr), **prefixed("pae", pae)}
     if cfg.decoder.enabled if decoder is None else decoder:
         dec = build_decoder(cfg.decoder.type, 2 * cfg.model.latent_dim, cfg.decoder.image_size)
-        tensors.update(_prefixed("decoder", dec))
+        tensors.update(prefixed("decoder", dec))
     positions = np.asarray(positions, np.float64)
     quaternions = np.asarray(quaternions, np.float64)
     tensors.update(table_tensors(positions, quaternions))

@@ -17,13 +17,13 @@ import sys
 #: subcommand path -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train",): ("pae_ros.training.train_cmd", "train the APR, PAE and decoder on a dataset, write a bundle"),
-    ("eval",): ("pae_ros.training.eval_cmd", "evaluate a bundle on a dataset split (APR, PAE, refined)"),
+    ("eval",): ("pae_ros.evaluation.eval_cmd", "evaluate a bundle on a dataset split (APR, PAE, refined)"),
     ("export",): ("pae_ros.training.export_cmd", "export a bundle's APR to ONNX"),
     ("scene", "render"): ("pae_ros.scene.render_cmd", "render the built-in demo scene (7Scenes/Cambridge format)"),
     ("bag", "make"): ("pae_ros.bags.make_cmd", "write a rosbag2 of a dataset split (images, camera_info, ground truth)"),
     ("bag", "play"): ("pae_ros.ros.bag_play", "replay a rosbag2 through rclpy at bag timing"),
     ("bag", "record"): ("pae_ros.ros.bag_record", "record topics to a rosbag2 through rclpy"),
-    ("bag", "eval"): ("pae_ros.bags.eval_cmd", "evaluate recorded poses against ground truth by header stamp"),
+    ("bag", "eval"): ("pae_ros.bags.bag_eval_cmd", "evaluate recorded poses against ground truth by header stamp"),
     ("bag", "export"): ("pae_ros.bags.export_cmd", "turn robot recordings (TF or pose topic) into a 7Scenes dataset"),
     ("demo",): ("pae_ros.demo", "the end-to-end demo: scene, training, bag, node, evaluation"),
     ("bundle", "upgrade"): ("pae_ros.bundle_cmd", "re-seal a trusted format-1 bundle as the current format"),

@@ -127,12 +127,105 @@ def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: flo
     return rec_bag
 
 
-def run(args) -> int:
-
-    from .bundle import load_bundle
-    from .config import load_config
+def _render(args):
+    """Step 1: the demo scene, rendered once and reused; ``(scene folder, train split, test split)``."""
     from .datasets import read_dataset
+    from .scene.render import render_scene
+
+    scene_dir = render_scene(args.scene_dir, seed=args.seed, workers=2, progress=True)
+    return scene_dir, read_dataset(scene_dir, "7scenes", "train"), read_dataset(scene_dir, "7scenes", "test")
+
+
+def _train(args, cfg, train, out: Path, bundle_path: Path) -> None:
+    """Step 2: the bundle, reused when one with the same config is there (unless ``--retrain``)."""
+    from .bundle import load_bundle
+
+    reuse = False
+    if bundle_path.exists() and not args.retrain:
+        try:
+            reuse = load_bundle(bundle_path).header["config"] == cfg.to_dict()
+        except Exception:
+            reuse = False
+    if reuse:
+        print(f"      reusing {bundle_path} (same config; --retrain to train again)")
+        return
+    from .training.run import train_all
+
+    # a retraining starts afresh: an earlier demo's checkpoints are discarded, not refused
+    stats = train_all(cfg, train, bundle_path, out / "train_work", args.device, restart=True)
+    if stats.get("apr", {}).get("images_per_s"):
+        print(f"      APR training throughput {stats['apr']['images_per_s']:.0f} images/s", flush=True)
+
+
+def _map(bundle_path: Path, train) -> None:
+    """The geometric stage's map (``pae train --stage map``): rebuilt when missing or bound to another bundle."""
+    from .bundle import load_bundle
+    from .geometric import MapError, load_map, map_path_for
+    from .geometric.build import run_map_stage
+
+    t_map = time.perf_counter()
+    bundle = load_bundle(bundle_path)
+    try:
+        load_map(map_path_for(bundle_path), bundle)
+        print(f"      reusing {map_path_for(bundle_path)}", flush=True)
+        return
+    except MapError:
+        pass
+    try:
+        st = run_map_stage(bundle, train)
+    except ValueError as e:  # no 3-D points: the demo goes on without the geometric stage
+        print(f"      no sparse map: {e}", flush=True)
+        return
+    print(f"      sparse map {st['path']}: {st['map_bytes'] / 1e6:.1f} MB (bundle {st['bundle_bytes'] / 1e6:.1f} MB), "
+          f"built in {time.perf_counter() - t_map:.0f} s", flush=True)
+
+
+def _offline_eval(args, bundle_path: Path, train, test, out: Path) -> tuple[dict, str]:
+    """Step 3: ``pae eval`` of the bundle on the test walk with out-of-scene images; ``(report, its JSON path)``."""
+    from .datasets import load_rgb
+    from .evaluation.ood_images import out_of_scene_images, pick_evenly
+    from .evaluation.plots import write_outputs
+    from .evaluation.report import evaluate
+    from .evaluation.text import coverage_table, row_notes, table_rows
     from .metrics import format_table
+    from .pipeline import Localizer
+
+    loc = Localizer.from_bundle(bundle_path, device=args.device)
+    ood = out_of_scene_images([load_rgb(test.frames[i].image_path) for i in pick_evenly(len(test.frames), 16)],
+                              per_kind=16, seed=args.seed)
+    report = evaluate(loc, test, train, k_sweep=(1, 5, 10), ood=ood)
+    files = write_outputs(report, out / "offline")
+    print(format_table(report["scenes"], table_rows(report), row_notes(report)))
+    print(coverage_table(report, table_rows(report, include_sweep=False)))
+    return report, files["report"]
+
+
+def _summary(report: dict, online: dict, out: Path, preset: str, t_start: float) -> None:
+    """Step 7: the offline and online tables side by side, the summary lines and ``summary.json``."""
+    from .evaluation.plots import json_clean
+    from .evaluation.text import row_notes, summary_lines, table_rows
+    from .metrics import format_table
+
+    print("offline (pae eval, every test frame; baselines first, 'published' is what the node publishes):")
+    print(format_table(report["scenes"], table_rows(report, include_sweep=False), row_notes(report)))
+    print("\nonline (node over DDS, matched by header stamp; /pae/pose is 'published': a stamp's geometric fix when "
+          "the node's geometric thread, run unbounded here, got to that frame, else its APR/PAE pose):")
+    print(format_table(online["scenes"], ["apr", "published"]))
+    print()
+    for line in summary_lines(report):
+        print(line)
+    summary = {"offline": {s: {m: v for m, v in d.items() if not m.startswith("refined_k")}
+                           for s, d in report["scenes"].items()},
+               "published": report["published"], "bootstrap": report["bootstrap"],
+               "online": online["scenes"], "seconds": time.perf_counter() - t_start, "preset": preset}
+    (out / "summary.json").write_text(json.dumps(json_clean(summary), indent=2))
+    print(f"\nplots: {out / 'offline'} (error CDF, reconstruction grid), {out / 'online'} (top-down trajectory, CDF)")
+    print(f"all outputs: {out}   (total {time.perf_counter() - t_start:.0f} s)")
+
+
+def run(args) -> int:
+    from .bags import bag_eval_cmd, make_cmd
+    from .config import load_config
     from .training.common_args import setup_logging
 
     setup_logging()
@@ -143,75 +236,22 @@ def run(args) -> int:
     print(f"pae demo: output folder {out}", flush=True)
 
     t0 = _step(1, n, f"rendering the demo scene into {args.scene_dir} (reused when already rendered)")
-    from .scene.render import render_scene
-
-    scene_dir = render_scene(args.scene_dir, seed=args.seed, workers=2, progress=True)
-    train = read_dataset(scene_dir, "7scenes", "train")
-    test = read_dataset(scene_dir, "7scenes", "test")
+    scene_dir, train, test = _render(args)
     _done(t0, f"{len(train)} train / {len(test)} test frames in {scene_dir}")
 
     preset = "full" if args.full else "quick"
     bundle_path = out / "model.pae"
-    cfg = load_config(None, preset, {"seed": args.seed})
     t0 = _step(2, n, f"training APR -> PAE -> decoder -> calibration ({preset} preset)")
-    reuse = False
-    if bundle_path.exists() and not args.retrain:
-        try:
-            reuse = load_bundle(bundle_path).header["config"] == cfg.to_dict()
-        except Exception:
-            reuse = False
-    if reuse:
-        print(f"      reusing {bundle_path} (same config; --retrain to train again)")
-    else:
-        from .training.run import train_all
-
-        # a retraining starts afresh: an earlier demo's checkpoints are discarded, not refused
-        stats = train_all(cfg, train, bundle_path, out / "train_work", args.device, restart=True)
-        if stats.get("apr", {}).get("images_per_s"):
-            print(f"      APR training throughput {stats['apr']['images_per_s']:.0f} images/s", flush=True)
+    _train(args, load_config(None, preset, {"seed": args.seed}), train, out, bundle_path)
     _done(t0, str(bundle_path))
-
     if not getattr(args, "no_map", False):
-        # the geometric stage's map (pae train --stage map): rebuilt when missing or bound to another bundle
-        from .geometric import MapError, load_map, map_path_for
-        from .geometric.build import run_map_stage
-
-        t_map = time.perf_counter()
-        bundle = load_bundle(bundle_path)
-        try:
-            load_map(map_path_for(bundle_path), bundle)
-            print(f"      reusing {map_path_for(bundle_path)}", flush=True)
-        except MapError:
-            try:
-                st = run_map_stage(bundle, train)
-            except ValueError as e:  # no 3-D points: the demo goes on without the geometric stage
-                print(f"      no sparse map: {e}", flush=True)
-                st = None
-        else:
-            st = None
-        if st is not None:
-            print(f"      sparse map {st['path']}: {st['map_bytes'] / 1e6:.1f} MB (bundle {st['bundle_bytes'] / 1e6:.1f} MB), "
-                  f"built in {time.perf_counter() - t_map:.0f} s", flush=True)
+        _map(bundle_path, train)
 
     t0 = _step(3, n, "offline evaluation on the test walk (pae eval)")
-    from .pipeline import Localizer
-    from .datasets import load_rgb
-    from .training.evaluate import coverage_table, evaluate, row_notes, table_rows, write_outputs
-    from .training.ood_images import pick_evenly, out_of_scene_images
-
-    loc = Localizer.from_bundle(bundle_path, device=args.device)
-    ood = out_of_scene_images([load_rgb(test.frames[i].image_path) for i in pick_evenly(len(test.frames), 16)],
-                              per_kind=16, seed=args.seed)
-    report = evaluate(loc, test, train, k_sweep=(1, 5, 10), ood=ood)
-    files = write_outputs(report, out / "offline")
-    print(format_table(report["scenes"], table_rows(report), row_notes(report)))
-    print(coverage_table(report, table_rows(report, include_sweep=False)))
-    _done(t0, files["report"])
-    del loc
+    report, report_path = _offline_eval(args, bundle_path, train, test, out)
+    _done(t0, report_path)
 
     t0 = _step(4, n, f"writing a rosbag2 of the test walk at {args.rate:g} Hz (pae bag make)")
-    from .bags import make_cmd
-
     bag = out / "test_walk"
     rc = make_cmd.main(["--data", str(scene_dir), "--format", "7scenes", "--split", "test", "--out", str(bag),
                         "--rate", str(args.rate), "--force"])
@@ -224,33 +264,13 @@ def run(args) -> int:
     _done(t0, str(rec_bag))
 
     t0 = _step(6, n, "evaluating the recorded poses by header stamp (pae bag eval)")
-    from .bags import eval_cmd
-
-    rc = eval_cmd.main([str(rec_bag), "--gt-bag", str(bag), "--out", str(out / "online"),
-                        "--estimate-name", "published"])
+    rc = bag_eval_cmd.main([str(rec_bag), "--gt-bag", str(bag), "--out", str(out / "online"),
+                            "--estimate-name", "published"])
     if rc != 0:
         return rc
     online = json.loads((out / "online" / "report.json").read_text())
     _done(t0)
 
     _step(7, n, "summary")
-    print("offline (pae eval, every test frame; baselines first, 'published' is what the node publishes):")
-    print(format_table(report["scenes"], table_rows(report, include_sweep=False), row_notes(report)))
-    print("\nonline (node over DDS, matched by header stamp; /pae/pose is 'published': a stamp's geometric fix when "
-          "the node's geometric thread, run unbounded here, got to that frame, else its APR/PAE pose):")
-    print(format_table(online["scenes"], ["apr", "published"]))
-    from .training.evaluate import summary_lines
-
-    print()
-    for line in summary_lines(report):
-        print(line)
-    summary = {"offline": {s: {m: v for m, v in d.items() if not m.startswith("refined_k")}
-                           for s, d in report["scenes"].items()},
-               "published": report["published"], "bootstrap": report["bootstrap"],
-               "online": online["scenes"], "seconds": time.perf_counter() - t_start, "preset": preset}
-    from .training.evaluate import json_clean
-
-    (out / "summary.json").write_text(json.dumps(json_clean(summary), indent=2))
-    print(f"\nplots: {out / 'offline'} (error CDF, reconstruction grid), {out / 'online'} (top-down trajectory, CDF)")
-    print(f"all outputs: {out}   (total {time.perf_counter() - t_start:.0f} s)")
+    _summary(report, online, out, preset, t_start)
     return 0

@@ -206,6 +206,14 @@ class Localizer:
         """Whether the retrieval descriptors are the APR backbone's pooled feature (one forward)."""
         return self.describer.shares_backbone
 
+    def set_table_descriptors(self, descriptors: np.ndarray) -> None:
+        """Retrieval over the pose table from the caller's (N, D) unit descriptors of its rows, for a
+        bundle without ``table.descriptors`` (``pae eval`` computes them with :meth:`describe`). The
+        geometric shortlist and the ``retrieval_cos`` feature use them; the refinement keeps the
+        candidates it resolved to at construction, the ones its calibration was made with."""
+        self.settings = dataclasses.replace(self.settings, candidates=self.candidate_mode)
+        self.retrieval = _table_retrieval(self.bundle, descriptors)
+
     @property
     def candidate_mode(self) -> str:
         """The candidate source in use: ``knn``, ``retrieval`` or ``union`` (``auto`` resolved)."""

@@ -56,13 +56,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing bag at --out")
 
 
+def _frame_messages(frame, t_ns: int, k, compressed: bool, jpeg_quality: int, warned_scale: set[str]):
+    """``(camera_info, image, ground truth pose)`` messages of one frame stamped ``t_ns``; the
+    intrinsics ``k`` (None: unknown, K = 0) are scaled to the image size, noted once per scene."""
+    from .. import datasets
+    from . import CAMERA_FRAME, MAP_FRAME, msgs
+
+    rgb = datasets.load_rgb(frame.image_path)
+    h, w = rgb.shape[:2]
+    if k is not None:
+        sx, sy = w / k.width, h / k.height
+        if (k.width, k.height) != (w, h) and frame.scene not in warned_scale:
+            warned_scale.add(frame.scene)
+            print(f"pae bag make: note: {frame.scene}: intrinsics are for {k.width}x{k.height}, "
+                  f"images are {w}x{h}; camera_info scaled to the image size", file=sys.stderr)
+        info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h, k.fx * sx, k.fy * sy, k.cx * sx, k.cy * sy)
+    else:
+        info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h)
+    if compressed:
+        img = msgs.compressed_image_msg(msgs.encode_jpeg(rgb, jpeg_quality), t_ns, CAMERA_FRAME)
+    else:
+        img = msgs.image_msg(rgb, t_ns, CAMERA_FRAME)
+    return info, img, msgs.pose_stamped_msg(frame.position, frame.quaternion, t_ns, MAP_FRAME)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..progress import tqdm
 
     from .. import datasets
-    from . import CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, MAP_FRAME
+    from . import CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC
     from . import msgs
     from .io import BagError, atomic_bag, make_qos, prepare_target
 
@@ -109,23 +133,8 @@ def run(args: argparse.Namespace) -> int:
             bag.add_topic(GT_TOPIC, msgs.POSE_TYPE, qos)
             for i, frame in enumerate(tqdm(frames, desc="pae bag make", unit="frame", disable=None)):
                 t_ns = start_ns + int(round(i * period_ns))
-                rgb = datasets.load_rgb(frame.image_path)
-                h, w = rgb.shape[:2]
-                k = split.intrinsics.get(frame.scene)
-                if k is not None:
-                    sx, sy = w / k.width, h / k.height
-                    if (k.width, k.height) != (w, h) and frame.scene not in warned_scale:
-                        warned_scale.add(frame.scene)
-                        print(f"pae bag make: note: {frame.scene}: intrinsics are for {k.width}x{k.height}, "
-                              f"images are {w}x{h}; camera_info scaled to the image size", file=sys.stderr)
-                    info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h, k.fx * sx, k.fy * sy, k.cx * sx, k.cy * sy)
-                else:
-                    info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h)
-                if args.compressed:
-                    img = msgs.compressed_image_msg(msgs.encode_jpeg(rgb, args.jpeg_quality), t_ns, CAMERA_FRAME)
-                else:
-                    img = msgs.image_msg(rgb, t_ns, CAMERA_FRAME)
-                gt = msgs.pose_stamped_msg(frame.position, frame.quaternion, t_ns, MAP_FRAME)
+                info, img, gt = _frame_messages(frame, t_ns, split.intrinsics.get(frame.scene), args.compressed,
+                                                args.jpeg_quality, warned_scale)
                 bag.write_msg(CAMERA_INFO_TOPIC, t_ns, info)
                 bag.write_msg(image_topic, t_ns, img)
                 bag.write_msg(GT_TOPIC, t_ns, gt)

@@ -151,8 +151,7 @@ def holdout_split(frames: list[Frame], fraction: float, block: int = 8) -> tuple
     Blocks of ``block`` consecutive frames spread evenly along each sequence: a held-back frame
     then has its nearest training poses about half a block away. These near-duplicates of their
     neighbours make the errors on them small, so sigma fitted on them is too small on new
-    viewpoints (22 % inside 1 sigma on the plaza's test walks, issue 8): ``holdout: walk``
-    (:func:`walk_folds`) is the default.
+    viewpoints (docs/RESULTS.md): ``holdout: walk`` (:func:`walk_folds`) is the default.
     """
     if fraction <= 0:
         return list(frames), []

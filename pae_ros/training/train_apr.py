@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -163,6 +164,159 @@ def _features_after_tail(apr, trunk: dict[str, torch.Tensor], start: int, batch_
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+@dataclass
+class _Setup:
+    """The APR, its loss and what trains: ``tail_start`` (first trained backbone block over cached
+    trunk features, None when the backbone is frozen whole or trains whole), the trained tail's
+    parameters, and the cached views per frame."""
+
+    apr: nn.Module
+    loss_fn: LearnedPoseLoss
+    tail_start: int | None
+    tail_params: list
+    n_views: int
+
+
+def _setup(cfg: Config, data: FrameImages, scenes: list[str], device, pretrained_weights: bool) -> _Setup:
+    ac = cfg.apr
+    apr = build_apr(cfg.model, len(scenes), pretrained_weights=pretrained_weights).to(device)
+    loss_fn = LearnedPoseLoss(ac.s_x_init, ac.s_q_init).to(device)
+    tail_start = tail_start_of(apr, ac.finetune_blocks) if ac.freeze_backbone else None
+    tail_params: list = []
+    if ac.freeze_backbone:
+        apr.backbone.requires_grad_(False)
+        if tail_start is not None:
+            for m in apr.backbone.tail_modules(tail_start, apr.feature_keys):
+                m.requires_grad_(True)
+                tail_params += list(m.parameters())
+    n_views = ac.cache_views
+    if n_views > 1 and not (data.random_crop or data.jitter > 0):
+        log.warning("apr.cache_views %d: no augmentation is configured (input.random_crop false, "
+                    "input.color_jitter 0), so every view would be the centre crop: caching one view", n_views)
+        n_views = 1
+    return _Setup(apr, loss_fn, tail_start, tail_params, n_views)
+
+
+def _optimizer(ac, su: _Setup):
+    """Adam over the trainable parameters (the trained backbone tail at ``tail_lr_scale``) + step LR."""
+    tail_ids = {id(p) for p in su.tail_params}
+    params = ([p for p in su.apr.parameters() if p.requires_grad and id(p) not in tail_ids]
+              + list(su.loss_fn.parameters()))
+    groups = [{"params": params}]
+    if su.tail_params:
+        groups.append({"params": su.tail_params, "lr": ac.lr * ac.tail_lr_scale})
+    opt = torch.optim.Adam(groups, lr=ac.lr, weight_decay=ac.weight_decay)
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=ac.lr_step_epochs, gamma=ac.lr_gamma)
+
+
+def _resume(cfg: Config, ckpt_path: Path, su: _Setup, opt, sched, dist_info: DistInfo) -> int:
+    """Load ``apr_last.ckpt`` into the models, optimiser, scheduler and RNG; returns the next epoch."""
+    state = load_checkpoint(ckpt_path)
+    if state.get("model_config") != cfg.to_dict()["model"]:
+        raise RuntimeError(f"cannot resume from {ckpt_path}: it was trained with a different model config")
+    su.apr.load_state_dict(state["apr"])
+    su.loss_fn.load_state_dict(state["loss"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    start_epoch = int(state["epoch"])
+    torch.set_rng_state(state["torch_rng"])
+    if dist_info.is_main:
+        log.info("resuming APR training at epoch %d/%d from %s", start_epoch, cfg.apr.epochs, ckpt_path)
+    return start_epoch
+
+
+def _feature_cache(cfg: Config, su: _Setup, data: FrameImages, device, dist_info: DistInfo, show_progress: bool,
+                   cached: tuple[dict, str] | None) -> tuple[dict, float, bool, list]:
+    """Backbone features ``{key: (views, N, ...)}`` to train from: ``cached`` when it holds exactly
+    what this run would cache (one view, no trained block, same backbone digest), else computed.
+    Returns ``(features, seconds, reused, [pooled centre-crop features] or [])``."""
+    t0 = time.perf_counter()
+    pooled: list = []
+    apr = su.apr
+    if (cached is not None and su.n_views == 1 and su.tail_start is None
+            and set(apr.feature_keys) <= set(cached[0])
+            and all(len(cached[0][k]) == len(data) for k in apr.feature_keys)
+            and cached[1] == module_digest(apr.backbone)):
+        log.info("APR: reusing the cached backbone features of %d frames", len(data))
+        feats = {k: cached[0][k].to(device).unsqueeze(0) for k in apr.feature_keys}
+        return feats, time.perf_counter() - t0, True, pooled
+    feats = cache_views(apr, data, device, views=su.n_views, start=su.tail_start, seed=cfg.seed,
+                        show_progress=show_progress and dist_info.is_main, pooled=pooled)
+    return feats, time.perf_counter() - t0, False, pooled
+
+
+def _epoch_batches(cfg: Config, data: FrameImages, epoch: int, dist_info: DistInfo, feats, n_views: int):
+    """The epoch's batches (a DataLoader of images, or index lists into the cached features) and,
+    with cached features, the view drawn for each frame this epoch (else None)."""
+    ac = cfg.apr
+    if dist_info.enabled:
+        sampler = DistributedSampler(data, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    if feats is None:
+        return DataLoader(data, batch_size=ac.batch_size, sampler=sampler, num_workers=ac.num_workers,
+                          drop_last=len(data) > ac.batch_size), None
+    order = list(sampler)
+    view_of = torch.randint(n_views, (len(data),), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+    return [order[i:i + ac.batch_size] for i in range(0, len(order), ac.batch_size)], view_of
+
+
+def _run_epoch(model, opt, bar, data: FrameImages, feats, view_of, device) -> tuple[dict, int, int]:
+    """One pass of optimiser steps: ``(summed losses, batches, items)``."""
+    sums = {"loss": 0.0, "loss_x": 0.0, "loss_q": 0.0}
+    nb = n_items = 0
+    for batch in bar:
+        if feats is None:
+            img, x, q, s, _ = batch
+            inputs = img.to(device, non_blocking=True)
+        else:
+            idx = torch.as_tensor(batch)
+            v_idx = view_of[idx]
+            inputs = {k: v[v_idx.to(v.device), idx.to(v.device)].float() for k, v in feats.items()}
+            x, q, s = data.x[idx], data.q[idx], data.scene_idx[idx]
+        x, q, s = x.to(device), q.to(device), s.to(device)
+        loss, parts = model(inputs, x, q, s)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n_items += len(x)
+        sums["loss"] += loss.item()
+        sums["loss_x"] += parts["loss_x"]
+        sums["loss_q"] += parts["loss_q"]
+        nb += 1
+        bar.set_postfix(loss=f"{sums['loss'] / (nb + 1):.3f}")
+    return sums, nb, n_items
+
+
+def _end_epoch(cfg: Config, epoch: int, last: dict, su: _Setup, opt, sched, writer, ckpt_path: Path) -> None:
+    """TensorBoard scalars, the atomic checkpoint and a log line every tenth of the epochs (rank 0)."""
+    ac = cfg.apr
+    for k, v in last.items():
+        writer.add_scalar(f"apr/{k}", v, epoch)
+    writer.add_scalar("apr/s_x", su.loss_fn.s_x.item(), epoch)
+    writer.add_scalar("apr/s_q", su.loss_fn.s_q.item(), epoch)
+    writer.add_scalar("apr/lr", opt.param_groups[0]["lr"], epoch)
+    save_checkpoint(ckpt_path, {
+        "apr": su.apr.state_dict(), "loss": su.loss_fn.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
+        "model_config": cfg.to_dict()["model"]})
+    if (epoch + 1) % max(1, ac.epochs // 10) == 0 or epoch + 1 == ac.epochs:
+        log.info("APR epoch %d/%d loss %.4f (x %.4f, q %.4f)", epoch + 1, ac.epochs, last["loss"],
+                 last["loss_x"], last["loss_q"])
+
+
+def _centre_features(su: _Setup, feats: dict, pooled: list) -> dict:
+    """What the PAE stage reuses: the centre-crop features the model reads (through the trained
+    tail when one trained), plus the float32 pooled features for the table's retrieval descriptors."""
+    centre = {k: v[0] for k, v in feats.items()}
+    out = centre if su.tail_start is None else _features_after_tail(su.apr, centre, su.tail_start)
+    if pooled and "pooled" not in out:
+        out["pooled"] = pooled[0]
+    return out
+
+
 def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, device: torch.device,
               dist_info: DistInfo = DistInfo(), resume: bool = False, show_progress: bool = True,
               pretrained_weights: bool = True, cached: tuple[dict, str] | None = None):
@@ -181,64 +335,14 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
 
     torch.manual_seed(cfg.seed)
     ac = cfg.apr
-    workdir = Path(workdir)
-    ckpt_path = workdir / "apr_last.ckpt"
-    apr = build_apr(cfg.model, len(scenes), pretrained_weights=pretrained_weights).to(device)
-    loss_fn = LearnedPoseLoss(ac.s_x_init, ac.s_q_init).to(device)
-    tail_start = tail_start_of(apr, ac.finetune_blocks) if ac.freeze_backbone else None
-    tail_params: list = []
-    if ac.freeze_backbone:
-        apr.backbone.requires_grad_(False)
-        if tail_start is not None:
-            for m in apr.backbone.tail_modules(tail_start, apr.feature_keys):
-                m.requires_grad_(True)
-                tail_params += list(m.parameters())
-    n_views = ac.cache_views
-    if n_views > 1 and not (data.random_crop or data.jitter > 0):
-        log.warning("apr.cache_views %d: no augmentation is configured (input.random_crop false, "
-                    "input.color_jitter 0), so every view would be the centre crop: caching one view", n_views)
-        n_views = 1
-    tail_ids = {id(p) for p in tail_params}
-    params = [p for p in apr.parameters() if p.requires_grad and id(p) not in tail_ids] + list(loss_fn.parameters())
-    groups = [{"params": params}]
-    if tail_params:
-        groups.append({"params": tail_params, "lr": ac.lr * ac.tail_lr_scale})
-    opt = torch.optim.Adam(groups, lr=ac.lr, weight_decay=ac.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=ac.lr_step_epochs, gamma=ac.lr_gamma)
-    start_epoch = 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("model_config") != cfg.to_dict()["model"]:
-            raise RuntimeError(f"cannot resume from {ckpt_path}: it was trained with a different model config")
-        apr.load_state_dict(state["apr"])
-        loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
-        if dist_info.is_main:
-            log.info("resuming APR training at epoch %d/%d from %s", start_epoch, ac.epochs, ckpt_path)
-
-    feats = None
-    cache_s = 0.0
-    reused = False
-    pooled: list = []
+    ckpt_path = Path(workdir) / "apr_last.ckpt"
+    su = _setup(cfg, data, scenes, device, pretrained_weights)
+    opt, sched = _optimizer(ac, su)
+    start_epoch = _resume(cfg, ckpt_path, su, opt, sched, dist_info) if resume and ckpt_path.exists() else 0
+    feats, cache_s, reused, pooled = None, 0.0, False, []
     if ac.cache_features:
-        t0 = time.perf_counter()
-        if (cached is not None and n_views == 1 and tail_start is None
-                and set(apr.feature_keys) <= set(cached[0])
-                and all(len(cached[0][k]) == len(data) for k in apr.feature_keys)
-                and cached[1] == module_digest(apr.backbone)):
-            feats = {k: cached[0][k].to(device).unsqueeze(0) for k in apr.feature_keys}
-            reused = True
-            log.info("APR: reusing the cached backbone features of %d frames", len(data))
-        else:
-            feats = cache_views(apr, data, device, views=n_views, start=tail_start, seed=cfg.seed,
-                                show_progress=show_progress and dist_info.is_main, pooled=pooled)
-        cache_s = time.perf_counter() - t0
-
-    multi_scene = len(scenes) > 1
-    model = _Trainable(apr, loss_fn, multi_scene, tail_start if feats is not None else None)
+        feats, cache_s, reused, pooled = _feature_cache(cfg, su, data, device, dist_info, show_progress, cached)
+    model = _Trainable(su.apr, su.loss_fn, len(scenes) > 1, su.tail_start if feats is not None else None)
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -246,80 +350,33 @@ def train_apr(cfg: Config, data: FrameImages, scenes: list[str], workdir: Path, 
     if dist_info.is_main:
         from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(str(workdir / "tb"))
+        writer = SummaryWriter(str(Path(workdir) / "tb"))
 
     n_items, seconds, last = 0, 0.0, {}
     for epoch in range(start_epoch, ac.epochs):
         data.set_epoch(epoch)
         model.train()
         if ac.freeze_backbone:
-            apr.backbone.eval()  # frozen BatchNorm statistics
-        if dist_info.enabled:
-            sampler = DistributedSampler(data, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                         shuffle=True, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        if feats is None:
-            loader = DataLoader(data, batch_size=ac.batch_size, sampler=sampler, num_workers=ac.num_workers,
-                                drop_last=len(data) > ac.batch_size)
-        else:
-            order = list(sampler)
-            loader = [order[i:i + ac.batch_size] for i in range(0, len(order), ac.batch_size)]
-            view_of = torch.randint(n_views, (len(data),),
-                                    generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        bar = tqdm(loader, desc=f"APR epoch {epoch + 1}/{ac.epochs}", unit="batch", leave=False,
+            su.apr.backbone.eval()  # frozen BatchNorm statistics
+        batches, view_of = _epoch_batches(cfg, data, epoch, dist_info, feats, su.n_views)
+        bar = tqdm(batches, desc=f"APR epoch {epoch + 1}/{ac.epochs}", unit="batch", leave=False,
                    disable=not (show_progress and dist_info.is_main))
-        sums = {"loss": 0.0, "loss_x": 0.0, "loss_q": 0.0}
-        nb = 0
         t0 = time.perf_counter()
-        for batch in bar:
-            if feats is None:
-                img, x, q, s, _ = batch
-                inputs = img.to(device, non_blocking=True)
-            else:
-                idx = torch.as_tensor(batch)
-                v_idx = view_of[idx]
-                inputs = {k: v[v_idx.to(v.device), idx.to(v.device)].float() for k, v in feats.items()}
-                x, q, s = data.x[idx], data.q[idx], data.scene_idx[idx]
-            x, q, s = x.to(device), q.to(device), s.to(device)
-            loss, parts = model(inputs, x, q, s)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n_items += len(x)
-            sums["loss"] += loss.item()
-            sums["loss_x"] += parts["loss_x"]
-            sums["loss_q"] += parts["loss_q"]
-            nb += 1
-            bar.set_postfix(loss=f"{sums['loss'] / (nb + 1):.3f}")
+        sums, nb, items = _run_epoch(model, opt, bar, data, feats, view_of, device)
+        n_items += items
         seconds += time.perf_counter() - t0
         sched.step()
         last = {k: all_reduce_mean(v / max(nb, 1), dist_info) for k, v in sums.items()}
         if dist_info.is_main:
-            for k, v in last.items():
-                writer.add_scalar(f"apr/{k}", v, epoch)
-            writer.add_scalar("apr/s_x", loss_fn.s_x.item(), epoch)
-            writer.add_scalar("apr/s_q", loss_fn.s_q.item(), epoch)
-            writer.add_scalar("apr/lr", opt.param_groups[0]["lr"], epoch)
-            save_checkpoint(ckpt_path, {
-                "apr": apr.state_dict(), "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
-                "model_config": cfg.to_dict()["model"]})
-            if (epoch + 1) % max(1, ac.epochs // 10) == 0 or epoch + 1 == ac.epochs:
-                log.info("APR epoch %d/%d loss %.4f (x %.4f, q %.4f)", epoch + 1, ac.epochs, last["loss"],
-                         last["loss_x"], last["loss_q"])
+            _end_epoch(cfg, epoch, last, su, opt, sched, writer, ckpt_path)
     if writer is not None:
         writer.close()
-    apr.eval()
-    if feats is not None:  # what the PAE stage reuses: the centre-crop features the model reads
-        centre = {k: v[0] for k, v in feats.items()}
-        feats = centre if tail_start is None else _features_after_tail(apr, centre, tail_start)
-        if pooled and "pooled" not in feats:  # float32, for the table's retrieval descriptors
-            feats["pooled"] = pooled[0]
+    su.apr.eval()
+    if feats is not None:
+        feats = _centre_features(su, feats, pooled)
     stats = {"epochs": ac.epochs, "images": len(data), "world_size": dist_info.world_size,
              "images_per_s": (n_items * dist_info.world_size / seconds) if seconds > 0 else None,
              "feature_cache_s": cache_s if feats is not None else None, "reused_cached_features": reused,
-             "cached_features": feats is not None, "cache_views": n_views if feats is not None else None,
-             "trained_backbone_blocks": ac.finetune_blocks if tail_start is not None else 0, "final_loss": last}
-    return apr, loss_fn, stats, feats
+             "cached_features": feats is not None, "cache_views": su.n_views if feats is not None else None,
+             "trained_backbone_blocks": ac.finetune_blocks if su.tail_start is not None else 0, "final_loss": last}
+    return su.apr, su.loss_fn, stats, feats

@@ -50,7 +50,8 @@ def run(args) -> int:
         return 2
     from .checkpoint import CheckpointExistsError
     from .data import BadPoseError
-    from .run import STAGES, NonFiniteBundleError, train_all
+    from .bundle_parts import NonFiniteBundleError
+    from .run import STAGES, train_all
 
     if args.resume and args.restart:
         print("pae train: --resume and --restart exclude each other", file=sys.stderr)

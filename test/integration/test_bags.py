@@ -9,7 +9,7 @@ import pytest
 
 from pae_ros import datasets, geometry
 from pae_ros.bags import CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, io, msgs
-from pae_ros.bags import eval_cmd, make_cmd
+from pae_ros.bags import bag_eval_cmd, make_cmd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,7 +192,7 @@ def test_eval_known_offsets(tmp_path, capsys):
     _pose_bag(rec, {"/pae/pose": refined, "/pae/apr_pose": apr})
 
     out = tmp_path / "eval"
-    rc = eval_cmd.main([str(rec), "--gt-bag", str(gt_bag), "--out", str(out), "--json", str(tmp_path / "r.json")])
+    rc = bag_eval_cmd.main([str(rec), "--gt-bag", str(gt_bag), "--out", str(out), "--json", str(tmp_path / "r.json")])
     assert rc == 0
     table = capsys.readouterr().out
     assert "refined" in table and "apr" in table and "median pos [m]" in table
@@ -222,11 +222,11 @@ def test_eval_known_offsets(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # scene label override; a missing estimate topic is an error
-    assert eval_cmd.main([str(rec), "--gt-bag", str(gt_bag), "--out", str(tmp_path / "e2"), "--scene", "lab",
+    assert bag_eval_cmd.main([str(rec), "--gt-bag", str(gt_bag), "--out", str(tmp_path / "e2"), "--scene", "lab",
                           "--apr-topic", ""]) == 0
     rep2 = json.loads((tmp_path / "e2" / "report.json").read_text())
     assert list(rep2["scenes"]) == ["lab"] and rep2["methods"] == ["refined"]
-    assert eval_cmd.main([str(gt_bag), "--out", str(tmp_path / "e3")]) == 1
+    assert bag_eval_cmd.main([str(gt_bag), "--out", str(tmp_path / "e3")]) == 1
 
 
 def test_eval_names_scenes_from_made_bag(tiny_7scenes, tmp_path):
@@ -239,7 +239,7 @@ def test_eval_names_scenes_from_made_bag(tiny_7scenes, tmp_path):
         est.append((t, msgs.pose_stamped_msg(p + 0.05, q, stamp, "map")))
     rec = tmp_path / "rec"
     _pose_bag(rec, {"/pae/pose": est})
-    assert eval_cmd.main([str(rec), "--gt-bag", str(made), "--out", str(tmp_path / "e")]) == 0
+    assert bag_eval_cmd.main([str(rec), "--gt-bag", str(made), "--out", str(tmp_path / "e")]) == 0
     rep = json.loads((tmp_path / "e" / "report.json").read_text())
     s = rep["scenes"]["chess"]["refined"]
     assert s["frames"] == 5 and s["median_position_m"] == pytest.approx(0.05 * np.sqrt(3), abs=1e-12)
@@ -254,7 +254,7 @@ def test_pae_cli_routes_bag_subcommands(tmp_path):
     args = parser.parse_args(["bag", "make", "--data", "d", "--format", "7scenes", "--out", str(tmp_path / "b")])
     assert args._module is make_cmd and args.rate == 10.0 and args.storage == "mcap" and args.split == "test"
     args = parser.parse_args(["bag", "eval", "b", "--out", "o"])
-    assert args._module is eval_cmd and args.estimate_topic == "/pae/pose" and args.apr_topic == "/pae/apr_pose"
+    assert args._module is bag_eval_cmd and args.estimate_topic == "/pae/pose" and args.apr_topic == "/pae/apr_pose"
     args = parser.parse_args(["bag", "record", "--out", "r"])
     assert "/pae/pose" in args.topics and "/ground_truth/pose" in args.topics and args.storage == "mcap"
     args = parser.parse_args(["bag", "play", "b", "--wait-subscribers", "/x:2", "--clock"])
@@ -265,7 +265,7 @@ def test_bags_package_needs_no_rclpy(tiny_7scenes, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from pae_ros.bags import make_cmd, eval_cmd; "
+    code = ("import sys; from pae_ros.bags import make_cmd, bag_eval_cmd; "
             f"assert make_cmd.main(['--data', {str(tiny_7scenes)!r}, '--format', '7scenes', "
             f"'--out', {str(tmp_path / 'b')!r}]) == 0; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosidl_runtime_py')], 'rclpy imported'")

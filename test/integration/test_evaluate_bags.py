@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from pae_ros import geometry
-from pae_ros.bags import GT_TOPIC, eval_cmd, io, msgs
+from pae_ros.bags import GT_TOPIC, bag_eval_cmd, io, msgs
 
 
 def _pose_bag(path, topic_msgs):
@@ -29,7 +29,7 @@ def test_published_row_name_and_entry(tmp_path, capsys):
     _pose_bag(tmp_path / "gt", {GT_TOPIC: gt})
     _pose_bag(tmp_path / "rec", {"/pae/pose": pub})
     out = tmp_path / "e"
-    assert eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(out),
+    assert bag_eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(out),
                           "--estimate-name", "published"]) == 0
     assert " published " in capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
@@ -38,8 +38,8 @@ def test_published_row_name_and_entry(tmp_path, capsys):
     assert abs(rep["scenes"]["bag"]["published"]["median_position_m"] - 0.5) < 1e-9
     assert (out / "published.tum").is_file()
     # the default keeps the old row name, and 'apr' cannot be used for the published topic
-    assert eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(tmp_path / "d")]) == 0
+    assert bag_eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(tmp_path / "d")]) == 0
     assert json.loads((tmp_path / "d" / "report.json").read_text())["methods"] == ["refined"]
-    assert eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(tmp_path / "x"),
+    assert bag_eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(tmp_path / "x"),
                           "--estimate-name", "apr"]) == 1
     assert "--estimate-name" in capsys.readouterr().err

@@ -72,8 +72,8 @@ def test_geometric_map_path_errors(textured_mapped, tmp_path):
 
 def test_eval_report_has_the_geometric_section(textured_mapped):
     from pae_ros.datasets import read_dataset
+    from pae_ros.evaluation.report import evaluate
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import evaluate
 
     root, out, desc = textured_mapped
     loc = Localizer.from_bundle(out, device="cpu", table_descriptors=desc)
@@ -101,8 +101,8 @@ def test_pae_eval_geometric_flag(textured_mapped, tmp_path, capsys):
     assert "geometric" not in off["published"]["methods"] and off.get("geometric") is None  # stage off: no section
     assert main(common + ["--json", str(tmp_path / "auto" / "r.json")]) == 0
     auto = json.loads((tmp_path / "auto" / "r.json").read_text())
-    assert auto["geometric"]["attempted"] > 0  # the map beside the bundle: the stage ran (the tiny bundle has
-    # no table descriptors, so its shortlists are the weak APR neighbours: fixes are not the point here)
+    assert auto["geometric"]["attempted"] > 0  # the map beside the bundle: the stage ran (with the train
+    # descriptors pae eval hands the Localizer, as the tiny bundle stores none)
     capsys.readouterr()
     assert main(common + ["--json", str(tmp_path / "x" / "r.json"), "--geometric", str(tmp_path / "none.map")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -358,11 +358,11 @@ def test_tiny_bundle_beats_the_mean_pose_baseline(tiny_bundle, train_split, test
 
 # ------------------------------------------------------------------ calibration on held-out walks
 from pae_ros.bundle import Bundle  # noqa: E402
-from pae_ros.training import calibrate as calibrate_mod  # noqa: E402
-from pae_ros.training.calibrate import decide_published, holdout_pass  # noqa: E402
+from pae_ros.training import folds as folds_mod  # noqa: E402
+from pae_ros.training.holdout_calibration import decide_published, holdout_pass  # noqa: E402
 from pae_ros.training.checkpoint import CheckpointExistsError  # noqa: E402
-from pae_ros.training.data import BadPoseError, check_poses, walk_folds  # noqa: E402
-from pae_ros.training.run import NonFiniteBundleError, _save, check_finite  # noqa: E402
+from pae_ros.training.data import BadPoseError, check_poses, frame_key, walk_folds  # noqa: E402
+from pae_ros.training.bundle_parts import NonFiniteBundleError, check_finite, save_checked  # noqa: E402
 
 #: a fast config for the runs below: no decoder, few epochs; neighbours by pose only (the tiny CNN
 #: is not pretrained, so image-retrieval candidates would rest on a randomly initialised describer)
@@ -416,13 +416,13 @@ def spied_run(train_split, tmp_path_factory):
     root = tmp_path_factory.mktemp("spied")
     out, work = root / "b.pae", root / "work"
     seen = []
-    real = calibrate_mod.holdout_pass
+    real = folds_mod.holdout_pass
 
     def spy(loc, images, positions, quaternions):
         seen.append((loc.bundle.table_positions.copy(), np.asarray(positions).copy()))
         return real(loc, images, positions, quaternions)
 
-    calibrate_mod.holdout_pass = spy
+    folds_mod.holdout_pass = spy
     try:
         cfg = _fast_cfg(calibration={"refit": False})
         train_all(cfg, train_split, out, work, device="cpu", show_progress=False)
@@ -430,7 +430,7 @@ def spied_run(train_split, tmp_path_factory):
         n_first = len(seen)
         train_all(cfg, train_split, out, work, device="cpu", stages=("calibrate",), show_progress=False)
     finally:
-        calibrate_mod.holdout_pass = real
+        folds_mod.holdout_pass = real
     return seen, n_first, first, load_bundle(out), train_split
 
 
@@ -566,13 +566,13 @@ def test_non_finite_bundle_is_refused_and_nothing_written(tiny_bundle, tmp_path)
     header = copy.deepcopy(b.header)
     header["calibration"]["refined"]["theta_position"][0] = float("nan")
     with pytest.raises(NonFiniteBundleError, match="calibration.refined.theta_position"):
-        _save(tmp_path / "x.pae", header, dict(b.tensors))
+        save_checked(tmp_path / "x.pae", header, dict(b.tensors))
     tensors = dict(b.tensors)
     name = next(k for k in tensors if k.startswith("pae.") and tensors[k].is_floating_point())
     tensors[name] = tensors[name].clone()
     tensors[name].view(-1)[0] = float("inf")
     with pytest.raises(NonFiniteBundleError, match=name.replace(".", r"\.")):
-        _save(tmp_path / "x.pae", dict(b.header), tensors)
+        save_checked(tmp_path / "x.pae", dict(b.header), tensors)
     assert not (tmp_path / "x.pae").exists() and os.listdir(tmp_path) == []
 
 
@@ -761,7 +761,7 @@ def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
     old = os.umask(0o022)
     try:
         save_checkpoint(tmp_path / "a.ckpt", {"epoch": 1})
-        _save(tmp_path / "a.pae", dict(b.header), dict(b.tensors))
+        save_checked(tmp_path / "a.pae", dict(b.header), dict(b.tensors))
         for name in ("a.ckpt", "a.pae"):
             assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
         os.umask(0o077)
@@ -772,7 +772,7 @@ def test_checkpoints_and_bundles_respect_the_umask(tiny_bundle, tmp_path):
 
 
 def test_sigma_scale_matches_the_hit_rate_not_the_likelihood():
-    from pae_ros.training.calibrate import sigma_scale
+    from pae_ros.training.holdout_calibration import sigma_scale
 
     rng = np.random.default_rng(0)
     e = np.linalg.norm(rng.normal(size=(4000, 3)), axis=1)       # 3-D Gaussian errors, sigma 1
@@ -806,7 +806,7 @@ def test_fold_apr_reuses_the_main_runs_cached_features_and_trains_the_same_model
     assert {"apr", "pae", "fold1_apr", "fold1_pae", "fold1_holdout_pass"} <= set(stats["stage_seconds"])
     assert all(v["wall_s"] >= 0 and v["cpu_s"] >= 0 for v in stats["stage_seconds"].values())
     # the same run with nothing to reuse: the fold computes its own features
-    monkeypatch.setattr("pae_ros.training.run._feature_subset", lambda source, frames: None)
+    monkeypatch.setattr("pae_ros.training.folds.feature_subset", lambda source, frames: None)
     calls.clear()
     train_all(cfg, train_split, tmp_path / "b.pae", tmp_path / "wb", device="cpu", show_progress=False)
     assert calls == [len(train_split.frames), len(train_split.frames) - held]
@@ -840,3 +840,23 @@ def test_table_descriptors_are_the_localizers_query_descriptors(train_split, tmp
     # PoseNet's cached features are float16; the MS-Transformer's pooled features are float32 (a few 1e-6
     # apart from the Localizer's: other batch sizes, as the separate descriptor pass had too)
     np.testing.assert_allclose(d[rows].numpy(), q, atol=2e-3 if model == "posenet" else 2e-5)
+
+
+def test_table_descriptors_of_a_fine_tuned_backbone_come_from_the_pretrained_one(train_split, tmp_path):
+    """Partial fine-tuning (the last backbone block trains): the APR's backbone is no longer the
+    ImageNet one, so the table's descriptors come from a fresh pretrained describer, the same one
+    the Localizer computes its query descriptors with."""
+    cfg = _cfg(model={"type": "posenet", "backbone": "efficientnet_lite0"},
+               apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 1},
+               pae={"epochs": 2}, decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
+    out = tmp_path / "b.pae"
+    train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae", "calibrate"),
+              show_progress=False)
+    b = load_bundle(out)
+    assert b.header["descriptors"]["source"] == "efficientnet_lite0_pretrained"
+    assert b.header["descriptors"]["reused_cached_features"] == 0
+    loc = Localizer(b, device="cpu")
+    assert not loc.shares_backbone
+    rows = [0, 17, 95]
+    q = loc.describe([load_rgb(train_split.frames[i].image_path) for i in rows])
+    np.testing.assert_allclose(b.tensors["table.descriptors"][rows].numpy(), q, atol=2e-5)

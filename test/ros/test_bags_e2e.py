@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from pae_ros.bags import GT_TOPIC, io, eval_cmd, make_cmd  # noqa: E402
+from pae_ros.bags import GT_TOPIC, io, bag_eval_cmd, make_cmd  # noqa: E402
 from support.proc_util import stderr_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
@@ -103,7 +103,7 @@ def test_make_play_node_record_eval(tiny_bundle, tiny_dataset, tmp_path):
 
     assert sorted(_payloads(rec_bag, GT_TOPIC)) == sorted(_payloads(made, GT_TOPIC))
     out = tmp_path / "eval"
-    assert eval_cmd.main([str(rec_bag), "--gt-bag", str(made), "--out", str(out)]) == 0
+    assert bag_eval_cmd.main([str(rec_bag), "--gt-bag", str(made), "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["methods"] == ["refined", "apr"]
     for m in ("refined", "apr"):

@@ -29,8 +29,8 @@ def loc(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def report(loc, splits):
-    from pae_ros.training.evaluate import evaluate
-    from pae_ros.training.ood_images import out_of_scene_images
+    from pae_ros.evaluation.report import evaluate
+    from pae_ros.evaluation.ood_images import out_of_scene_images
     from pae_ros.datasets import load_rgb
 
     train, test = splits
@@ -123,7 +123,7 @@ def test_published_follows_the_bundle_header(tiny_bundle, splits, tmp_path):
     the report always names what was declared and what was published."""
     from pae_ros.bundle import load_bundle, save_bundle
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import evaluate
+    from pae_ros.evaluation.report import evaluate
 
     b = load_bundle(tiny_bundle)
     header = {k: v for k, v in b.header.items() if k not in ("format", "format_version", "digest")}
@@ -224,7 +224,7 @@ def test_gating_report_without_a_gate_says_so(report):
 
 def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits):
     """A Localizer whose estimates say in_scene: the shares are counted from it."""
-    from pae_ros.training.evaluate import gating_report
+    from pae_ros.evaluation.sections import gating_report
 
     class Gated:
         ood_gate = {"rules": {"constant image": None}}
@@ -243,7 +243,7 @@ def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits
             return out
 
     from pae_ros.datasets import load_rgb
-    from pae_ros.training.ood_images import out_of_scene_images
+    from pae_ros.evaluation.ood_images import out_of_scene_images
 
     _, test = splits
     imgs = [load_rgb(f.image_path) for f in test.frames[:4]]
@@ -257,7 +257,7 @@ def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits
 
 def test_out_of_scene_images_are_what_they_say(splits):
     from pae_ros.datasets import load_rgb
-    from pae_ros.training.ood_images import out_of_scene_images
+    from pae_ros.evaluation.ood_images import out_of_scene_images
 
     _, test = splits
     src = [load_rgb(f.image_path) for f in test.frames[:3]]
@@ -286,8 +286,8 @@ def test_auroc():
 
 
 def test_a_new_method_is_one_more_row(loc, splits):
-    from pae_ros.training.baselines import RowSpec
-    from pae_ros.training.evaluate import evaluate
+    from pae_ros.evaluation.baselines import RowSpec
+    from pae_ros.evaluation.report import evaluate
 
     train, test = splits
     extra = {"apr_plus_1m": RowSpec("apr_plus_1m", "the APR moved 1 m along x",
@@ -367,7 +367,7 @@ def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(two_scene_bund
     """Per scene: the mean pose and the oracle come from that scene's train poses, coverage from
     that scene's cameras, and every row is summarised on that scene's frames only."""
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.evaluate import evaluate
+    from pae_ros.evaluation.report import evaluate
 
     root, bundle = two_scene_bundle
     train, test = read_dataset(root, "7scenes", "train"), read_dataset(root, "7scenes", "test")
@@ -388,18 +388,84 @@ def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(two_scene_bund
         assert rep["calibration"] is None or s in rep["calibration"]["by_scene"]
 
 
-def test_geometric_report_reads_the_published_methods_and_the_map(loc, tmp_path):
+def test_geometric_report_counts_every_frames_reason(loc, tmp_path):
+    """Every frame is counted under its reason: the fix, the stage's fallback, an image the stage
+    raised on ("unusable image", whatever its message), and frames the stage never saw."""
     from types import SimpleNamespace
 
-    from pae_ros.training.evaluate import geometric_report
+    from pae_ros.evaluation.sections import geometric_report
 
     assert geometric_report(loc, [SimpleNamespace(extras={})] * 3, np.ones(3), np.array(["refined"] * 3)) is None
-    pub = [SimpleNamespace(extras={"geometric_accepted": True, "geometric_reason": "ok", "geometric_total_s": 0.2}),
-           SimpleNamespace(extras={"geometric_accepted": False, "geometric_reason": "few inliers",
-                                   "geometric_total_s": 0.1}),
-           SimpleNamespace(extras={})]
-    g = geometric_report(loc, pub, np.array([0.01, 1.0, 2.0]), np.array(["geometric", "refined", "refined"]))
-    assert g["accepted_share"] == pytest.approx(1 / 3) and g["fallback_share"] == pytest.approx(2 / 3)
-    assert g["fallback_reasons"] == {"few inliers": 1} and g["seconds_per_query_median"] == pytest.approx(0.15)
-    assert g["median_position_m_accepted"] == 0.01 and g["median_position_m_fallback"] == 1.5
+    pub = [SimpleNamespace(method="geometric", extras={"geometric_accepted": True, "geometric_reason": "accepted",
+                                                       "geometric_total_s": 0.2}),
+           SimpleNamespace(method="refined", extras={"geometric_accepted": False, "geometric_reason": "too_few_inliers",
+                                                     "geometric_total_s": 0.1}),
+           SimpleNamespace(method="refined", extras={"geometric_reason": "unusable image: aspect 4:3 vs 16:9"}),
+           SimpleNamespace(method="refined", extras={"geometric_reason": "unusable image: 2 x 2 pixels"}),
+           SimpleNamespace(method="apr", in_scene=False, extras={}),
+           SimpleNamespace(method="refined", extras={})]
+    methods = np.array([e.method for e in pub])
+    g = geometric_report(loc, pub, np.array([0.01, 1.0, 2.0, 2.0, 3.0, 2.0]), methods)
+    assert g["frames"] == 6 and g["attempted"] == 4
+    assert g["reasons"] == {"accepted": 1, "too_few_inliers": 1, "unusable image": 2, "out of scene": 1,
+                            "not attempted": 1}
+    assert sum(g["fallback_reasons"].values()) == round(g["fallback_share"] * 6) == 5
+    assert g["accepted_share"] == pytest.approx(1 / 6) and g["seconds_per_query_median"] == pytest.approx(0.15)
+    assert g["median_position_m_accepted"] == 0.01 and g["median_position_m_fallback"] == 2.0
     assert "map_mb" not in g
+
+
+class _RaisingStage:
+    """Stands in for the map-based geometric stage (the tiny scene has no sparse map): records the
+    shortlist rows it is given and raises ValueError, as the stage does on an image its map's
+    intrinsics cannot describe."""
+
+    def __init__(self):
+        self.rows: list[list[int]] = []
+
+    def __call__(self, rgb, rows, position, quaternion, sigma_position_m, sigma_orientation_rad):
+        self.rows.append(list(rows))
+        raise ValueError("the map's intrinsics do not fit this image")
+
+
+def test_eval_gives_a_bundle_without_table_descriptors_its_train_descriptors(tiny_bundle, splits, tmp_path):
+    """A bundle without ``table.descriptors``: evaluate computes the train images' descriptors and
+    hands them to the Localizer, so its geometric shortlist starts with the retrieval top-k; they
+    equal what the Localizer computes as query descriptors of the same images; the refinement keeps
+    its candidates (the published poses do not move); every frame's stage outcome is counted."""
+    from pae_ros.bundle import load_bundle, save_bundle
+    from pae_ros.datasets import load_rgb
+    from pae_ros.evaluation.report import evaluate
+    from pae_ros.geometric.build import frames_for_table
+    from pae_ros.pipeline import Localizer
+
+    b = load_bundle(tiny_bundle)
+    header = {k: v for k, v in b.header.items() if k not in ("format", "format_version", "digest")}
+    path = tmp_path / "no_descriptors.pae"
+    save_bundle(path, header, {k: v for k, v in b.tensors.items() if k != "table.descriptors"})
+    train, test = splits
+    loc = Localizer.from_bundle(path, device="cpu", geometric="off")
+    assert loc.retrieval is None and "table.descriptors" not in loc.bundle.tensors
+    imgs = [load_rgb(f.image_path) for f in test.frames[:6]]
+    before = loc.localize_batch(imgs)
+    candidates = loc.candidate_mode
+    stage = loc.geometric = _RaisingStage()
+
+    rep = evaluate(loc, test, train, show_progress=False, n_boot=50)
+    assert loc.retrieval is not None and rep["retrieval"]["localizer_table_descriptors"]
+    frames = frames_for_table(loc.bundle, train.frames)
+    rows = [0, len(frames) // 2, len(frames) - 1]
+    np.testing.assert_allclose(loc.retrieval.descriptors[rows],
+                               loc.describe([load_rgb(frames[i].image_path) for i in rows]), atol=1e-5)
+    assert loc.candidate_mode == candidates == "knn"
+    np.testing.assert_allclose(rep["_arrays"]["estimates"]["published"][0][:6],
+                               np.stack([e.position for e in before]), atol=1e-9)
+    # the shortlist of each frame the stage saw: the retrieval top geometric_k first
+    seen = [e for e in rep["_arrays"]["published"] if e.in_scene and e.finite]
+    assert len(stage.rows) == len(seen) > 0
+    top, _ = loc.retrieval.query(np.stack([e.descriptor for e in seen]), loc.geometric_k)
+    for got, want in zip(stage.rows, top):
+        assert got[:len(want)] == [int(i) for i in want]
+    g = rep["geometric"]
+    assert g["reasons"]["unusable image"] == len(seen) == g["attempted"]
+    assert sum(g["reasons"].values()) == len(test.frames)

@@ -8,7 +8,7 @@ import pytest
 from pae_ros.bundle import Bundle, load_bundle
 from pae_ros.datasets import load_rgb, read_dataset
 from pae_ros.pipeline import Localizer
-from pae_ros.training.calibrate import decide_weights, holdout_pass
+from pae_ros.training.holdout_calibration import decide_weights, holdout_pass
 
 
 def test_decide_weights_keeps_the_pae_only_when_its_interval_is_below_zero():

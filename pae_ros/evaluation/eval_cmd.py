@@ -1,12 +1,12 @@
 """``pae eval``: evaluate a bundle on a dataset split beside its baselines; print the tables,
-write JSON and plots (see :mod:`pae_ros.training.evaluate` for the report)."""
+write JSON and plots (see :mod:`pae_ros.evaluation.report` for the report)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .common_args import add_data_arguments, add_device_argument, read_split, setup_logging
+from ..training.common_args import add_data_arguments, add_device_argument, read_split, setup_logging
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -68,38 +68,35 @@ def build_ood(test, args) -> list | None:
     return out_of_scene_images(src, args.ood_per_kind, args.seed, other)
 
 
-def print_report(report: dict, k_sweep=()) -> None:
-    from ..metrics import format_table
-    from .evaluate import coverage_table, row_notes, summary_lines, table_rows
+def _load_inputs(args):
+    """``(Localizer, test split, train split or None, out-of-scene images or None)`` of the flags."""
+    from ..datasets import read_dataset
+    from ..pipeline import Localizer
 
-    print(format_table(report["scenes"], table_rows(report), row_notes(report)))
-    print()
-    print(coverage_table(report, table_rows(report, include_sweep=False)))
-    print()
-    for line in summary_lines(report):
-        print(line)
+    if args.retrieval_k < 1 or args.bootstrap < 1 or args.ood_per_kind < 1:
+        raise ValueError("--retrieval-k, --bootstrap and --ood-per-kind must be >= 1")
+    loc = Localizer.from_bundle(args.bundle, device=args.device, k=args.k, steps=args.steps,
+                                refine=False if args.no_refine else None, geometric=args.geometric)
+    test = read_split(args, args.split)
+    if args.train_data:
+        train = read_dataset(args.train_data, args.fmt, "train", scenes=args.scenes,
+                             on_error="skip" if args.skip_bad else "raise")
+    else:
+        train = read_split(args, "train") if args.split == "test" else None
+    return loc, test, train, build_ood(test, args)
 
 
 def run(args) -> int:
     from ..bundle import BundleError
-    from ..datasets import DatasetError, read_dataset
+    from ..datasets import DatasetError
     from ..geometric.sparse_map import MapError
-    from ..pipeline import Localizer
-    from .evaluate import DEFAULT_PAIRS, evaluate, write_outputs
+    from .plots import write_outputs
+    from .report import DEFAULT_PAIRS, evaluate
+    from .text import print_report
 
     setup_logging()
     try:
-        if args.retrieval_k < 1 or args.bootstrap < 1 or args.ood_per_kind < 1:
-            raise ValueError("--retrieval-k, --bootstrap and --ood-per-kind must be >= 1")
-        loc = Localizer.from_bundle(args.bundle, device=args.device, k=args.k, steps=args.steps,
-                                    refine=False if args.no_refine else None, geometric=args.geometric)
-        test = read_split(args, args.split)
-        if args.train_data:
-            train = read_dataset(args.train_data, args.fmt, "train", scenes=args.scenes,
-                                 on_error="skip" if args.skip_bad else "raise")
-        else:
-            train = read_split(args, "train") if args.split == "test" else None
-        ood = build_ood(test, args)
+        loc, test, train, ood = _load_inputs(args)
     except (BundleError, DatasetError, MapError, ValueError) as e:
         print(f"pae eval: {e}", file=sys.stderr)
         return 2

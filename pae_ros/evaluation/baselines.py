@@ -5,7 +5,7 @@ retrieval results) into per-frame poses ``(positions (N, 3) m, quaternions (N, 4
 camera-to-world in the bundle's world frame, or ``None`` when it cannot run on this bundle /
 data (e.g. retrieval without train images). ``pae eval`` computes every registered row, so a new
 method is one more :func:`row` entry (or an ``extra_rows`` entry of
-:func:`pae_ros.training.evaluate.evaluate`), not a new code path.
+:func:`pae_ros.evaluation.report.evaluate`), not a new code path.
 
 Reference sets (all train poses, never test poses):
 

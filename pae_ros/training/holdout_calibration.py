@@ -175,8 +175,7 @@ def decide_published(apr_err: np.ndarray, ref_err: np.ndarray, enabled, seed: in
     if enabled is True or enabled is False:
         out.update(published="refined" if enabled else "apr", rule=f"refine.enabled: {str(enabled).lower()}")
     elif out["frames"] < 5:
-        out.update(published="refined", rule="auto with fewer than 5 held-out frames: refined (the default before "
-                                              "auto); nothing to decide on")
+        out.update(published="refined", rule="auto with fewer than 5 held-out frames: refined; nothing to decide on")
     else:
         out.update(published="refined" if _beats(out) else "apr",
                    rule="auto: refined when the 95 % paired-bootstrap interval of median(refined) - median(apr) "

@@ -22,7 +22,7 @@ could be evaluated.
 ``/pae/pose`` carries what the node *publishes*: the method the bundle header ``published`` names
 (refined or the APR, later geometric fixes too; without the key, refined when refinement is on).
 The report's ``published`` entry says which row holds that topic; ``--estimate-name published``
-names the row after it (``pae demo`` does), the default ``refined`` keeps older reports' keys.
+names the row after it (``pae demo`` does); the default is ``refined``.
 """
 from __future__ import annotations
 
@@ -141,86 +141,65 @@ def evaluate(est_by_method: dict[str, dict[int, tuple]], gt: dict[int, tuple],
     return scenes, per_frame, matching
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from .. import metrics
+def _read_inputs(args) -> tuple[dict, dict, dict, dict]:
+    """``(ground truth, estimates by method, duplicate stamps by topic, scene ranges)`` from the bags;
+    raises :class:`~pae_ros.bags.io.BagError` naming a missing topic."""
     from .io import BagError
-    from .msgs import write_tum
 
     gt_bag = args.gt_bag or args.bag
-    if not args.estimate_name or args.estimate_name == "apr" or not args.estimate_name.replace("_", "").isalnum():
-        print(f"pae bag eval: error: --estimate-name {args.estimate_name!r}: use a plain name other than 'apr'",
-              file=sys.stderr)
-        return 1
-    topics = {args.estimate_name: args.estimate_topic, "apr": args.apr_topic}
-    try:
-        gt_type, gt, gt_dup = read_poses(gt_bag, args.gt_topic)
-        if gt_type is None:
-            raise BagError(f"{gt_bag}: no ground truth topic {args.gt_topic}")
-        est: dict[str, dict] = {}
-        dups = {"ground_truth": gt_dup}
-        for method, topic in topics.items():
-            if not topic:
-                continue
-            mt, poses, dup = read_poses(args.bag, topic)
-            if mt is not None:
-                est[method] = poses
-                dups[method] = dup
-        if not est:
-            raise BagError(f"{args.bag}: none of the estimate topics {args.estimate_topic}, {args.apr_topic}")
-        ranges = {} if args.scene else scene_ranges(gt_bag)
-    except (BagError, FileNotFoundError) as exc:
-        print(f"pae bag eval: error: {exc}", file=sys.stderr)
-        return 1
-    if not gt:
-        print(f"pae bag eval: error: {gt_bag}: {args.gt_topic} has no messages", file=sys.stderr)
-        return 1
+    gt_type, gt, gt_dup = read_poses(gt_bag, args.gt_topic)
+    if gt_type is None:
+        raise BagError(f"{gt_bag}: no ground truth topic {args.gt_topic}")
+    est: dict[str, dict] = {}
+    dups = {"ground_truth": gt_dup}
+    for method, topic in {args.estimate_name: args.estimate_topic, "apr": args.apr_topic}.items():
+        if not topic:
+            continue
+        mt, poses, dup = read_poses(args.bag, topic)
+        if mt is not None:
+            est[method] = poses
+            dups[method] = dup
+    if not est:
+        raise BagError(f"{args.bag}: none of the estimate topics {args.estimate_topic}, {args.apr_topic}")
+    return gt, est, dups, ({} if args.scene else scene_ranges(gt_bag))
 
-    def scene_of(t: int) -> str:
-        if args.scene:
-            return args.scene
-        for name, (a, b) in ranges.items():
-            if a <= t <= b:
-                return name
-        return "bag"
 
-    scenes, per_frame, matching = evaluate(est, gt, scene_of)
-    methods = [m for m in (args.estimate_name, "apr") if m in est]
+def _print_matching(scenes: dict, methods: list[str], matching: dict, dups: dict) -> None:
+    from .. import metrics
+
     print(metrics.format_table(scenes, methods))
     for m in methods:
         c = matching[m]
         print(f"{m}: {c['matched']}/{c['ground_truth']} ground truth frames matched by stamp, "
               f"{c['unmatched_estimates']} of {c['estimates']} estimates without ground truth"
               + (f", {dups[m]} duplicate stamps" if dups.get(m) else ""))
-    if not any(c["matched"] for c in matching.values()):
-        print("pae bag eval: error: no estimate matched a ground truth stamp", file=sys.stderr)
-        return 1
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: dict, scenes: dict,
+                 scene_of: Callable[[int], str]) -> dict[str, str]:
+    """TUM trajectories, error CDFs and top-down plots into ``out``; returns their paths by key."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .. import metrics
+    from ..evaluation.plots import write_error_cdfs
+    from .msgs import write_tum
+
     files: dict[str, str] = {}
-
-    def tum(name: str, poses: dict[int, tuple]) -> None:
+    for name, poses in [("gt", gt)] + [(m, est[m]) for m in methods]:
         ts = sorted(poses)
         path = out / f"{name}.tum"
         write_tum(path, ts, [poses[t][0] for t in ts] or np.zeros((0, 3)), [poses[t][1] for t in ts] or np.zeros((0, 4)))
         files[f"{name}_tum"] = str(path)
 
-    tum("gt", gt)
-    for m in methods:
-        tum(m, est[m])
+    def pooled(key: str) -> dict:
+        return {m: np.concatenate([np.asarray(per_frame[s][m][key]) for s in per_frame]) for m in methods}
 
-    all_pe = {m: np.concatenate([np.asarray(per_frame[s][m]["position_error_m"]) for s in per_frame]) for m in methods}
-    all_oe = {m: np.concatenate([np.asarray(per_frame[s][m]["orientation_error_deg"]) for s in per_frame]) for m in methods}
     title = Path(args.bag).name
-    metrics.plot_error_cdf(all_pe, out / "error_cdf.png", title=title, xlabel="position error [m]")
-    metrics.plot_error_cdf(all_oe, out / "error_cdf_orientation.png", title=title, xlabel="orientation error [deg]")
-    files["error_cdf_png"] = str(out / "error_cdf.png")
-    files["error_cdf_orientation_png"] = str(out / "error_cdf_orientation.png")
+    cdfs = write_error_cdfs(pooled("position_error_m"), pooled("orientation_error_deg"), out, (title, title))
+    files["error_cdf_png"] = cdfs["error_cdf"]
+    files["error_cdf_orientation_png"] = cdfs["error_cdf_orientation"]
 
     def topdown(stamps: list[int], path: Path, ttl: str) -> None:
         gt_xyz = np.array([gt[t][0] for t in stamps]).reshape(-1, 3)
@@ -239,7 +218,47 @@ def run(args: argparse.Namespace) -> int:
             p = out / f"trajectory_topdown_{safe}.png"
             topdown([t for t in gt_stamps if scene_of(t) == s], p, f"{title}: {s}")
             files[f"trajectory_topdown_{safe}_png"] = str(p)
+    return files
 
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .io import BagError
+
+    if not args.estimate_name or args.estimate_name == "apr" or not args.estimate_name.replace("_", "").isalnum():
+        print(f"pae bag eval: error: --estimate-name {args.estimate_name!r}: use a plain name other than 'apr'",
+              file=sys.stderr)
+        return 1
+    gt_bag = args.gt_bag or args.bag
+    try:
+        gt, est, dups, ranges = _read_inputs(args)
+    except (BagError, FileNotFoundError) as exc:
+        print(f"pae bag eval: error: {exc}", file=sys.stderr)
+        return 1
+    if not gt:
+        print(f"pae bag eval: error: {gt_bag}: {args.gt_topic} has no messages", file=sys.stderr)
+        return 1
+
+    def scene_of(t: int) -> str:
+        if args.scene:
+            return args.scene
+        for name, (a, b) in ranges.items():
+            if a <= t <= b:
+                return name
+        return "bag"
+
+    scenes, per_frame, matching = evaluate(est, gt, scene_of)
+    methods = [m for m in (args.estimate_name, "apr") if m in est]
+    _print_matching(scenes, methods, matching, dups)
+    if not any(c["matched"] for c in matching.values()):
+        print("pae bag eval: error: no estimate matched a ground truth stamp", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_files(args, out, gt, est, methods, per_frame, scenes, scene_of)
+    topics = {args.estimate_name: args.estimate_topic, "apr": args.apr_topic}
     report = {
         "scenes": scenes,
         "per_frame": per_frame,
@@ -266,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m pae_ros.bags.eval_cmd``), same as ``pae bag eval``."""
+    """Standalone entry (``python -m pae_ros.bags.bag_eval_cmd``), same as ``pae bag eval``."""
     from ..cli import standalone_main
 
     return standalone_main(__name__ if __name__ != "__main__" else __spec__.name, argv)
