@@ -22,7 +22,7 @@ pytest.importorskip("rclpy")
 import ros_harness as H  # noqa: E402  (isolated ROS domain)
 from ros_harness import launched, probe  # noqa: E402,F401  (shared session fixtures)
 
-from pae_ros.ros.localizer_node import NODE_NAME, PARAMETERS  # noqa: E402
+from pae_ros.ros.params import NODE_NAME, PARAMETERS  # noqa: E402
 
 # generous: the first test also pays for training the session's tiny bundle
 pytestmark = pytest.mark.timeout(300)

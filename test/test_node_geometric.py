@@ -144,8 +144,8 @@ def _io(probe, ns: str, node: InProcessNode):
             "diag": probe.collect("/diagnostics", DiagnosticArray)}
     pub = probe.publisher(f"{ns}/cam", Image, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     H.wait_matched(pub)
-    H.wait_matched(node.node.pub_pose)
-    H.wait_matched(node.node.pub_pose_cov)
+    H.wait_matched(node.node.output.pub_pose)
+    H.wait_matched(node.node.output.pub_pose_cov)
     return cols, pub
 
 
@@ -199,7 +199,7 @@ def test_apr_pose_every_frame_fix_later_with_its_own_stamp(scene, probe):
     node = InProcessNode(ns, {"geometric_rate_hz": 0.0, "tf_mode": "map_camera", "pose_frame": "camera",
                               "tf_publish_rate": 0.0}, localizer=scene.loc)
     try:
-        geo = node.node._geo
+        geo = node.node.geo
         assert geo is not None and node.node.info["geometric"].endswith(".map")
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[UPSCALE]
@@ -280,7 +280,7 @@ def test_rate_bound_holds(scene, probe):
     node = InProcessNode(ns, {"geometric_rate_hz": rate, "tf_mode": "none", "pose_frame": "camera"},
                          localizer=scene.loc)
     try:
-        geo = node.node._geo
+        geo = node.node.geo
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[1]  # small images: ~50 ms per query, ~10 Hz without the bound
         a, b, _ = scene.picks
@@ -325,7 +325,7 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
     check_command_line(["localizer", "--ros-args", "-p", "geometric:=off"], "/pae_localizer")
     node = InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
     try:  # the real start-up path: the Localizer is built with geometric=off
-        assert node.node.params["geometric"] == "off" and node.node._geo is None and node.node.localizer.geometric is None
+        assert node.node.params["geometric"] == "off" and node.node.geo is None and node.node.localizer.geometric is None
         assert node.node.info["geometric"] == "off"
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[1]
@@ -343,8 +343,8 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
         node.close()
     auto = InProcessNode("/geo_auto", {"tf_mode": "none"}, bundle=scene.out)
     try:  # default geometric:=auto: the map beside the bundle, through the real start-up
-        assert auto.node._geo is not None and auto.node.info["geometric"] == str(scene.out) + ".map"
-        worker = auto.node._geo
+        assert auto.node.geo is not None and auto.node.info["geometric"] == str(scene.out) + ".map"
+        worker = auto.node.geo
         assert worker.running
     finally:
         auto.close()
@@ -375,19 +375,27 @@ def test_bad_map_path_corrupt_map_or_bad_rate_one_clear_error(scene, tmp_path):
 
 # --------------------------------------------------------------------------- units (no DDS)
 
+def _estimate(method: str, reason: str):
+    from pae_ros.pipeline import Estimate
+
+    return Estimate(position=np.zeros(3), quaternion=np.array([1.0, 0, 0, 0]), apr_position=np.zeros(3),
+                    apr_quaternion=np.array([1.0, 0, 0, 0]), confidence=0.9, sigma_position_m=0.1,
+                    sigma_orientation_rad=0.01, covariance=np.eye(6) * 0.01, scene="room", refined=True,
+                    method=method, extras={"geometric_reason": reason})
+
+
 def test_worker_counts_drops_fallbacks_and_errors():
     from pae_ros.ros.geometric_worker import GeometricWorker
 
     gate = threading.Event()
     published = []
 
-    def stage(rgb, prior):
+    def stage(rgb, prior, intrinsics):
         gate.wait(5)
         if prior == "boom":
             raise RuntimeError("boom")
         ok = prior % 2 == 0
-        return SimpleNamespace(method="geometric" if ok else "refined",
-                               extras={"geometric_reason": "accepted" if ok else "too_few_inliers"})
+        return _estimate("geometric" if ok else "refined", "accepted" if ok else "too_few_inliers")
 
     errors = []
     w = GeometricWorker(stage, lambda ctx, est: published.append(ctx), rate_hz=0.0, threads=1,

@@ -40,6 +40,28 @@ LATENCY_WINDOW = 300
 STAGES = ("wait", "decode", "inference", "publish")
 
 
+class ThrottledLog:
+    """At most one message per key every ``period_s`` seconds to ``logger`` (an rclpy logger);
+    thread-safe (the executor, the inference worker and the geometric thread all log)."""
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def __call__(self, key: str, text: str, period_s: float = 5.0, level: str = "warning") -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < period_s:
+                return
+            self._last[key] = now
+        # one call site per severity: rclpy refuses a call site whose severity changes
+        if level == "info":
+            self._logger.info(text)
+        else:
+            self._logger.warning(text)
+
+
 class NodeStats:
     """Thread-safe counters of the localizer node. Times: ``time.monotonic()`` seconds."""
 
