@@ -30,8 +30,7 @@ class TfListener:
         self.log = log
         self._subs: list = []
         self._static_seen: dict[str, tuple] = {}  # child -> what was stored (duplicate check)
-        #: sentence naming the /tf_static publisher(s) the transient-local subscription refused
-        self.incompatible: str | None = None
+        self._refused_policy: str | None = None  # the QoS policy of the last refused /tf_static publisher
 
     def subscribe(self) -> None:
         node = self.node
@@ -69,19 +68,26 @@ class TfListener:
         except Exception:  # malformed transform: ignore it
             self.stats.count("tf_ignored")
 
-    def _on_incompatible_static(self, event) -> None:
-        n = self.stats.count("tf_static_incompatible_qos")
-        try:
-            policy = qos_policy_name_from_kind(event.last_policy_kind)
-        except Exception:
-            policy = str(event.last_policy_kind)
+    @property
+    def incompatible(self) -> str | None:
+        """A sentence naming the /tf_static publisher(s) the transient-local subscription refused
+        (node, durability, reliability, from the graph now), or None when none was."""
+        if self._refused_policy is None:
+            return None
         offenders = [f"{i.node_namespace.rstrip('/')}/{i.node_name} ({i.qos_profile.durability.name.lower()}, "
                      f"{i.qos_profile.reliability.name.lower()})"
                      for i in self.node.get_publishers_info_by_topic("/tf_static")
                      if i.qos_profile.durability != DurabilityPolicy.TRANSIENT_LOCAL
                      or i.qos_profile.reliability != ReliabilityPolicy.RELIABLE]
-        self.incompatible = (f"/tf_static publisher {', '.join(offenders) or '(gone)'} offers a QoS the "
-                             f"transient-local /tf_static subscription refuses (policy {policy}): static "
-                             "transforms it sent before this node subscribed are lost; publish /tf_static "
-                             "reliable and transient local, as tf2's static broadcaster does")
+        return (f"/tf_static publisher {', '.join(offenders) or '(gone)'} offers a QoS the transient-local "
+                f"/tf_static subscription refuses (policy {self._refused_policy}): static transforms it sent "
+                "before this node subscribed are lost; publish /tf_static reliable and transient local, as "
+                "tf2's static broadcaster does")
+
+    def _on_incompatible_static(self, event) -> None:
+        n = self.stats.count("tf_static_incompatible_qos")
+        try:
+            self._refused_policy = qos_policy_name_from_kind(event.last_policy_kind)
+        except Exception:
+            self._refused_policy = str(event.last_policy_kind)
         self.log("tf_static_qos", f"{self.incompatible} [{n} so far]")
