@@ -351,6 +351,85 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
     assert not worker.running  # joined on close
 
 
+class _RecordingStage:
+    """The real Localizer, keeping the intrinsics each geometric query is handed."""
+
+    def __init__(self, loc):
+        self._loc = loc
+        self.intrinsics = []
+
+    def __getattr__(self, name):
+        return getattr(self._loc, name)
+
+    def localize_geometric(self, rgb, prior, descriptor=None, intrinsics=None):
+        self.intrinsics.append(intrinsics)
+        return self._loc.localize_geometric(rgb, prior, descriptor=descriptor, intrinsics=intrinsics)
+
+
+def test_camera_info_intrinsics_reach_the_geometric_stage(scene):
+    """camera_info K (a camera with a 3x longer lens than the map's) is handed to the stage with each
+    frame, and changes its result as the same intrinsics do offline; a corrected camera_info is
+    used from the next frame on; the map's own intrinsics before any camera_info."""
+    from sensor_msgs.msg import CameraInfo
+
+    from pae_ros.datasets.types import CameraIntrinsics
+
+    img, _, prior, fix = scene.rows[1][scene.picks[0]]
+    assert fix.method == "geometric"
+    h, w = img.shape[:2]
+    mine = scene.loc.geometric.intrinsics
+    long_lens = CameraIntrinsics(w, h, 3 * mine.fx * w / mine.width, 3 * mine.fy * h / mine.height, w / 2, h / 2)
+    offline = scene.loc.localize_geometric(img, prior, descriptor=prior.descriptor, intrinsics=long_lens)
+    assert offline.method != "geometric" or np.linalg.norm(offline.position - fix.position) > 0.05
+    rec = _RecordingStage(scene.loc)
+    node = InProcessNode("/geo_intr", {"tf_mode": "none", "pose_frame": "camera", "geometric_rate_hz": 0.0},
+                         localizer=rec)
+    try:
+        n = node.node
+        msg = H.image_msg(img, H.fresh_stamp(), "geo_cam")
+
+        def query():
+            before = n.geo.queries
+            n.worker.process(msg, 0.0)
+            H.wait_until(lambda: n.geo.idle() and n.geo.queries == before + 1, 30, what="geometric query")
+            return n.geo.snapshot()
+
+        assert query()["last_method"] == "geometric" and rec.intrinsics[-1] is None  # the map's
+        k = [long_lens.fx, 0, long_lens.cx, 0, long_lens.fy, long_lens.cy, 0, 0, 1]
+        n._on_camera_info(CameraInfo(width=w, height=h, k=k))
+        snap = query()
+        assert rec.intrinsics[-1] == long_lens
+        assert (snap["last_method"], snap["last_reason"]) == (offline.method, offline.extras["geometric_reason"])
+        n._on_camera_info(CameraInfo(width=mine.width, height=mine.height,
+                                     k=[mine.fx, 0, mine.cx, 0, mine.fy, mine.cy, 0, 0, 1]))
+        assert query()["last_method"] == "geometric" and rec.intrinsics[-1] == mine
+        n._on_camera_info(CameraInfo(width=w, height=h, k=[0.0] * 9))  # invalid: the last valid one stays
+        assert "no valid intrinsics" in n.camera.warning and n.camera.intrinsics == mine
+    finally:
+        node.close()
+
+
+def test_unusable_image_fallback_is_counted_by_name(scene):
+    """The stage refusing an image ("unusable image: ...", a ValueError inside the stage) is a
+    fallback counted as ``geometric.fallback.unusable_image``, its detail in ``last_reason``."""
+    from pae_ros.ros.geometric_worker import GeometricWorker
+
+    _, _, prior, _ = scene.rows[1][scene.picks[0]]
+    loc = scene.loc
+    w = GeometricWorker(lambda rgb, p, intr: loc.localize_geometric(rgb, p, descriptor=p.descriptor, intrinsics=intr),
+                        lambda ctx, est: None, rate_hz=0.0, threads=1)
+    w.start()
+    try:
+        w.offer(np.zeros((4, 4, 3), np.uint8), prior, None)  # smaller than any image the stage takes
+        H.wait_until(lambda: w.idle() and w.queries == 1, 30, what="geometric query")
+        d = w.diagnostics()
+        assert d["geometric.fallback.unusable_image"] == "1" and d["geometric.fallbacks"] == "1", d
+        assert d["geometric.last_reason"].startswith("unusable image: ")
+        assert not any(k.startswith("geometric.errors.") for k in d), d
+    finally:
+        w.stop(5)
+
+
 def test_bad_map_path_corrupt_map_or_bad_rate_one_clear_error(scene, tmp_path):
     from pae_ros.ros.localizer_node import ConfigError, StartupError
 
