@@ -35,6 +35,7 @@ import time
 from collections import deque
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 LATENCY_WINDOW = 300
 STAGES = ("wait", "decode", "inference", "publish")
@@ -181,8 +182,6 @@ def diagnostic_array(stamp, node_name: str, snap: dict, info: dict, tf_chain_mis
     ``info``: static key/values (device, bundle_id, image_topic, image_qos, tf_mode ...).
     ``warnings``: sentences that raise the level to at least WARN (e.g. the camera_info check).
     """
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
     level, state, message = status_level(snap, tf_chain_missing)
     if warnings:
         level = max(level, 1)

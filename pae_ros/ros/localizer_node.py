@@ -168,7 +168,7 @@ class LocalizerNode(LifecycleNode):
             self.info["geometric"] = localizer.info.get("geometric_map") or "on"
         else:
             self.info["geometric"] = "off"
-            if p["geometric"] != "auto" and p["geometric"] != "off":
+            if p["geometric"] not in ("auto", "off"):
                 self.get_logger().warning(f"geometric map {p['geometric']!r} given but the localizer has no "
                                           "geometric stage: no fixes will be published")
         self.worker = InferenceWorker(localizer, self.output, self.stats, self._log_throttled, p, self.info,
