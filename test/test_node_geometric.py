@@ -79,57 +79,7 @@ def scene(mapped):
     return SimpleNamespace(loc=loc, out=out, picks=(a, b, bad[0]), rows=scales)
 
 
-class InProcessNode:
-    """LocalizerNode in its own context, spun by its own executor thread (DDS to the probe)."""
-
-    def __init__(self, ns: str, overrides: dict, localizer=None, bundle: str = "unused"):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-        from rclpy.signals import SignalHandlerOptions
-
-        from pae_ros.ros.localizer_node import LocalizerNode
-
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, args=[], signal_handler_options=SignalHandlerOptions.NO)
-        self.node = None
-        try:
-            self.node = LocalizerNode(context=self.ctx, namespace=ns, parameter_overrides=[
-                Parameter("bundle", value=str(bundle)), Parameter("device", value="cpu"),
-                Parameter("image_topic", value=f"{ns}/cam"), Parameter("diagnostics_period", value=0.5)] +
-                [Parameter(k, value=v) for k, v in overrides.items()])
-            if localizer is not None:
-                self.node.setup(localizer)
-            else:
-                self.node.start()
-        except Exception:
-            self.close()
-            raise
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._run, daemon=True)
-        self._spin.start()
-        self.status = f"{self.node.get_fully_qualified_name()}: localization"
-
-    def _run(self):
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
-
-    def close(self):
-        import rclpy
-
-        if getattr(self, "executor", None) is not None:
-            self.executor.shutdown(timeout_sec=2.0)
-            self._spin.join(5)
-        if self.node is not None:
-            self.node.close()
-        rclpy.try_shutdown(context=self.ctx)
-
-
-def _io(probe, ns: str, node: InProcessNode):
+def _io(probe, ns: str, node: H.InProcessNode):
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -196,7 +146,7 @@ def test_apr_pose_every_frame_fix_later_with_its_own_stamp(scene, probe):
     from pae_ros.ros.conversions import pose_from_msg
 
     ns, frame_id = "/geo_slow", "geo_cam"
-    node = InProcessNode(ns, {"geometric_rate_hz": 0.0, "tf_mode": "map_camera", "pose_frame": "camera",
+    node = H.InProcessNode(ns, {"geometric_rate_hz": 0.0, "tf_mode": "map_camera", "pose_frame": "camera",
                               "tf_publish_rate": 0.0}, localizer=scene.loc)
     try:
         geo = node.node.geo
@@ -277,7 +227,7 @@ def test_rate_bound_holds(scene, probe):
     from pae_ros.ros.conversions import pose_from_msg
 
     ns, frame_id, rate = "/geo_rate", "geo_rate_cam", 2.0
-    node = InProcessNode(ns, {"geometric_rate_hz": rate, "tf_mode": "none", "pose_frame": "camera"},
+    node = H.InProcessNode(ns, {"geometric_rate_hz": rate, "tf_mode": "none", "pose_frame": "camera"},
                          localizer=scene.loc)
     try:
         geo = node.node.geo
@@ -323,7 +273,7 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
 
     # `-p geometric:=off` reaches the node as the YAML boolean false: accepted, read as off
     check_command_line(["localizer", "--ros-args", "-p", "geometric:=off"], "/pae_localizer")
-    node = InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
+    node = H.InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
     try:  # the real start-up path: the Localizer is built with geometric=off
         assert node.node.params["geometric"] == "off" and node.node.geo is None and node.node.localizer.geometric is None
         assert node.node.info["geometric"] == "off"
@@ -341,7 +291,7 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
         assert d["geometric"] == "off" and not any(k.startswith("geometric.") for k in d)
     finally:
         node.close()
-    auto = InProcessNode("/geo_auto", {"tf_mode": "none"}, bundle=scene.out)
+    auto = H.InProcessNode("/geo_auto", {"tf_mode": "none"}, bundle=scene.out)
     try:  # default geometric:=auto: the map beside the bundle, through the real start-up
         assert auto.node.geo is not None and auto.node.info["geometric"] == str(scene.out) + ".map"
         worker = auto.node.geo
@@ -349,21 +299,6 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
     finally:
         auto.close()
     assert not worker.running  # joined on close
-
-
-class _RecordingStage:
-    """The real Localizer, keeping the intrinsics each geometric query is handed."""
-
-    def __init__(self, loc):
-        self._loc = loc
-        self.intrinsics = []
-
-    def __getattr__(self, name):
-        return getattr(self._loc, name)
-
-    def localize_geometric(self, rgb, prior, descriptor=None, intrinsics=None):
-        self.intrinsics.append(intrinsics)
-        return self._loc.localize_geometric(rgb, prior, descriptor=descriptor, intrinsics=intrinsics)
 
 
 def test_camera_info_intrinsics_reach_the_geometric_stage(scene):
@@ -381,8 +316,8 @@ def test_camera_info_intrinsics_reach_the_geometric_stage(scene):
     long_lens = CameraIntrinsics(w, h, 3 * mine.fx * w / mine.width, 3 * mine.fy * h / mine.height, w / 2, h / 2)
     offline = scene.loc.localize_geometric(img, prior, descriptor=prior.descriptor, intrinsics=long_lens)
     assert offline.method != "geometric" or np.linalg.norm(offline.position - fix.position) > 0.05
-    rec = _RecordingStage(scene.loc)
-    node = InProcessNode("/geo_intr", {"tf_mode": "none", "pose_frame": "camera", "geometric_rate_hz": 0.0},
+    rec = H.RecordingLocalizer(scene.loc)
+    node = H.InProcessNode("/geo_intr", {"tf_mode": "none", "pose_frame": "camera", "geometric_rate_hz": 0.0},
                          localizer=rec)
     try:
         n = node.node
@@ -446,10 +381,10 @@ def test_bad_map_path_corrupt_map_or_bad_rate_one_clear_error(scene, tmp_path):
     bad = tmp_path / "corrupt.map"
     bad.write_bytes(b"not a map")
     with pytest.raises(StartupError, match="parameter 'geometric'"):
-        InProcessNode("/geo_bad", {"geometric": str(bad)}, bundle=scene.out)
+        H.InProcessNode("/geo_bad", {"geometric": str(bad)}, bundle=scene.out)
     for name, value in (("geometric_rate_hz", -1.0), ("geometric_threads", -2), ("geometric", "")):
         with pytest.raises(ConfigError, match=name):
-            InProcessNode("/geo_badp", {name: value}, bundle=scene.out)
+            H.InProcessNode("/geo_badp", {name: value}, bundle=scene.out)
 
 
 # --------------------------------------------------------------------------- units (no DDS)

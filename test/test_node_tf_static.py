@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,60 +83,6 @@ def _write_foreign_bag(path: Path, images: list[np.ndarray]) -> None:
             w.write(conn, t_ns, data)
 
 
-class _Recording:
-    """The real Localizer, keeping every estimate it hands the node (in order)."""
-
-    def __init__(self, loc):
-        self._loc = loc
-        self.estimates = []
-
-    def __getattr__(self, name):
-        return getattr(self._loc, name)
-
-    def localize(self, rgb, geometric=None):
-        est = self._loc.localize(rgb, geometric)
-        self.estimates.append(est)
-        return est
-
-
-class _SpunNode:
-    """LocalizerNode in its own context, spun by an executor thread."""
-
-    def __init__(self, ns: str, overrides: dict, localizer):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-        from rclpy.signals import SignalHandlerOptions
-
-        from pae_ros.ros.localizer_node import LocalizerNode
-
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, args=[], signal_handler_options=SignalHandlerOptions.NO)
-        self.node = LocalizerNode(context=self.ctx, namespace=ns, parameter_overrides=[
-            Parameter("bundle", value="unused"), Parameter("diagnostics_period", value=0.5)] +
-            [Parameter(k, value=v) for k, v in overrides.items()])
-        self.node.setup(localizer)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._run, daemon=True)
-        self._spin.start()
-
-    def _run(self):
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
-
-    def close(self):
-        import rclpy
-
-        self.executor.shutdown(timeout_sec=2.0)
-        self._spin.join(5)
-        self.node.close()
-        rclpy.try_shutdown(context=self.ctx)
-
-
 @pytest.fixture(scope="module")
 def localizer(tiny_bundle):
     from pae_ros.pipeline import Localizer
@@ -159,8 +104,8 @@ def test_foreign_bag_replayed_gives_base_poses_and_map_to_odom(tiny_dataset, loc
     ns = "/foreign"
     poses = probe.collect(f"{ns}/pae/pose_with_covariance", PoseWithCovarianceStamped)
     tfs = probe.collect("/tf", TFMessage, TF_QOS)
-    rec = _Recording(localizer)
-    node = _SpunNode(ns, {"image_topic": "/cam0/image_raw", "compressed": True, "confidence_gate": 0.0,
+    rec = H.RecordingLocalizer(localizer)
+    node = H.InProcessNode(ns, {"image_topic": "/cam0/image_raw", "compressed": True, "confidence_gate": 0.0,
                           "image_qos": "reliable", "tf_publish_rate": 0.0, "tf_wait": 0.5}, rec)
     try:
         play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--wait-subscribers",
@@ -193,7 +138,7 @@ def test_volatile_tf_static_publisher_after_the_node_is_named_and_heard(localize
 
     from pae_ros.ros.conversions import header, rgb_to_image, stamp_from_ns, transform_stamped
 
-    node = _SpunNode("/late_static", {"image_topic": "/late_static/cam", "tf_mode": "map_odom",
+    node = H.InProcessNode("/late_static", {"image_topic": "/late_static/cam", "tf_mode": "map_odom",
                                       "tf_wait": 0.0}, localizer)
     try:
         n = node.node
