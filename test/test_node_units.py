@@ -222,6 +222,24 @@ class _FakeLocalizer:
         return np.full((8, 8, 3), 7, np.uint8)
 
 
+def test_the_pipeline_localizer_has_what_the_node_needs():
+    """Every method of LocalizerLike exists on the real Localizer with the same parameters (names,
+    defaults), and the test stand-in here has them too."""
+    import inspect
+
+    from pae_ros.pipeline import Localizer
+    from pae_ros.ros.localizer_protocol import LocalizerLike
+
+    methods = [n for n, v in vars(LocalizerLike).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert {"localize", "localize_geometric", "reconstruct", "warmup"} <= set(methods)
+    for name in methods:
+        want = [(p.name, p.default) for p in inspect.signature(getattr(LocalizerLike, name)).parameters.values()]
+        for impl in (Localizer, _FakeLocalizer):
+            got = [(p.name, p.default) for p in inspect.signature(getattr(impl, name)).parameters.values()]
+            assert got[:len(want)] == want, (impl.__name__, name, got)
+    assert isinstance(inspect.getattr_static(Localizer, "info"), property)
+
+
 def _stub_outputs(node, names=("pub_pose", "pub_pose_cov", "pub_apr")) -> dict:
     """Replace the node's publishers by recorders (``pub_tf``: the TF output's; ``pub_diag`` the
     node's own; the rest the pose output's)."""

@@ -27,6 +27,8 @@ Keys published (all values strings, as DiagnosticStatus requires):
   ``query_cpu_p50_s``, ``geometric.cpu_share`` (CPU s of the thread / wall s this period: share of
   one core), ``geometric.rate_limit_hz``, ``geometric.threads``, ``geometric.opencv_threads``;
   counters ``count.geometric_published``, ``count.geometric_tf_refused``; ``last_fix_stamp``
+* ``count.tf_static_incompatible_qos``: /tf_static publishers the transient-local subscription
+  refused (e.g. volatile); while the camera mount is missing the status message names them
 """
 from __future__ import annotations
 

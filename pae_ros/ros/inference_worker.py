@@ -18,6 +18,7 @@ import numpy as np
 
 from pae_ros.image_codec import ImageDecodeError
 from pae_ros.ros import conversions as cv
+from pae_ros.ros.localizer_protocol import LocalizerLike
 
 
 class LatestSlot:
@@ -67,7 +68,7 @@ class InferenceWorker:
     None; ``info``: the node's diagnostics key/values (``last_method`` is written here);
     ``running``: False once the node shuts down (an exception then ends the thread quietly)."""
 
-    def __init__(self, localizer, output, stats, log, params: dict, info: dict, geo=None, camera=None,
+    def __init__(self, localizer: LocalizerLike, output, stats, log, params: dict, info: dict, geo=None, camera=None,
                  running: Callable[[], bool] = lambda: True) -> None:
         self.localizer = localizer
         self.output = output

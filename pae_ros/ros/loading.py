@@ -41,7 +41,8 @@ def geometric_source(params: dict) -> str:
 
 
 def load_localizer(params: dict):
-    """(localizer, warm-up s per frame, load s) for the node's parameters. Raises :class:`StartupError`."""
+    """(a :class:`pae_ros.pipeline.Localizer`, warm-up s per frame, load s) for the node's
+    parameters. Raises :class:`StartupError`."""
     bundle = Path(params["bundle"]).expanduser()
     if not bundle.is_file():
         raise StartupError(f"cannot start: bundle not found: '{bundle}' (parameter 'bundle')")

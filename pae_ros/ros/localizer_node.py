@@ -29,6 +29,7 @@ from pae_ros.ros.frames import training_camera
 from pae_ros.ros.geometric_worker import GeometricWorker
 from pae_ros.ros.inference_worker import InferenceWorker
 from pae_ros.ros.loading import EXIT_OK, EXIT_PARAMS, EXIT_STARTUP, StartupError, load_localizer
+from pae_ros.ros.localizer_protocol import LocalizerLike
 from pae_ros.ros.params import NODE_NAME, ConfigError, check_command_line, declare_and_read
 from pae_ros.ros.pose_output import PoseOutput
 from pae_ros.ros.services import Relocalization
@@ -54,7 +55,7 @@ class LocalizerNode(LifecycleNode):
             raise ConfigError(f"parameter 'image_topic' / 'camera_info_topic' is not a valid topic name "
                               f"({p['image_topic']!r}, {p['camera_info_topic']!r}): {e}") from None
         self._log_throttled = ThrottledLog(self.get_logger())
-        self.localizer = None
+        self.localizer: LocalizerLike | None = None
         self.info: dict = {}
         self.stats: NodeStats | None = None
         self.tf: TfListener | None = None
@@ -110,12 +111,12 @@ class LocalizerNode(LifecycleNode):
         :class:`StartupError` with one clear sentence."""
         self.setup(*load_localizer(self.params))
 
-    def setup(self, localizer, warm_s: float = 0.0, load_s: float = 0.0) -> None:
+    def setup(self, localizer: LocalizerLike, warm_s: float = 0.0, load_s: float = 0.0) -> None:
         """Configure around a loaded ``localizer`` and activate."""
         self.configure_with(localizer, warm_s, load_s)
         self.activate_io()
 
-    def configure_with(self, localizer, warm_s: float = 0.0, load_s: float = 0.0) -> None:
+    def configure_with(self, localizer: LocalizerLike, warm_s: float = 0.0, load_s: float = 0.0) -> None:
         """Everything but the subscriptions around ``localizer``; logs ``configured``."""
         self._init_state(localizer, warm_s, load_s)
         self._init_transforms()
@@ -124,7 +125,7 @@ class LocalizerNode(LifecycleNode):
         self._init_workers()
         self._log_configured()
 
-    def _init_state(self, localizer, warm_s: float, load_s: float) -> None:
+    def _init_state(self, localizer: LocalizerLike, warm_s: float, load_s: float) -> None:
         p, info = self.params, localizer.info
         self.localizer = localizer
         self._cuda = str(info.get("device", "")).startswith("cuda")
