@@ -452,7 +452,7 @@ def tf_timing(latencies_s=(0.0, 0.1, 0.3), v=1.0, w=0.5, odom_hz=50.0) -> list[d
     import numpy as np
 
     from pae_ros import geometry as G
-    from pae_ros.ros.tf import TfBuffer, map_to_odom
+    from pae_ros.ros.tf_buffer import TfBuffer, map_to_odom
 
     def base(t):  # true base pose in map (= odom) on a circle
         r = v / w

@@ -462,7 +462,8 @@ class Localizer:
                 descriptor=None if apr.descriptors is None else np.array(apr.descriptors[i], np.float32)))
         return out
 
-    def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None) -> Estimate:
+    def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None,
+                       intrinsics=None) -> Estimate:
         top = None
         if self.retrieval is not None and descriptor is not None:
             s_idx = multi_scene_idx(np.array([self.scenes.index(prior.scene)]), len(self.scenes))
@@ -474,26 +475,29 @@ class Localizer:
             rows = np.argsort(d)[: self.geometric_k].tolist()
         try:
             res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
-                                 prior.sigma_orientation_rad)
+                                 prior.sigma_orientation_rad, intrinsics=intrinsics)
         except ValueError as e:  # e.g. an image whose aspect the map's intrinsics cannot describe
             out = dataclasses.replace(prior, extras=dict(prior.extras))
             out.extras["geometric_reason"] = f"unusable image: {e}"
             return out
         return apply_fix(prior, res)
 
-    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None) -> Estimate:
+    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None,
+                           intrinsics=None) -> Estimate:
         """The geometric stage on one RGB uint8 image given its APR/PAE estimate ``prior`` (from
         :meth:`localize`): the fix (``method="geometric"``) or ``prior`` with
         ``extras["geometric_reason"]``. For a slower thread (tens of ms per call); ``prior``
         returned unchanged when the stage is off or the prior is non-finite / out of scene.
         ``descriptor``: the image's (D,) retrieval descriptor from **this** Localizer (its
-        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward)."""
+        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward).
+        ``intrinsics``: the query camera's ``CameraIntrinsics`` (pixels; scaled to the image size by
+        the stage), None = the map's."""
         if self.geometric is None or not prior.finite or not prior.in_scene:
             return prior
         desc = None
         if self.retrieval is not None:
             desc = np.asarray(descriptor, np.float32)[None] if descriptor is not None else self.describe([rgb])
-        return self._geometric_fix(rgb, prior, desc)
+        return self._geometric_fix(rgb, prior, desc, intrinsics)
 
     def localize(self, rgb: np.ndarray, geometric: bool | None = None) -> Estimate:
         """Localize one RGB uint8 image (H, W, 3); ``geometric`` as in :meth:`localize_batch`."""

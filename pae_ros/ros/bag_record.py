@@ -14,7 +14,14 @@ properly (storage index and ``metadata.yaml`` written), exit 0.
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import sys
+import time
+from pathlib import Path
+
+from ..bags.io import BagError, BagWriter, prepare_target, typestore
+from .bag_play import import_msg_class
 
 DEFAULT_TOPICS = ["/pae/pose", "/pae/pose_with_covariance", "/pae/apr_pose", "/ground_truth/pose"]
 RECORD_DEPTH = 100
@@ -70,26 +77,99 @@ def request_qos(offered: list):
                       durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
-def run(args: argparse.Namespace) -> int:
-    import shutil
-    import signal
-    import time
-    from pathlib import Path
+class _Recorder:
+    """The recording node's subscriptions into ``bag``: topics subscribed as they are discovered."""
 
-    from ..bags.io import BagError, BagWriter, prepare_target, typestore
-    from .bag_play import import_msg_class
+    def __init__(self, node, bag, topics: list[str], log) -> None:
+        self.node = node
+        self.bag = bag
+        self.topics = topics
+        self.log = log
+        self.subs: dict = {}
+        self.skipped: set[str] = set()
+        self.total = 0
+        self.last: float | None = None  # monotonic s of the last message
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"pae bag record: {msg}", file=sys.stderr, flush=True)
+    def _callback(self, topic: str):
+        def callback(data, info):
+            t_ns = int(info.get("received_timestamp") or 0) if isinstance(info, dict) else 0
+            if t_ns <= 0:
+                t_ns = time.time_ns()
+            self.bag.write(topic, t_ns, data)
+            self.total += 1
+            self.last = time.monotonic()
+        return callback
 
-    out = Path(args.out)
-    topics = list(dict.fromkeys(args.topics))
+    def discover(self) -> None:
+        """Subscribe every pending topic that has a publisher now."""
+        pending = [t for t in self.topics if t not in self.subs and t not in self.skipped]
+        if not pending:
+            return
+        graph = dict(self.node.get_topic_names_and_types())
+        for topic in pending:
+            types = graph.get(topic)
+            if types:
+                self._subscribe(topic, types)
+
+    def _subscribe(self, topic: str, types: list[str]) -> None:
+        msgtype = types[0]
+        if len(types) > 1:
+            self.log(f"{topic} has several types {types}; recording {msgtype}")
+        try:
+            cls = import_msg_class(msgtype)
+        except (ImportError, AttributeError, ValueError):
+            self.log(f"skipping {topic}: message type {msgtype} is not installed for rclpy")
+            self.skipped.add(topic)
+            return
+        if msgtype not in typestore().types:
+            self.log(f"skipping {topic}: message type {msgtype} is unknown to the rosbags Kilted store")
+            self.skipped.add(topic)
+            return
+        infos = self.node.get_publishers_info_by_topic(topic)
+        offered = [i.qos_profile for i in infos]
+        if not offered:
+            return
+        hashes = {str(i.topic_type_hash) for i in infos} - {"", "None"}
+        if hashes and typestore().hash_rihs01(msgtype) not in hashes:
+            self.log(f"warning: {topic}: publisher type hash {sorted(hashes)} differs from the Kilted "
+                     f"definition of {msgtype}; the bag stores the Kilted definition")
+        self.bag.add_topic(topic, msgtype, [qos_to_bag(p) for p in offered])
+        qos = request_qos(offered)
+        self.subs[topic] = self.node.create_subscription(cls, topic, self._callback(topic), qos, raw=True)
+        self.log(f"subscribed {topic} [{msgtype}] ({qos.reliability.name.lower()}, "
+                 f"{qos.durability.name.lower()})")
+
+    def run(self, executor, args: argparse.Namespace, stop: dict) -> None:
+        """Spin and discover until ``stop["reason"]`` is set (signal, duration, count, idle)."""
+        t0 = time.monotonic()
+        next_discovery = t0
+        while stop["reason"] is None:
+            now = time.monotonic()
+            if now >= next_discovery:
+                self.discover()
+                next_discovery = now + args.discovery_period
+            executor.spin_once(timeout_sec=min(0.05, args.discovery_period))
+            stop["reason"] = stop["reason"] or self._stop_reason(args, time.monotonic() - t0)  # a signal may have set it
+        for sub in self.subs.values():
+            self.node.destroy_subscription(sub)
+
+    def _stop_reason(self, args: argparse.Namespace, elapsed_s: float) -> str | None:
+        if args.duration is not None and elapsed_s >= args.duration:
+            return f"duration {args.duration:g} s"
+        if args.max_messages is not None and self.total >= args.max_messages:
+            return f"{self.total} messages"
+        if args.idle_timeout is not None and self.last is not None and time.monotonic() - self.last >= args.idle_timeout:
+            return f"idle for {args.idle_timeout:g} s"
+        return None
+
+
+def _open_bag(out: Path, args: argparse.Namespace):
+    """A new, open BagWriter at ``out`` (replacing it with ``--force``), or None after printing why."""
     try:
         prepare_target(out, args.force)
     except BagError as exc:
         print(f"pae bag record: error: {exc}", file=sys.stderr)
-        return 1
+        return None
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     try:
@@ -97,8 +177,20 @@ def run(args: argparse.Namespace) -> int:
         bag.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types
         print(f"pae bag record: error: cannot create {out}: {exc}", file=sys.stderr)
-        return 1
+        return None
+    return bag
 
+
+def run(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"pae bag record: {msg}", file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    topics = list(dict.fromkeys(args.topics))
+    bag = _open_bag(out, args)
+    if bag is None:
+        return 1
     stop = {"reason": None}
 
     def _on_signal(signum, frame):  # noqa: ARG001
@@ -106,13 +198,9 @@ def run(args: argparse.Namespace) -> int:
 
     # From here on SIGINT / SIGTERM only set the stop flag, and the bag is closed in `finally`.
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    rclpy = None
-    node = None
-    state = {"total": 0, "last": None}
-    subs = {}
-    skipped: set[str] = set()
+    rclpy = node = recorder = None
     try:
-        import rclpy
+        import rclpy  # here, not at import: the `pae` command imports this module to build its parser
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
 
@@ -120,72 +208,9 @@ def run(args: argparse.Namespace) -> int:
         node = rclpy.create_node("pae_bag_record")
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-
-        def make_callback(topic: str):
-            def callback(data, info):
-                t_ns = int(info.get("received_timestamp") or 0) if isinstance(info, dict) else 0
-                if t_ns <= 0:
-                    t_ns = time.time_ns()
-                bag.write(topic, t_ns, data)
-                state["total"] += 1
-                state["last"] = time.monotonic()
-            return callback
-
-        def discover() -> None:
-            pending = [t for t in topics if t not in subs and t not in skipped]
-            if not pending:
-                return
-            graph = dict(node.get_topic_names_and_types())
-            for topic in pending:
-                types = graph.get(topic)
-                if not types:
-                    continue
-                msgtype = types[0]
-                if len(types) > 1:
-                    log(f"{topic} has several types {types}; recording {msgtype}")
-                try:
-                    cls = import_msg_class(msgtype)
-                except (ImportError, AttributeError, ValueError):
-                    log(f"skipping {topic}: message type {msgtype} is not installed for rclpy")
-                    skipped.add(topic)
-                    continue
-                if msgtype not in typestore().types:
-                    log(f"skipping {topic}: message type {msgtype} is unknown to the rosbags Kilted store")
-                    skipped.add(topic)
-                    continue
-                infos = node.get_publishers_info_by_topic(topic)
-                offered = [i.qos_profile for i in infos]
-                if not offered:
-                    continue
-                hashes = {str(i.topic_type_hash) for i in infos} - {"", "None"}
-                if hashes and typestore().hash_rihs01(msgtype) not in hashes:
-                    log(f"warning: {topic}: publisher type hash {sorted(hashes)} differs from the Kilted "
-                        f"definition of {msgtype}; the bag stores the Kilted definition")
-                bag.add_topic(topic, msgtype, [qos_to_bag(p) for p in offered])
-                qos = request_qos(offered)
-                subs[topic] = node.create_subscription(cls, topic, make_callback(topic), qos, raw=True)
-                log(f"subscribed {topic} [{msgtype}] ({qos.reliability.name.lower()}, "
-                    f"{qos.durability.name.lower()})")
-
+        recorder = _Recorder(node, bag, topics, log)
         log(f"recording {', '.join(topics)} to {out}")
-        t0 = time.monotonic()
-        next_discovery = t0
-        while stop["reason"] is None:
-            now = time.monotonic()
-            if now >= next_discovery:
-                discover()
-                next_discovery = now + args.discovery_period
-            executor.spin_once(timeout_sec=min(0.05, args.discovery_period))
-            now = time.monotonic()
-            if args.duration is not None and now - t0 >= args.duration:
-                stop["reason"] = f"duration {args.duration:g} s"
-            elif args.max_messages is not None and state["total"] >= args.max_messages:
-                stop["reason"] = f"{state['total']} messages"
-            elif (args.idle_timeout is not None and state["last"] is not None
-                  and now - state["last"] >= args.idle_timeout):
-                stop["reason"] = f"idle for {args.idle_timeout:g} s"
-        for sub in subs.values():
-            node.destroy_subscription(sub)
+        recorder.run(executor, args, stop)
         return 0
     except BagError as exc:
         print(f"pae bag record: error: {exc}", file=sys.stderr)
@@ -196,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             bag.close()
         finally:
             counts = ", ".join(f"{t}: {n}" for t, n in bag.counts.items()) or "no topics"
-            log(f"stopped ({stop['reason'] or 'error'}); wrote {out} with {state['total']} messages ({counts})")
+            total = recorder.total if recorder is not None else 0
+            log(f"stopped ({stop['reason'] or 'error'}); wrote {out} with {total} messages ({counts})")
             if node is not None:
                 node.destroy_node()
             if rclpy is not None:
@@ -207,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m pae_ros.ros.bag_record``), same as ``pae bag record``."""
-    from ..cli import standalone_main
+    from ..cli import standalone_main  # the CLI imports this module to build its parser
 
     return standalone_main(__name__ if __name__ != "__main__" else __spec__.name, argv)
 

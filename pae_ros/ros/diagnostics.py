@@ -27,6 +27,8 @@ Keys published (all values strings, as DiagnosticStatus requires):
   ``query_cpu_p50_s``, ``geometric.cpu_share`` (CPU s of the thread / wall s this period: share of
   one core), ``geometric.rate_limit_hz``, ``geometric.threads``, ``geometric.opencv_threads``;
   counters ``count.geometric_published``, ``count.geometric_tf_refused``; ``last_fix_stamp``
+* ``count.tf_static_incompatible_qos``: /tf_static publishers the transient-local subscription
+  refused (e.g. volatile); while the camera mount is missing the status message names them
 """
 from __future__ import annotations
 
@@ -35,9 +37,32 @@ import time
 from collections import deque
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 LATENCY_WINDOW = 300
 STAGES = ("wait", "decode", "inference", "publish")
+
+
+class ThrottledLog:
+    """At most one message per key every ``period_s`` seconds to ``logger`` (an rclpy logger);
+    thread-safe (the executor, the inference worker and the geometric thread all log)."""
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def __call__(self, key: str, text: str, period_s: float = 5.0, level: str = "warning") -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < period_s:
+                return
+            self._last[key] = now
+        # one call site per severity: rclpy refuses a call site whose severity changes
+        if level == "info":
+            self._logger.info(text)
+        else:
+            self._logger.warning(text)
 
 
 class NodeStats:
@@ -159,8 +184,6 @@ def diagnostic_array(stamp, node_name: str, snap: dict, info: dict, tf_chain_mis
     ``info``: static key/values (device, bundle_id, image_topic, image_qos, tf_mode ...).
     ``warnings``: sentences that raise the level to at least WARN (e.g. the camera_info check).
     """
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
     level, state, message = status_level(snap, tf_chain_missing)
     if warnings:
         level = max(level, 1)

@@ -1,16 +1,19 @@
 """The node's geometric thread: a fix from the geometric stage at a bounded rate, off the frame path.
 
 The inference worker publishes the APR/PAE pose of every frame and hands the frame (RGB array, its
-estimate and the context needed to publish) to :meth:`GeometricWorker.offer`, which never blocks:
+estimate, the context needed to publish and the query camera's intrinsics from camera_info, or
+None for the map's) to :meth:`GeometricWorker.offer`, which never blocks:
 a frame still waiting when a newer one is offered is dropped and counted (``dropped``). The
-worker's own thread takes the newest waiting frame, runs ``localize_geometric(rgb, prior)``
+worker's own thread takes the newest waiting frame, runs ``localize_geometric(rgb, prior, intrinsics)``
 (:meth:`pae_ros.pipeline.Localizer.localize_geometric`) and
 
 * an accepted fix (``method == "geometric"``): hands it to ``publish(context, estimate)`` (the node
   publishes it stamped with **its own image's** stamp) and counts it in ``fixes``;
 * a fallback: counts it under its reason (``fallback.<reason>``, from
-  ``extras["geometric_reason"]``); nothing is published for it (the APR/PAE pose of that frame is
-  already out).
+  ``extras["geometric_reason"]``; a reason with a detail, ``unusable image: <why>``, is counted
+  under its name before the colon, ``unusable_image``, and shown whole in ``last_reason``); nothing
+  is published for it (the APR/PAE pose of that frame is already out);
+* an exception from the stage: counted in ``errors.stage``.
 
 Rate bound: a query starts at most every ``1 / rate_hz`` s (measured start to start; ``rate_hz``
 0 = as fast as the stage runs). Queries and therefore fixes per second are at most ``rate_hz``.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import threading
 import time
+import re
 from collections import deque
 from typing import Any, Callable
 
@@ -56,14 +60,21 @@ def set_stage_threads(threads: int) -> int | None:
     return int(cv2.getNumThreads())
 
 
+def reason_key(reason: str) -> str:
+    """The counter name of a fallback reason: ``unusable image: <why>`` -> ``unusable_image``
+    (a bounded set of /diagnostics keys); identifiers such as ``too_few_inliers`` unchanged."""
+    name = reason.split(":", 1)[0].strip()
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "unknown"
+
+
 class GeometricWorker:
     """A keep-latest mailbox and one thread running the geometric stage (see the module docstring).
 
-    ``localize_geometric(rgb, prior) -> Estimate``; ``publish(context, estimate)`` is called on the
+    ``localize_geometric(rgb, prior, intrinsics) -> Estimate``; ``publish(context, estimate)`` is called on the
     worker's thread for accepted fixes only; ``on_error(kind, text)`` for exceptions (``kind``:
     ``stage`` or ``publish``), which are counted and never stop the thread."""
 
-    def __init__(self, localize_geometric: Callable[[np.ndarray, Any], Any],
+    def __init__(self, localize_geometric: Callable[[np.ndarray, Any, Any], Any],
                  publish: Callable[[Any, Any], None], rate_hz: float = 2.0, threads: int = 1,
                  on_error: Callable[[str, str], None] | None = None, name: str = "pae_geometric"):
         if not (rate_hz >= 0 and np.isfinite(rate_hz)):
@@ -126,15 +137,15 @@ class GeometricWorker:
         return self._thread is not None and self._thread.is_alive()
 
     # ---- input (the inference worker's thread) ----------------------------------------------
-    def offer(self, rgb: np.ndarray, prior, context: Any = None) -> bool:
+    def offer(self, rgb: np.ndarray, prior, context: Any = None, intrinsics=None) -> bool:
         """Queue a frame (RGB uint8 (H, W, 3), its APR/PAE estimate, the caller's context, e.g.
-        stamp and camera frame); a frame still waiting is replaced (counted in ``dropped``, and
-        True returned). Never blocks on the stage."""
+        stamp and camera frame, and the query camera's ``CameraIntrinsics`` or None); a frame still
+        waiting is replaced (counted in ``dropped``, and True returned). Never blocks on the stage."""
         with self._cond:
             if self._stop:
                 return False
             replaced = self._item is not None
-            self._item = (rgb, prior, context)
+            self._item = (rgb, prior, context, intrinsics)
             self.offered += 1
             if replaced:
                 self.dropped += 1
@@ -162,19 +173,19 @@ class GeometricWorker:
             item = self._take(not_before)
             if item is None:
                 return
-            rgb, prior, context = item
+            rgb, prior, context, intrinsics = item
             t0, c0 = time.monotonic(), time.thread_time()
             not_before = t0 + period
             self.query_starts.append(t0)
             try:
-                est = self._localize(rgb, prior)
+                est = self._localize(rgb, prior, intrinsics)
             except Exception as e:
                 self._done(t0, c0, None, "stage")
                 self._on_error("stage", f"geometric stage failed: {type(e).__name__}: {e}")
                 est = None
             else:
                 self._done(t0, c0, est, None)
-            if est is not None and getattr(est, "method", None) == "geometric":
+            if est is not None and est.method == "geometric":
                 try:
                     self._publish(context, est)
                 except Exception as e:
@@ -195,13 +206,13 @@ class GeometricWorker:
                 self.errors[error] = self.errors.get(error, 0) + 1
                 self.last_method, self.last_reason = "error", error
                 return
-            method = getattr(est, "method", "?")
-            reason = str((getattr(est, "extras", None) or {}).get("geometric_reason", "unknown"))
-            self.last_method, self.last_reason = method, reason
-            if method == "geometric":
+            reason = str(est.extras.get("geometric_reason", "unknown"))
+            self.last_method, self.last_reason = est.method, reason
+            if est.method == "geometric":
                 self.fixes += 1
             else:
-                self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+                key = reason_key(reason)
+                self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
 
     # ---- reporting ----------------------------------------------------------------------------
     def idle(self) -> bool:

@@ -16,11 +16,15 @@ import rclpy at module level (the launch file imports it to check launch argumen
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
 from pae_ros.config import ConfigError
 
@@ -245,8 +249,6 @@ def check_value(name: str, v: Any, source: str = "") -> str | None:
 
 
 def _similar(a: str, b: str) -> bool:
-    import difflib
-
     return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
 
 
@@ -254,8 +256,6 @@ def _similar(a: str, b: str) -> bool:
 
 def _yaml_scalar(text: str) -> Any:
     """A ``-p`` value as rcl reads it (YAML scalar rules: true/false, ints, floats, else string)."""
-    import yaml
-
     try:
         v = yaml.safe_load(text)
     except Exception:
@@ -275,8 +275,6 @@ def command_line_parameters(argv: list[str], fqn: str) -> list[tuple[str, Any, s
     """(name, value, source) of every parameter the command line gives node ``fqn``, in order:
     ``--params-file`` entries addressing the node, then ``-p`` / ``--param`` values. Raises
     :class:`ConfigError` for an unreadable params file."""
-    import yaml
-
     out: list[tuple[str, Any, str]] = []
     in_ros = False
     i = 0
@@ -345,8 +343,6 @@ def check_command_line(argv: list[str], fqn: str) -> None:
 # --------------------------------------------------------------------------- declaration
 
 def _descriptor(p: ParamSpec):
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-
     types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
     d = ParameterDescriptor(name=p.name, type=types[p.kind], description=p.description,

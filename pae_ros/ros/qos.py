@@ -2,6 +2,8 @@
 
 * TF as tf2_ros does it: ``/tf`` depth 100, reliable, volatile; ``/tf_static`` reliable,
   transient local (publisher depth 1 with every static transform in one message; listener depth 100).
+  The node also listens to ``/tf_static`` volatile (:data:`TF_STATIC_VOLATILE_SUB_QOS`): a volatile
+  publisher (another tool's bag player) cannot match a transient-local subscription.
 * Images: keep-last, small depth (the node keeps only the newest frame anyway). Reliability
   is chosen by ``image_qos``: a best-effort subscription matches every publisher but loses most
   large frames that travel as fragmented UDP; a reliable one receives them all but does not match
@@ -29,6 +31,9 @@ TF_STATIC_PUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 TF_STATIC_SUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
                                reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
+TF_STATIC_VOLATILE_SUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                                        reliability=ReliabilityPolicy.RELIABLE,
+                                        durability=DurabilityPolicy.VOLATILE)
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 

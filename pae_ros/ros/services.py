@@ -16,6 +16,10 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from std_srvs.srv import SetBool, Trigger
+
+from pae_ros.ros import qos
 
 
 class Relocalization:
@@ -37,11 +41,6 @@ class Relocalization:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def create(self) -> None:
-        from geometry_msgs.msg import PoseWithCovarianceStamped
-        from std_srvs.srv import SetBool, Trigger
-
-        from pae_ros.ros import qos
-
         self._pub = self.node.create_publisher(PoseWithCovarianceStamped, self.topic, qos.INITIAL_POSE_QOS)
         self._services = [self.node.create_service(Trigger, "~/relocalize", self._on_relocalize),
                           self.node.create_service(SetBool, "~/set_enabled", self._on_set_enabled)]

@@ -2,7 +2,7 @@
 
 * ``map_odom`` (REP 105): for each confident, in-scene estimate the node computes
   ``T_map_odom = T_map_camera * inv(T_odom_camera(image stamp))`` (``odom -> camera`` interpolated
-  at the image stamp from the node's :class:`pae_ros.ros.tf.TfBuffer`) and hands it to
+  at the image stamp from the node's :class:`pae_ros.ros.tf_buffer.TfBuffer`) and hands it to
   :meth:`TfOutput.set_correction`. That correction is published at once stamped
   ``image stamp + transform_tolerance`` and then re-published at ``tf_publish_rate`` stamped
   ``now + transform_tolerance`` (as AMCL does), so nav2's latest-time lookups keep working between
@@ -25,6 +25,10 @@ from __future__ import annotations
 
 import threading
 
+from tf2_msgs.msg import TFMessage
+
+from pae_ros.ros import conversions as cv
+from pae_ros.ros import qos
 from pae_ros.ros.frames import flatten_2d
 
 
@@ -49,10 +53,6 @@ class TfOutput:
     def create(self) -> None:
         if self.mode == "none":
             return
-        from tf2_msgs.msg import TFMessage
-
-        from pae_ros.ros import qos
-
         self._pub = self.node.create_publisher(TFMessage, "/tf", qos.TF_QOS)
 
     def activate(self) -> None:
@@ -81,10 +81,6 @@ class TfOutput:
 
     # ---- publishing ------------------------------------------------------------------------
     def _send(self, stamp_ns: int, parent: str, child: str, t, q) -> None:
-        from tf2_msgs.msg import TFMessage
-
-        from pae_ros.ros import conversions as cv
-
         if self._pub is None:
             return
         self._pub.publish(TFMessage(transforms=[cv.transform_stamped(cv.stamp_from_ns(stamp_ns), parent, child, t, q)]))

@@ -153,6 +153,13 @@ def test_record_max_messages_and_qos_conversions(made_bag, tmp_path, ros_env):
                                                                DurabilityPolicy.TRANSIENT_LOCAL, 3)
     assert io.is_infinite(*qos_to_bag(latched).deadline)  # 0 = rmw default = none
     assert qos_from_bag([]).reliability == ReliabilityPolicy.RELIABLE
+    # /tf_static with no recorded QoS: as tf2's static broadcaster offers it, deep enough for every message
+    static = qos_from_bag([], "/tf_static", 30)
+    assert (static.reliability, static.durability, static.depth) == (ReliabilityPolicy.RELIABLE,
+                                                                     DurabilityPolicy.TRANSIENT_LOCAL, 30)
+    assert qos_from_bag([qos_to_bag(latched)], "/tf_static", 5).depth == 5
+    volatile = QoSProfile(depth=4, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+    assert qos_from_bag([qos_to_bag(volatile)], "/tf_static", 5).durability == DurabilityPolicy.VOLATILE  # as recorded
     assert qos_from_bag([qos_to_bag(qos_profile_sensor_data)]).reliability == ReliabilityPolicy.BEST_EFFORT
     assert request_qos([latched, qos_profile_sensor_data]).reliability == ReliabilityPolicy.BEST_EFFORT
     assert request_qos([latched]).durability == DurabilityPolicy.TRANSIENT_LOCAL

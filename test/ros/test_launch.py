@@ -22,7 +22,7 @@ pytest.importorskip("rclpy")
 from support import REPO  # noqa: E402
 from support import ros_harness as H  # noqa: E402  (isolated ROS domain)
 
-from pae_ros.ros.localizer_node import NODE_NAME, PARAMETERS  # noqa: E402
+from pae_ros.ros.params import NODE_NAME, PARAMETERS  # noqa: E402
 
 # generous: the first test also pays for training the session's tiny bundle
 pytestmark = pytest.mark.timeout(300)

@@ -74,57 +74,7 @@ def scene(textured_mapped):
     return SimpleNamespace(loc=loc, out=out, picks=(a, b, bad[0]), rows=scales)
 
 
-class InProcessNode:
-    """LocalizerNode in its own context, spun by its own executor thread (DDS to the probe)."""
-
-    def __init__(self, ns: str, overrides: dict, localizer=None, bundle: str = "unused"):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter import Parameter
-        from rclpy.signals import SignalHandlerOptions
-
-        from pae_ros.ros.localizer_node import LocalizerNode
-
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, args=[], signal_handler_options=SignalHandlerOptions.NO)
-        self.node = None
-        try:
-            self.node = LocalizerNode(context=self.ctx, namespace=ns, parameter_overrides=[
-                Parameter("bundle", value=str(bundle)), Parameter("device", value="cpu"),
-                Parameter("image_topic", value=f"{ns}/cam"), Parameter("diagnostics_period", value=0.5)] +
-                [Parameter(k, value=v) for k, v in overrides.items()])
-            if localizer is not None:
-                self.node.setup(localizer)
-            else:
-                self.node.start()
-        except Exception:
-            self.close()
-            raise
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._run, daemon=True)
-        self._spin.start()
-        self.status = f"{self.node.get_fully_qualified_name()}: localization"
-
-    def _run(self):
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
-
-    def close(self):
-        import rclpy
-
-        if getattr(self, "executor", None) is not None:
-            self.executor.shutdown(timeout_sec=2.0)
-            self._spin.join(5)
-        if self.node is not None:
-            self.node.close()
-        rclpy.try_shutdown(context=self.ctx)
-
-
-def _io(probe, ns: str, node: InProcessNode):
+def _io(probe, ns: str, node: H.InProcessNode):
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -139,8 +89,8 @@ def _io(probe, ns: str, node: InProcessNode):
             "diag": probe.collect("/diagnostics", DiagnosticArray)}
     pub = probe.publisher(f"{ns}/cam", Image, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     H.wait_matched(pub)
-    H.wait_matched(node.node.pub_pose)
-    H.wait_matched(node.node.pub_pose_cov)
+    H.wait_matched(node.node.output.pub_pose)
+    H.wait_matched(node.node.output.pub_pose_cov)
     return cols, pub
 
 
@@ -191,10 +141,10 @@ def test_apr_pose_every_frame_fix_later_with_its_own_stamp(scene, probe):
     from pae_ros.ros.conversions import pose_from_msg
 
     ns, frame_id = "/geo_slow", "geo_cam"
-    node = InProcessNode(ns, {"geometric_rate_hz": 0.0, "tf_mode": "map_camera", "pose_frame": "camera",
+    node = H.InProcessNode(ns, {"geometric_rate_hz": 0.0, "tf_mode": "map_camera", "pose_frame": "camera",
                               "tf_publish_rate": 0.0}, localizer=scene.loc)
     try:
-        geo = node.node._geo
+        geo = node.node.geo
         assert geo is not None and node.node.info["geometric"].endswith(".map")
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[UPSCALE]
@@ -272,10 +222,10 @@ def test_rate_bound_holds(scene, probe):
     from pae_ros.ros.conversions import pose_from_msg
 
     ns, frame_id, rate = "/geo_rate", "geo_rate_cam", 2.0
-    node = InProcessNode(ns, {"geometric_rate_hz": rate, "tf_mode": "none", "pose_frame": "camera"},
+    node = H.InProcessNode(ns, {"geometric_rate_hz": rate, "tf_mode": "none", "pose_frame": "camera"},
                          localizer=scene.loc)
     try:
-        geo = node.node._geo
+        geo = node.node.geo
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[1]  # small images: ~50 ms per query, ~10 Hz without the bound
         a, b, _ = scene.picks
@@ -318,9 +268,9 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
 
     # `-p geometric:=off` reaches the node as the YAML boolean false: accepted, read as off
     check_command_line(["localizer", "--ros-args", "-p", "geometric:=off"], "/pae_localizer")
-    node = InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
+    node = H.InProcessNode(ns, {"geometric": False, "tf_mode": "none", "pose_frame": "camera"}, bundle=scene.out)
     try:  # the real start-up path: the Localizer is built with geometric=off
-        assert node.node.params["geometric"] == "off" and node.node._geo is None and node.node.localizer.geometric is None
+        assert node.node.params["geometric"] == "off" and node.node.geo is None and node.node.localizer.geometric is None
         assert node.node.info["geometric"] == "off"
         cols, pub = _io(probe, ns, node)
         rows = scene.rows[1]
@@ -336,14 +286,78 @@ def test_geometric_off_gives_no_fixes_and_auto_finds_the_map(scene, probe):
         assert d["geometric"] == "off" and not any(k.startswith("geometric.") for k in d)
     finally:
         node.close()
-    auto = InProcessNode("/geo_auto", {"tf_mode": "none"}, bundle=scene.out)
+    auto = H.InProcessNode("/geo_auto", {"tf_mode": "none"}, bundle=scene.out)
     try:  # default geometric:=auto: the map beside the bundle, through the real start-up
-        assert auto.node._geo is not None and auto.node.info["geometric"] == str(scene.out) + ".map"
-        worker = auto.node._geo
+        assert auto.node.geo is not None and auto.node.info["geometric"] == str(scene.out) + ".map"
+        worker = auto.node.geo
         assert worker.running
     finally:
         auto.close()
     assert not worker.running  # joined on close
+
+
+def test_camera_info_intrinsics_reach_the_geometric_stage(scene):
+    """camera_info K (a camera with a 3x longer lens than the map's) is handed to the stage with each
+    frame, and changes its result as the same intrinsics do offline; a corrected camera_info is
+    used from the next frame on; the map's own intrinsics before any camera_info."""
+    from sensor_msgs.msg import CameraInfo
+
+    from pae_ros.datasets.types import CameraIntrinsics
+
+    img, _, prior, fix = scene.rows[1][scene.picks[0]]
+    assert fix.method == "geometric"
+    h, w = img.shape[:2]
+    mine = scene.loc.geometric.intrinsics
+    long_lens = CameraIntrinsics(w, h, 3 * mine.fx * w / mine.width, 3 * mine.fy * h / mine.height, w / 2, h / 2)
+    offline = scene.loc.localize_geometric(img, prior, descriptor=prior.descriptor, intrinsics=long_lens)
+    assert offline.method != "geometric" or np.linalg.norm(offline.position - fix.position) > 0.05
+    rec = H.RecordingLocalizer(scene.loc)
+    node = H.InProcessNode("/geo_intr", {"tf_mode": "none", "pose_frame": "camera", "geometric_rate_hz": 0.0},
+                         localizer=rec)
+    try:
+        n = node.node
+        msg = H.image_msg(img, H.fresh_stamp(), "geo_cam")
+
+        def query():
+            before = n.geo.queries
+            n.worker.process(msg, 0.0)
+            H.wait_until(lambda: n.geo.idle() and n.geo.queries == before + 1, 30, what="geometric query")
+            return n.geo.snapshot()
+
+        assert query()["last_method"] == "geometric" and rec.intrinsics[-1] is None  # the map's
+        k = [long_lens.fx, 0, long_lens.cx, 0, long_lens.fy, long_lens.cy, 0, 0, 1]
+        n._on_camera_info(CameraInfo(width=w, height=h, k=k))
+        snap = query()
+        assert rec.intrinsics[-1] == long_lens
+        assert (snap["last_method"], snap["last_reason"]) == (offline.method, offline.extras["geometric_reason"])
+        n._on_camera_info(CameraInfo(width=mine.width, height=mine.height,
+                                     k=[mine.fx, 0, mine.cx, 0, mine.fy, mine.cy, 0, 0, 1]))
+        assert query()["last_method"] == "geometric" and rec.intrinsics[-1] == mine
+        n._on_camera_info(CameraInfo(width=w, height=h, k=[0.0] * 9))  # invalid: the last valid one stays
+        assert "no valid intrinsics" in n.camera.warning and n.camera.intrinsics == mine
+    finally:
+        node.close()
+
+
+def test_unusable_image_fallback_is_counted_by_name(scene):
+    """The stage refusing an image ("unusable image: ...", a ValueError inside the stage) is a
+    fallback counted as ``geometric.fallback.unusable_image``, its detail in ``last_reason``."""
+    from pae_ros.ros.geometric_worker import GeometricWorker
+
+    _, _, prior, _ = scene.rows[1][scene.picks[0]]
+    loc = scene.loc
+    w = GeometricWorker(lambda rgb, p, intr: loc.localize_geometric(rgb, p, descriptor=p.descriptor, intrinsics=intr),
+                        lambda ctx, est: None, rate_hz=0.0, threads=1)
+    w.start()
+    try:
+        w.offer(np.zeros((4, 4, 3), np.uint8), prior, None)  # smaller than any image the stage takes
+        H.wait_until(lambda: w.idle() and w.queries == 1, 30, what="geometric query")
+        d = w.diagnostics()
+        assert d["geometric.fallback.unusable_image"] == "1" and d["geometric.fallbacks"] == "1", d
+        assert d["geometric.last_reason"].startswith("unusable image: ")
+        assert not any(k.startswith("geometric.errors.") for k in d), d
+    finally:
+        w.stop(5)
 
 
 def test_bad_map_path_corrupt_map_or_bad_rate_one_clear_error(scene, tmp_path):
@@ -362,13 +376,22 @@ def test_bad_map_path_corrupt_map_or_bad_rate_one_clear_error(scene, tmp_path):
     bad = tmp_path / "corrupt.map"
     bad.write_bytes(b"not a map")
     with pytest.raises(StartupError, match="parameter 'geometric'"):
-        InProcessNode("/geo_bad", {"geometric": str(bad)}, bundle=scene.out)
+        H.InProcessNode("/geo_bad", {"geometric": str(bad)}, bundle=scene.out)
     for name, value in (("geometric_rate_hz", -1.0), ("geometric_threads", -2), ("geometric", "")):
         with pytest.raises(ConfigError, match=name):
-            InProcessNode("/geo_badp", {name: value}, bundle=scene.out)
+            H.InProcessNode("/geo_badp", {name: value}, bundle=scene.out)
 
 
 # --------------------------------------------------------------------------- units (no DDS)
+
+def _estimate(method: str, reason: str):
+    from pae_ros.pipeline import Estimate
+
+    return Estimate(position=np.zeros(3), quaternion=np.array([1.0, 0, 0, 0]), apr_position=np.zeros(3),
+                    apr_quaternion=np.array([1.0, 0, 0, 0]), confidence=0.9, sigma_position_m=0.1,
+                    sigma_orientation_rad=0.01, covariance=np.eye(6) * 0.01, scene="room", refined=True,
+                    method=method, extras={"geometric_reason": reason})
+
 
 def test_worker_counts_drops_fallbacks_and_errors():
     from pae_ros.ros.geometric_worker import GeometricWorker
@@ -376,13 +399,12 @@ def test_worker_counts_drops_fallbacks_and_errors():
     gate = threading.Event()
     published = []
 
-    def stage(rgb, prior):
+    def stage(rgb, prior, intrinsics):
         gate.wait(5)
         if prior == "boom":
             raise RuntimeError("boom")
         ok = prior % 2 == 0
-        return SimpleNamespace(method="geometric" if ok else "refined",
-                               extras={"geometric_reason": "accepted" if ok else "too_few_inliers"})
+        return _estimate("geometric" if ok else "refined", "accepted" if ok else "too_few_inliers")
 
     errors = []
     w = GeometricWorker(stage, lambda ctx, est: published.append(ctx), rate_hz=0.0, threads=1,

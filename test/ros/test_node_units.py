@@ -12,11 +12,13 @@ import pytest
 pytest.importorskip("rclpy")
 
 from pae_ros import geometry as G  # noqa: E402
+from pae_ros.pipeline import Estimate  # noqa: E402
 from pae_ros.ros import conversions as cv  # noqa: E402
 from pae_ros.ros.diagnostics import NodeStats, diagnostic_array, diagnostic_values  # noqa: E402
-from pae_ros.ros.localizer_node import PARAMETERS, LatestSlot  # noqa: E402
+from pae_ros.ros.inference_worker import LatestSlot  # noqa: E402
+from pae_ros.ros.params import PARAMETERS  # noqa: E402
 from pae_ros.ros.qos import choose_image_reliability  # noqa: E402
-from pae_ros.ros.tf import TfBuffer, map_to_odom  # noqa: E402
+from pae_ros.ros.tf_buffer import TfBuffer, map_to_odom  # noqa: E402
 from support import REPO  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
@@ -181,20 +183,30 @@ class _Stub:
         return 1
 
 
+class _FakeBundle:
+    header: dict = {}
+
+
 class _FakeLocalizer:
+    """A :class:`pae_ros.ros.localizer_protocol.LocalizerLike` returning real Estimates."""
+
     info = {"bundle_id": "fake", "device": "cpu", "refine": True, "k": 3, "steps": 30, "decoder": True}
+    geometric = None
 
     def __init__(self):
         self.mode = "ok"
+        self.bundle = _FakeBundle()
+
+    def warmup(self) -> float:
+        return 0.0
 
     def localize(self, rgb, geometric=None):  # the node always passes geometric=False
-        from types import SimpleNamespace
-
         if self.mode == "raise":
             raise RuntimeError("boom")
-        est = SimpleNamespace(position=np.array([1.0, 2.0, 3.0]), quaternion=np.array([1.0, 0, 0, 0]),
-                              apr_position=np.array([1.1, 2.0, 3.0]), apr_quaternion=np.array([1.0, 0, 0, 0]),
-                              confidence=0.5, covariance=np.eye(6) * 0.25, finite=True, scene="room")
+        est = Estimate(position=np.array([1.0, 2.0, 3.0]), quaternion=np.array([1.0, 0, 0, 0]),
+                       apr_position=np.array([1.1, 2.0, 3.0]), apr_quaternion=np.array([1.0, 0, 0, 0]),
+                       confidence=0.5, sigma_position_m=0.5, sigma_orientation_rad=0.1,
+                       covariance=np.eye(6) * 0.25, scene="room", refined=True, method="refined")
         if self.mode == "nan":
             est.position = np.array([np.nan, 0.0, 0.0])
             est.finite = False
@@ -202,8 +214,43 @@ class _FakeLocalizer:
             est.confidence = 0.1
         return est
 
+    def localize_geometric(self, rgb, prior, descriptor=None, intrinsics=None):
+        return prior
+
     def reconstruct(self, position, quaternion, scene=None):
         return np.full((8, 8, 3), 7, np.uint8)
+
+
+def test_the_pipeline_localizer_has_what_the_node_needs():
+    """Every method of LocalizerLike exists on the real Localizer with the same parameters (names,
+    defaults), and the test stand-in here has them too."""
+    import inspect
+
+    from pae_ros.pipeline import Localizer
+    from pae_ros.ros.localizer_protocol import LocalizerLike
+
+    methods = [n for n, v in vars(LocalizerLike).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert {"localize", "localize_geometric", "reconstruct", "warmup"} <= set(methods)
+    for name in methods:
+        want = [(p.name, p.default) for p in inspect.signature(getattr(LocalizerLike, name)).parameters.values()]
+        for impl in (Localizer, _FakeLocalizer):
+            got = [(p.name, p.default) for p in inspect.signature(getattr(impl, name)).parameters.values()]
+            assert got[:len(want)] == want, (impl.__name__, name, got)
+    assert isinstance(inspect.getattr_static(Localizer, "info"), property)
+
+
+def _stub_outputs(node, names=("pub_pose", "pub_pose_cov", "pub_apr")) -> dict:
+    """Replace the node's publishers by recorders (``pub_tf``: the TF output's; ``pub_diag`` the
+    node's own; the rest the pose output's)."""
+    stubs = {k: _Stub() for k in names}
+    for k, v in stubs.items():
+        if k == "pub_tf":
+            node.output.tf_out._pub = v
+        elif k == "pub_diag":
+            node.pub_diag = v
+        else:
+            setattr(node.output, k, v)
+    return stubs
 
 
 def test_worker_survives_nan_and_exceptions_and_counts_them():
@@ -227,15 +274,12 @@ def test_worker_survives_nan_and_exceptions_and_counts_them():
             Parameter("publish_reconstruction", value=True), Parameter("confidence_gate", value=0.3)])
         fake = _FakeLocalizer()
         node.setup(fake)
-        stubs = {k: _Stub() for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf", "pub_recon")}
-        for k, v in stubs.items():
-            setattr(node, k, v)
-        node.tf_out._pub = stubs["pub_tf"]
+        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf", "pub_recon"))
         rgb = np.zeros((6, 8, 3), np.uint8)
         msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(42_000_000_123), "cam"), rgb)
         for mode in ("nan", "raise", "ok", "low"):
             fake.mode = mode
-            node._process(msg, time.monotonic())
+            node.worker.process(msg, time.monotonic())
         bad = cv.rgb_to_image(cv.header(cv.stamp_from_ns(1), "cam"), rgb)
         bad.encoding = "weird"
         node._on_image(bad)
@@ -284,7 +328,7 @@ def test_tf_history_interpolates_and_refuses_out_of_range():
     """Per-edge history: a stamp between two samples is interpolated (translation linear, rotation
     slerp); out-of-order samples are inserted at their stamp and never replace a newer one; older
     than the history -> too_old, newer than the newest sample -> future (wait_for waits, bounded)."""
-    from pae_ros.ros.tf import TfLookupError
+    from pae_ros.ros.tf_buffer import TfLookupError
 
     buf = TfBuffer(history_s=1.0)
     yaw = lambda a: np.array([np.cos(a / 2), 0, 0, np.sin(a / 2)])  # noqa: E731
@@ -483,23 +527,21 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
     try:
         fake = _PoseLocalizer()
         node.setup(fake)
-        stubs = {k: _Stub() for k in ("pub_pose", "pub_pose_cov", "pub_apr")}
-        for k, s_ in stubs.items():
-            setattr(node, k, s_)
-        tf_stub = node.tf_out._pub = _Stub()
+        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+        tf_stub = stubs["pub_tf"]
         t_bc, q_bc = _mount()
-        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
-                                                            t_bc, q_bc)]), True)
+        node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
+                                                            t_bc, q_bc)]))
         t_img, lat = 100.013, 0.3
         stamps = [k * S // 50 for k in range(int(round((t_img - 2) * 50)), int(round((t_img + lat) * 50)) + 1)]
         rng = np.random.default_rng(0)
         for i in rng.permutation(len(stamps)):
-            node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(stamps[i]), "odom", "base_link",
-                                                                *base(stamps[i] / S))]), False)
+            node.tf._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(stamps[i]), "odom", "base_link",
+                                                                *base(stamps[i] / S))]))
         s_img = int(round(t_img * S))
         fake.pose = G.compose_poses(*base(t_img), t_bc, q_bc)
         rgb = np.zeros((6, 8, 3), np.uint8)
-        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_img), "camera_optical"), rgb), time.monotonic())
+        node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_img), "camera_optical"), rgb), time.monotonic())
         (tf,) = tf_stub.msgs[0].transforms
         parent, child, t_mo, q_mo, stamp = transform_from_msg(tf)
         assert (parent, child, stamp) == ("map", "odom", s_img + 100_000_000)
@@ -516,21 +558,21 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
         cov = np.asarray(stubs["pub_pose_cov"].msgs[0].pose.covariance).reshape(6, 6)
         assert cov[0, 0] > 0.01 and cov[3, 3] == pytest.approx(0.001)
         # re-published: same correction, a newer stamp (now + tolerance on the node clock)
-        node.tf_out._republish()
+        node.output.tf_out._republish()
         parent, child, t_re, _, stamp_re = transform_from_msg(tf_stub.msgs[-1].transforms[0])
         assert len(tf_stub.msgs) == 2 and stamp_re > stamp and np.allclose(t_re, t_mo)
         # odometry lags the image: waited for (a sample arrives 100 ms later), bounded
         s_late = int(round((t_img + lat + 0.01) * S))
         fake.pose = G.compose_poses(*base(s_late / S), t_bc, q_bc)
         s_next = s_late + 10_000_000
-        threading.Timer(0.1, lambda: node._on_tf(TFMessage(transforms=[transform_stamped(
-            stamp_from_ns(s_next), "odom", "base_link", *base(s_next / S))]), False)).start()
-        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_late), "camera_optical"), rgb), time.monotonic())
+        threading.Timer(0.1, lambda: node.tf._on_tf(TFMessage(transforms=[transform_stamped(
+            stamp_from_ns(s_next), "odom", "base_link", *base(s_next / S))]))).start()
+        node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_late), "camera_optical"), rgb), time.monotonic())
         assert transform_from_msg(tf_stub.msgs[-1].transforms[0])[4] == s_late + 100_000_000
         # too old for the 10 s history: counted, no TF; nothing newer arrives: timeout counted
         n = len(tf_stub.msgs)
         for s_bad in (s_img - 20 * S, s_next + 5 * S):
-            node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_bad), "camera_optical"), rgb), time.monotonic())
+            node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(s_bad), "camera_optical"), rgb), time.monotonic())
         assert len(tf_stub.msgs) == n
         counters = node.stats.snapshot()["counters"]
         assert counters.get("tf_too_old") == 1 and counters.get("tf_timeout") == 1, counters
@@ -549,9 +591,8 @@ def test_out_of_scene_or_low_confidence_moves_no_tf_and_no_initial_pose():
     try:
         fake = _PoseLocalizer()
         node.setup(fake)
-        for k in ("pub_pose", "pub_pose_cov", "pub_apr"):
-            setattr(node, k, _Stub())
-        tf_stub = node.tf_out._pub = _Stub()
+        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+        tf_stub = stubs["pub_tf"]
         init = node.reloc._pub = _Stub()
         rgb = np.zeros((6, 8, 3), np.uint8)
         orig = fake.localize
@@ -562,10 +603,10 @@ def test_out_of_scene_or_low_confidence_moves_no_tf_and_no_initial_pose():
             return est
         fake.localize = out_of_scene
         node.reloc._armed = True
-        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(5), "cam"), rgb), time.monotonic())
-        assert len(node.pub_pose.msgs) == 1 and not tf_stub.msgs and not init.msgs
+        node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(5), "cam"), rgb), time.monotonic())
+        assert len(node.output.pub_pose.msgs) == 1 and not tf_stub.msgs and not init.msgs
         fake.localize = orig
-        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(6), "cam"), rgb), time.monotonic())
+        node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(6), "cam"), rgb), time.monotonic())
         assert len(tf_stub.msgs) == 1 and len(init.msgs) == 1  # confident and in scene: both
         assert node.stats.snapshot()["counters"]["out_of_scene"] == 1
     finally:
@@ -590,8 +631,7 @@ def test_set_enabled_jump_seeding_and_camera_info_warning():
                                                                            "fy": 585.0, "cx": 320, "cy": 240}}}})()
         fake.info = dict(fake.info, scenes=["room"])
         node.setup(fake)
-        for k in ("pub_pose", "pub_pose_cov", "pub_apr", "pub_diag"):
-            setattr(node, k, _Stub())
+        _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_diag"))
         init = node.reloc._pub = _Stub()
         rgb = np.zeros((6, 8, 3), np.uint8)
         msg = cv.rgb_to_image(cv.header(cv.stamp_from_ns(7), "cam"), rgb)
@@ -606,7 +646,7 @@ def test_set_enabled_jump_seeding_and_camera_info_warning():
         # jump rule
         for x in (0.0, 0.5, 0.9, 2.0, 2.5):
             fake.pose = (np.array([x, 0.0, 0.0]), np.array([1.0, 0, 0, 0]))
-            node._process(msg, time.monotonic())
+            node.worker.process(msg, time.monotonic())
         assert [cv.pose_from_msg(m)[0][0] for m in init.msgs] == [0.0, 2.0]
         # camera_info: same camera at half resolution is fine, a wider lens warns
         node._on_camera_info(CameraInfo(width=320, height=240, k=[292.5, 0, 160, 0, 292.5, 120, 0, 0, 1]))
@@ -635,26 +675,25 @@ def test_two_d_mode_flattens_map_to_odom_and_the_base_pose():
     try:
         fake = _PoseLocalizer()
         node.setup(fake)
-        for k in ("pub_pose", "pub_pose_cov", "pub_apr"):
-            setattr(node, k, _Stub())
-        tf_stub = node.tf_out._pub = _Stub()
+        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+        tf_stub = stubs["pub_tf"]
         t_bc, q_bc = _mount()
-        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
-                                                            t_bc, q_bc)]), True)
-        node._on_tf(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "odom", "base_link",
-                                                            [1.0, 0, 0], [1.0, 0, 0, 0])]), True)
+        node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
+                                                            t_bc, q_bc)]))
+        node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "odom", "base_link",
+                                                            [1.0, 0, 0], [1.0, 0, 0, 0])]))
         tilt = G.quat_multiply(np.array([np.cos(0.3), 0, 0, np.sin(0.3)]),      # yaw 0.6 rad
                                np.array([np.cos(0.05), np.sin(0.05), 0, 0]))    # roll 0.1 rad
         fake.pose = G.compose_poses(np.array([3.0, 2.0, 0.4]), tilt, t_bc, q_bc)
-        node._process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(9), "camera_optical"),
+        node.worker.process(cv.rgb_to_image(cv.header(cv.stamp_from_ns(9), "camera_optical"),
                                       np.zeros((6, 8, 3), np.uint8)), time.monotonic())
         _, _, t_mo, q_mo, _ = transform_from_msg(tf_stub.msgs[0].transforms[0])
-        p, q = cv.pose_from_msg(node.pub_pose.msgs[0])
+        p, q = cv.pose_from_msg(node.output.pub_pose.msgs[0])
         for t_, q_ in ((t_mo, q_mo), (p, q)):
             assert t_[2] == 0.0
             np.testing.assert_allclose(G.quat_to_rotmat(q_)[:, 2], [0, 0, 1], atol=1e-12)
         assert yaw_of(q) == pytest.approx(yaw_of(tilt), abs=0.02) and p[0] == pytest.approx(3.0, abs=0.05)
-        cov = np.asarray(node.pub_pose_cov.msgs[0].pose.covariance).reshape(6, 6)
+        cov = np.asarray(node.output.pub_pose_cov.msgs[0].pose.covariance).reshape(6, 6)
         assert cov[2, 2] == 0 and cov[3, 3] == 0 and cov[5, 5] > 0
     finally:
         node.close()

@@ -293,3 +293,75 @@ def fresh_stamp() -> int:
     """A stamp (ns) no earlier test used."""
     _stamp_base[0] += 1_000_000_007
     return _stamp_base[0]
+
+
+class InProcessNode:
+    """LocalizerNode in its own context, spun by its own executor thread (DDS to the probe);
+    around ``localizer`` when given, else loading ``bundle`` through the real start-up."""
+
+    def __init__(self, ns: str, overrides: dict, localizer=None, bundle: str = "unused"):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter import Parameter
+        from rclpy.signals import SignalHandlerOptions
+
+        from pae_ros.ros.localizer_node import LocalizerNode
+
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, args=[], signal_handler_options=SignalHandlerOptions.NO)
+        self.node = None
+        try:
+            self.node = LocalizerNode(context=self.ctx, namespace=ns, parameter_overrides=[
+                Parameter("bundle", value=str(bundle)), Parameter("device", value="cpu"),
+                Parameter("diagnostics_period", value=0.5)] +
+                [Parameter(k, value=v) for k, v in dict({"image_topic": f"{ns}/cam"}, **overrides).items()])
+            if localizer is not None:
+                self.node.setup(localizer)
+            else:
+                self.node.start()
+        except Exception:
+            self.close()
+            raise
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._spin = threading.Thread(target=self._run, daemon=True)
+        self._spin.start()
+        self.status = f"{self.node.get_fully_qualified_name()}: localization"
+
+    def _run(self):
+        try:
+            self.executor.spin()
+        except Exception:
+            pass
+
+    def close(self):
+        import rclpy
+
+        if getattr(self, "executor", None) is not None:
+            self.executor.shutdown(timeout_sec=2.0)
+            self._spin.join(5)
+        if self.node is not None:
+            self.node.close()
+        rclpy.try_shutdown(context=self.ctx)
+
+class RecordingLocalizer:
+    """A real localizer handed to the node, keeping what passes through it: every APR/PAE
+    estimate (in order) and the intrinsics of every geometric query."""
+
+    def __init__(self, loc):
+        self._loc = loc
+        self.estimates = []
+        self.intrinsics = []
+
+    def __getattr__(self, name):
+        return getattr(self._loc, name)
+
+    def localize(self, rgb, geometric=None):
+        est = self._loc.localize(rgb, geometric)
+        self.estimates.append(est)
+        return est
+
+    def localize_geometric(self, rgb, prior, descriptor=None, intrinsics=None):
+        self.intrinsics.append(intrinsics)
+        return self._loc.localize_geometric(rgb, prior, descriptor=descriptor, intrinsics=intrinsics)
