@@ -435,7 +435,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         if feats is not None:
             main_features = {"data": data, "feats": feats, "backbone": module_digest(apr.backbone)}
         header = _header(cfg, scenes, norm, main_frames, train.intrinsics,
-                         {"pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())},
+                         {"intrinsics_source": {s: train.intrinsics_source.get(s) for s in train.intrinsics},
+                          "pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())},
                           "model_frames": {"count": len(main_frames), "digest": frames_digest(main_frames),
                                            "refit": refit}})
         tensors = {**_prefixed("apr", apr), **_table_tensors(main_frames, scenes)}
