@@ -474,7 +474,8 @@ class Localizer:
                     out[i] = self._geometric_fix(images[i], out[i], desc)
         return out
 
-    def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None) -> Estimate:
+    def _geometric_fix(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None,
+                       intrinsics=None) -> Estimate:
         from .geometric_adapter import apply_fix, shortlist
 
         top = None
@@ -489,26 +490,31 @@ class Localizer:
             rows = np.argsort(d)[: self.geometric_k].tolist()
         try:
             res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
-                                 prior.sigma_orientation_rad)
-        except ValueError as e:  # e.g. an image whose aspect the map's intrinsics cannot describe
+                                 prior.sigma_orientation_rad, intrinsics=intrinsics,
+                                 scene=self.scenes.index(prior.scene))
+        except ValueError as e:  # e.g. an image that is not RGB uint8 (H, W, 3)
             out = dataclasses.replace(prior, extras=dict(prior.extras))
             out.extras["geometric_reason"] = f"unusable image: {e}"
             return out
         return apply_fix(prior, res)
 
-    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None) -> Estimate:
+    def localize_geometric(self, rgb: np.ndarray, prior: Estimate, descriptor: np.ndarray | None = None,
+                           intrinsics=None) -> Estimate:
         """The geometric stage on one RGB uint8 image given its APR/PAE estimate ``prior`` (from
         :meth:`localize`): the fix (``method="geometric"``) or ``prior`` with
         ``extras["geometric_reason"]``. For a slower thread (tens of ms per call); ``prior``
         returned unchanged when the stage is off or the prior is non-finite / out of scene.
         ``descriptor``: the image's (D,) retrieval descriptor from **this** Localizer (its
-        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward)."""
+        ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward).
+        ``intrinsics``: the query camera (:class:`pae_ros.datasets.CameraIntrinsics`, pixels, scaled
+        to the image; the node's camera_info); None: the map's camera. One that disagrees with the
+        map's gives ``geometric_reason="camera_mismatch"`` (see :mod:`pae_ros.geometric.stage`)."""
         if self.geometric is None or not prior.finite or not prior.in_scene:
             return prior
         desc = None
         if self.retrieval is not None:
             desc = np.asarray(descriptor, np.float32)[None] if descriptor is not None else self.describe([rgb])
-        return self._geometric_fix(rgb, prior, desc)
+        return self._geometric_fix(rgb, prior, desc, intrinsics)
 
     def localize(self, rgb: np.ndarray, geometric: bool | None = None) -> Estimate:
         """Localize one RGB uint8 image (H, W, 3); ``geometric`` as in :meth:`localize_batch`."""
