@@ -7,7 +7,11 @@ Per-frame features (dimensionless; which ones exist depends on the bundle):
   distance to the PAE manifold at train poses;
 * ``residual``: relative residual of the convex latent fit;
 * ``retrieval_cos``: cosine of the best train image (a similarity floor; needs the bundle's
-  ``table.descriptors``).
+  ``table.descriptors``);
+* ``flip_match`` (bundles with a decoder): how much better the view the decoder expects at the
+  APR pose matches a flipped copy of the frame (mirrored, upside down or turned 180 deg) than the
+  frame itself (:func:`flip_match`). Global descriptors and the APR barely tell a mirrored frame
+  from the scene; the expected view's layout does.
 
 The gate is fitted at training on held-back **in-scene** frames (:func:`fit_ood_gate`, called by
 the training pipeline; stored in the bundle header under ``ood``): each feature's threshold is
@@ -32,7 +36,9 @@ LOWER_IS_OUT = ("retrieval_cos",)
 #: cosine floor does most of the work; self_consistency lost 10 % more in-scene frames for no gain on
 #: the courtyard; the manifold distance alone (a bundle without descriptors) gated only 59 % (courtyard)
 #: and 27 % (plaza). cos_margin 0.02 lost 13.5 % of the plaza's other walks, 0.04 about 6 %.
-DEFAULT_FEATURES = ("manifold", "retrieval_cos")
+DEFAULT_FEATURES = ("manifold", "retrieval_cos", "flip_match")
+#: the decoder flip test's feature name (computed from the images, not from the APR output alone)
+FLIP_FEATURE = "flip_match"
 
 
 #: default gate settings (fitted on the held-out train walks). Measured with the bundles' own gates on
@@ -43,6 +49,47 @@ DEFAULT_FEATURES = ("manifold", "retrieval_cos")
 #: frames, which are harder than the test walks). Chosen on these two scenes; on a third (plaza seed 1)
 #: it gated 100 % of 80 for 5 % of test frames lost.
 GATE_QUANTILE, GATE_MARGIN, GATE_COS_MARGIN = 0.9, 1.0, 0.0
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row normalised cross-correlation of (B, ...) arrays -> (B,) in [-1, 1]."""
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    a = (a - a.mean(1, keepdims=True)) / np.maximum(a.std(1, keepdims=True), 1e-6)
+    b = (b - b.mean(1, keepdims=True)) / np.maximum(b.std(1, keepdims=True), 1e-6)
+    return (a * b).mean(1)
+
+
+def flip_match(expected: np.ndarray, images: list[np.ndarray]) -> np.ndarray:
+    """The flip test: ``max(NCC(expected, flip(frame)) for flip in (mirror, upside down, 180 deg))
+    - NCC(expected, frame)`` per frame, (B,) in [-2, 2]; higher means more out of scene.
+
+    ``expected``: (B, 3, S, S) float in [0, 1], the decoder's image at each frame's estimated pose;
+    ``images``: the B frames, RGB uint8 (H, W, 3) of any size (shorter side resized to S, centre
+    crop: the decoder's training targets). An in-scene frame matches its expected view better
+    than any flip of itself; a flipped frame matches it better once flipped back."""
+    from .preprocess import crop, resize_shorter
+
+    exp = np.asarray(expected, np.float64)
+    size = exp.shape[-1]
+    frames = np.stack([crop(resize_shorter(np.asarray(im), size), size) for im in images])
+    frames = frames.transpose(0, 3, 1, 2).astype(np.float64) / 255.0
+    direct = _ncc(exp, frames)
+    flipped = [_ncc(exp, frames[..., ::-1]), _ncc(exp, frames[..., ::-1, :]), _ncc(exp, frames[..., ::-1, ::-1])]
+    return np.max(flipped, axis=0) - direct
+
+
+def flip_features(loc, positions: np.ndarray, quaternions: np.ndarray, scene_idx: np.ndarray,
+                  images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"flip_match": (B,)}`` of frames at their estimated poses (metres, wxyz, camera-to-world),
+    with the PAE and decoder of the Localizer ``loc``; ``{}`` when it has no decoder."""
+    if getattr(loc, "decoder", None) is None or getattr(loc, "pae", None) is None or not len(images):
+        return {}
+    import torch
+
+    with torch.inference_mode():
+        expected = loc.decoder(loc.pae_latents(positions, quaternions, scene_idx)).clamp(0, 1).float().cpu().numpy()
+    return {FLIP_FEATURE: flip_match(expected, images)}
 
 
 def conformal_threshold(values: np.ndarray, quantile: float, upper: bool = True) -> float:

@@ -19,7 +19,7 @@ from .bundle import Bundle, BundleError, build_models, load_bundle
 from .confidence import SigmaModel, covariance_6x6
 from .geometry import canonical_quat
 from .preprocess import to_batch
-from .ood import apply_ood_gate
+from .ood import FLIP_FEATURE, apply_ood_gate, flip_features
 from .refine import PoseTableIndex, Refiner, RefineResult
 from .retrieval import RetrievalIndex, normalise_descriptors
 
@@ -429,6 +429,9 @@ class Localizer:
             feats_gate = {k_: g[k_] for k_ in ("manifold", "residual") if k_ in g} | feats_sub
         else:
             feats_gate = feats_sub
+        if self.ood_gate and FLIP_FEATURE in self.ood_gate.get("rules", {}) and len(ok_rows):
+            feats_gate = feats_gate | flip_features(self, sub.positions, sub.quaternions, sub.scene_idx,
+                                                    [images[i] for i in ok_rows])
         in_sub, failed_sub = apply_ood_gate(self.ood_gate, feats_gate, len(ok_rows))
         in_scene = np.zeros(n, bool)
         in_scene[ok_rows] = in_sub

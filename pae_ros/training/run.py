@@ -324,14 +324,19 @@ def table_descriptors(cfg: Config, apr, table_frames, dev, data: FrameImages | N
                   "reused_cached_features": len(table_frames) - len(todo)}
 
 
-def _gate_features(loc: Localizer, images: list[np.ndarray], batch: int = 32) -> dict | None:
-    """Out-of-scene gate features of in-scene images (None when this Localizer has no gate)."""
+def _gate_features(loc: Localizer, images: list[np.ndarray], batch: int = 32, views: Localizer | None = None,
+                   ) -> dict | None:
+    """Out-of-scene gate features of in-scene images (None when this Localizer has no gate);
+    ``views``: the Localizer whose decoder draws the expected views of the flip test."""
     if not hasattr(loc, "gate_features"):
         return None
+    from ..ood import flip_features
+
     parts = []
     for i in range(0, len(images), batch):
         apr = loc.predict_apr(loc.preprocess(images[i:i + batch]), descriptors=True)
-        parts.append(loc.gate_features(apr))
+        parts.append(loc.gate_features(apr) | flip_features(views, apr.positions, apr.quaternions, apr.scene_idx,
+                                                            images[i:i + batch]))
     return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]} if parts else None
 
 
@@ -516,6 +521,8 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
         if not bundle.has("pae"):
             raise ValueError("the calibrate stage needs a bundle with a PAE (run --stage pae first)")
         passes, fold_stats, gate_parts = [], [], []
+        # the flip test's expected views: the bundle's decoder at each fold APR's pose (fold models have none)
+        views = Localizer(bundle, device=str(dev), ood=False, geometric="off") if bundle.has("decoder") else None
         for i, held in enumerate(folds):
             fit = _minus(frames, held)
             if i == 0 and not refit:  # the published models never saw fold 1's walk
@@ -535,7 +542,7 @@ def train_all(cfg: Config, train: DatasetSplit, out: Path, workdir: Path, device
             imgs = [image_cache.get(frame_key(f)) if frame_key(f) in image_cache else load_rgb(f.image_path)
                     for f in held]
             passes.append(holdout_pass(fold_loc, imgs, frames_positions(held), frames_quaternions(held)))
-            g = _gate_features(fold_loc, imgs)
+            g = _gate_features(fold_loc, imgs, views=views)
             if g is not None:
                 gate_parts.append(g)
             clock.end(f"fold{i + 1}_holdout_pass", t_stage)
