@@ -39,6 +39,11 @@ LOWER_IS_OUT = ("retrieval_cos",)
 DEFAULT_FEATURES = ("manifold", "retrieval_cos", "flip_match")
 #: the decoder flip test's feature name (computed from the images, not from the APR output alone)
 FLIP_FEATURE = "flip_match"
+#: the flip rule is fitted only when at least this share of the held-out in-scene frames match their
+#: expected view better than any flip of themselves (flip_match < 0): a decoder too weak to tell a frame
+#: from its flips adds only lost frames. Measured on the held-out walk: courtyard (quick preset) 0.82;
+#: the tests' tiny 32 px decoder 0.30
+FLIP_MIN_NEGATIVE_SHARE = 2 / 3
 
 
 #: default gate settings (fitted on the held-out train walks). Measured with the bundles' own gates on
@@ -111,10 +116,11 @@ def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTIL
 
     ``quantile`` in (0.5, 1): the in-scene pass probability of each threshold before the margin
     (the conformal order statistic, :func:`conformal_threshold`). Features that are absent or have
-    fewer than 10 finite values are left out."""
+    fewer than 10 finite values are left out, and ``flip_match`` when fewer than
+    :data:`FLIP_MIN_NEGATIVE_SHARE` of its values are negative (named under ``left_out``)."""
     if not 0.5 < quantile < 1.0:
         raise ValueError(f"ood quantile must be in (0.5, 1), got {quantile}")
-    rules = {}
+    rules, left_out = {}, {}
     n_used = 0
     for name in names:
         if name not in features:
@@ -123,6 +129,9 @@ def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTIL
         v = v[np.isfinite(v)]
         if len(v) < 10:
             continue
+        if name == FLIP_FEATURE and np.mean(v < 0) < FLIP_MIN_NEGATIVE_SHARE:
+            left_out[name] = {"negative_share": float(np.mean(v < 0))}
+            continue
         n_used = max(n_used, len(v))
         if name in LOWER_IS_OUT:
             rules[name] = {"below": conformal_threshold(v, quantile, upper=False) - cos_margin}
@@ -130,8 +139,11 @@ def fit_ood_gate(features: dict[str, np.ndarray], quantile: float = GATE_QUANTIL
             rules[name] = {"above": conformal_threshold(v, quantile) * margin}
     if not rules:
         raise ValueError(f"fit_ood_gate: no usable feature among {sorted(features)} (need >= 10 finite values)")
-    return {"version": 1, "rules": rules, "quantile": quantile, "margin": margin, "cos_margin": cos_margin,
-            "frames": n_used}
+    out = {"version": 1, "rules": rules, "quantile": quantile, "margin": margin, "cos_margin": cos_margin,
+           "frames": n_used}
+    if left_out:
+        out["left_out"] = left_out
+    return out
 
 
 def apply_ood_gate(gate: dict | None, features: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, list[list[str]]]:
