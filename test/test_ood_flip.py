@@ -45,7 +45,7 @@ def test_flip_rule_is_fitted_only_where_the_decoder_tells_frames_from_their_flip
     manifold = rng.uniform(0, 1, 100)
     telling = np.r_[-rng.uniform(0.05, 0.5, 80), rng.uniform(0, 0.1, 20)]      # 80 % negative
     gate = fit_ood_gate({"manifold": manifold, FLIP_FEATURE: telling})
-    assert gate["rules"][FLIP_FEATURE]["above"] == pytest.approx(np.sort(telling)[90])  # ceil(0.9 * 101) = 91st
+    assert gate["rules"][FLIP_FEATURE]["above"] == pytest.approx(np.sort(telling)[95])  # ceil(0.95 * 101) = 96th
     blind = rng.uniform(-0.05, 0.1, 100)                                          # a decoder that cannot tell
     gate = fit_ood_gate({"manifold": manifold, FLIP_FEATURE: blind})
     assert FLIP_FEATURE not in gate["rules"] and "manifold" in gate["rules"]
