@@ -11,7 +11,9 @@ Per-frame features (dimensionless; which ones exist depends on the bundle):
 * ``flip_match`` (bundles with a decoder): how much better the view the decoder expects at the
   APR pose matches a flipped copy of the frame (mirrored, upside down or turned 180 deg) than the
   frame itself (:func:`flip_match`). Global descriptors and the APR barely tell a mirrored frame
-  from the scene; the expected view's layout does.
+  from the scene; the expected view's layout does. Its threshold is the in-scene
+  :data:`FLIP_QUANTILE` bound, and the rule is left out where the decoder cannot tell held-out
+  frames from their flips (:data:`FLIP_MIN_NEGATIVE_SHARE`).
 
 The gate is fitted at training on held-back **in-scene** frames (:func:`fit_ood_gate`, called by
 the training pipeline; stored in the bundle header under ``ood``): each feature's threshold is
