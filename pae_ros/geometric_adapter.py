@@ -21,7 +21,7 @@ import numpy as np
 log = logging.getLogger("pae.geometric")
 
 
-def open_geometric(bundle, geometric: str | Path | bool | None = "auto", scene: str | None = None):
+def open_geometric(bundle, geometric: str | Path | bool | None = "auto"):
     """The geometric stage for ``bundle`` or None.
 
     ``"off"`` / None / False: None. ``"auto"``: the map beside the bundle (``<bundle>.map``) when
@@ -39,14 +39,14 @@ def open_geometric(bundle, geometric: str | Path | bool | None = "auto", scene: 
         if not path.exists():
             return None
         try:
-            return open_stage(bundle, path, scene=scene)
+            return open_stage(bundle, path)
         except (MapError, ValueError) as e:
             log.warning("geometric stage off: %s", e)
             return None
     path = Path(geometric)
     if not path.exists():
         raise MapError(f"geometric map {path} does not exist (build it with pae train --stage map)")
-    return open_stage(bundle, path, scene=scene)
+    return open_stage(bundle, path)
 
 
 def shortlist(retrieval_rows, candidate_rows) -> list[int]:

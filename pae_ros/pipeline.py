@@ -22,7 +22,7 @@ from .confidence import SigmaModel, covariance_6x6
 from .geometric_adapter import apply_fix, open_geometric, shortlist
 from .geometry import canonical_quat
 from .localizer_settings import LocalizerSettings, resolve
-from .ood import apply_ood_gate
+from .ood import FLIP_FEATURE, apply_ood_gate, flip_features
 from .preprocess import to_batch
 from .refine import PoseTableIndex, Refiner, RefineResult
 from .retrieval import Describer, RetrievalIndex, normalise_descriptors
@@ -386,6 +386,9 @@ class Localizer:
         sub = apr.rows(ok_rows) if len(ok_rows) < len(images) else apr
         ref = self.refine(sub) if self.refine_enabled and len(ok_rows) else None
         feats, gate_feats = self._row_features(sub, ref) if len(ok_rows) else ({}, {})
+        if self.ood_gate and FLIP_FEATURE in self.ood_gate.get("rules", {}) and len(ok_rows):
+            gate_feats = gate_feats | flip_features(self, sub.positions, sub.quaternions, sub.scene_idx,
+                                                    [images[i] for i in ok_rows])
         in_scene, reasons = self._gate(gate_feats, ok_rows, len(images))
         sigmas = self._sigmas(feats, ref, ok_rows, ~in_scene & finite)
         out = self._estimates(apr, ok_rows, ref, gate_feats, in_scene, reasons, sigmas)
@@ -475,8 +478,9 @@ class Localizer:
             rows = np.argsort(d)[: self.geometric_k].tolist()
         try:
             res = self.geometric(rgb, rows, prior.position, prior.quaternion, prior.sigma_position_m,
-                                 prior.sigma_orientation_rad, intrinsics=intrinsics)
-        except ValueError as e:  # e.g. an image whose aspect the map's intrinsics cannot describe
+                                 prior.sigma_orientation_rad, intrinsics=intrinsics,
+                                 scene=self.scenes.index(prior.scene))
+        except ValueError as e:  # e.g. an image that is not RGB uint8 (H, W, 3)
             out = dataclasses.replace(prior, extras=dict(prior.extras))
             out.extras["geometric_reason"] = f"unusable image: {e}"
             return out
@@ -490,8 +494,9 @@ class Localizer:
         returned unchanged when the stage is off or the prior is non-finite / out of scene.
         ``descriptor``: the image's (D,) retrieval descriptor from **this** Localizer (its
         ``Estimate.descriptor``; another instance's may differ); None computes it (one backbone forward).
-        ``intrinsics``: the query camera's ``CameraIntrinsics`` (pixels; scaled to the image size by
-        the stage), None = the map's."""
+        ``intrinsics``: the query camera (:class:`pae_ros.datasets.CameraIntrinsics`, pixels, scaled
+        to the image; the node's camera_info); None: the map's camera. One that disagrees with the
+        map's gives ``geometric_reason="camera_mismatch"`` (see :mod:`pae_ros.geometric.stage`)."""
         if self.geometric is None or not prior.finite or not prior.in_scene:
             return prior
         desc = None

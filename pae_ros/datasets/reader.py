@@ -81,10 +81,12 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
                                             data_root=None if data_root is None else Path(data_root),
                                             check_images=check_images,
                                             quat_convention=quat_convention)
+        scene_root = Path(data_root).resolve() if data_root is not None else Path(root).resolve().parent
+        files = {s: scene_root / s / INTRINSICS_FILE for s in intrinsics}
         what = f"{Path(root).resolve()} ({split})"
     else:
         _, read_scene, default_k = _SCENE_READERS[fmt]
-        frames, intrinsics = [], {}
+        frames, intrinsics, files = [], {}, {}
         scene_dirs = find_scene_dirs(Path(root), fmt, scenes)
         for d in scene_dirs:
             scene_frames = read_scene(d, split, issues, check_images)
@@ -92,7 +94,9 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
             intrinsics[d.name] = load_intrinsics(d, default_k)
             if scene_frames and default_k is not None and not (d / INTRINSICS_FILE).is_file():
                 intrinsics[d.name] = _default_fits(d, scene_frames[0].image_path, default_k, fmt)
+            files[d.name] = d / INTRINSICS_FILE
         what = f"{Path(root).resolve()} ({fmt} {split})"
+    source = {s: "file" if files[s].is_file() else "default" for s, k in intrinsics.items() if k is not None}
     if check_images and on_error == "skip":
         frames = _decodable(frames, issues)
     issues.log_summary(what)
@@ -100,7 +104,7 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
         extra = f"; {len(issues.skipped)} entries skipped, first: {issues.skipped[0]}" if issues.skipped else ""
         sel = f" for scenes {scenes}" if scenes is not None else ""
         raise DatasetError(f"{what}: no frames{sel}{extra}")
-    return DatasetSplit(frames, issues.skipped, intrinsics)
+    return DatasetSplit(frames, issues.skipped, intrinsics, files, source)
 
 
 def _default_fits(scene_dir: Path, image: Path, default: CameraIntrinsics, fmt: str) -> CameraIntrinsics | None:

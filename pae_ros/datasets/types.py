@@ -121,11 +121,17 @@ class DatasetSplit:
         frames: the frames, ordered by scene, sequence, frame.
         skipped: human-readable reasons of dropped entries (``on_error="skip"``).
         intrinsics: scene -> :class:`CameraIntrinsics`, or None where unknown.
+        intrinsics_files: scene -> its ``intrinsics.json`` path (in the scene folder), whether or
+            not the file exists.
+        intrinsics_source: scene -> ``"file"`` (read from that file) or ``"default"`` (the
+            format's default camera); absent where the intrinsics are unknown.
     """
 
     frames: list[Frame]
     skipped: list[str] = field(default_factory=list)
     intrinsics: dict[str, CameraIntrinsics | None] = field(default_factory=dict)
+    intrinsics_files: dict[str, Path] = field(default_factory=dict)
+    intrinsics_source: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -170,6 +176,8 @@ class DatasetSplit:
         out: dict[str, DatasetSplit] = {}
         for f in self.frames:
             if f.scene not in out:
-                out[f.scene] = DatasetSplit([], [], {f.scene: self.intrinsics.get(f.scene)})
+                keep = lambda d: {f.scene: d[f.scene]} if f.scene in d else {}  # noqa: E731
+                out[f.scene] = DatasetSplit([], [], {f.scene: self.intrinsics.get(f.scene)},
+                                            keep(self.intrinsics_files), keep(self.intrinsics_source))
             out[f.scene].frames.append(f)
         return out

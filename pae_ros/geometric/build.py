@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import load_rgb
+from ..datasets.common import INTRINSICS_FILE
 from ..geometry import orientation_error_rad
 from .calibrate import calibrate_covariance
-from .mapping import MapSettings, build_map
+from .mapping import MapSettings, build_map, scale_intrinsics
 from .sparse_map import SparseMap, map_path_for, save_map
 from .stage import SHORTLIST_K, GeometricResult, GeometricStage, StageSettings
 
@@ -45,6 +46,37 @@ def frames_for_table(bundle, frames) -> list:
     return out
 
 
+def intrinsics_hint(train, scene: str) -> str:
+    """Where and how to give ``scene`` its camera: the ``intrinsics.json`` path and its fields."""
+    path = train.intrinsics_files.get(scene)
+    where = str(path) if path is not None else f"{INTRINSICS_FILE} in the scene folder of {scene!r}"
+    return (f"write {where} as {{\"width\", \"height\", \"fx\", \"fy\", \"cx\", \"cy\"}} (pixels, the "
+            f"train images' size and camera)")
+
+
+def check_scene_cameras(train, frames) -> None:
+    """Raise ValueError naming ``intrinsics.json`` when a scene of ``frames`` has no intrinsics in
+    the split ``train`` or they cannot describe its first image (another aspect ratio, e.g. the
+    format's 640x480 default for 256x256 images)."""
+    first = {}
+    for f in frames:
+        first.setdefault(f.scene, f)
+    for scene, f in first.items():
+        intr = train.intrinsics.get(scene)
+        if intr is None:
+            raise ValueError(f"no camera intrinsics for scene {scene!r}: the map stage needs them; "
+                             f"{intrinsics_hint(train, scene)}")
+        h, w = load_rgb(f.image_path).shape[:2]
+        try:
+            scale_intrinsics(intr, w, h)
+        except ValueError:
+            given = "its intrinsics.json" if train.intrinsics_source.get(scene) == "file" else \
+                "the format's default camera (no intrinsics.json)"
+            raise ValueError(f"scene {scene!r}: the train images are {w}x{h} but {given} is "
+                             f"{intr.width}x{intr.height} (another aspect ratio); "
+                             f"{intrinsics_hint(train, scene)}") from None
+
+
 def retrieval_descriptors(images: list[np.ndarray], resize: int, crop: int, describer=None, chunk: int = 32) -> np.ndarray:
     """(N, D) retrieval descriptors (:mod:`pae_ros.retrieval`) of RGB images at the bundle's input size."""
     from ..preprocess import to_batch
@@ -65,11 +97,8 @@ def build_bundle_map(bundle, train, settings: MapSettings | None = None, calib_q
     t0 = time.perf_counter()
     frames = frames_for_table(bundle, train.frames)
     sidx = bundle.table_scene_idx
+    check_scene_cameras(train, frames)
     intr = [train.intrinsics.get(f.scene) for f in frames]
-    missing = sorted({f.scene for f, i in zip(frames, intr) if i is None})
-    if missing:
-        raise ValueError(f"no camera intrinsics for scene(s) {missing}: the map stage needs "
-                         f"<scene>/intrinsics.json (width, height, fx, fy, cx, cy)")
     images = [load_rgb(f.image_path) for f in frames]
     smap = build_map(images, bundle.table_positions, bundle.table_quaternions, intr, sidx, settings, bundle, progress)
     stats = {"build_s": time.perf_counter() - t0, **smap.meta["stats"]}

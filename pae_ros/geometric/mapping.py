@@ -169,6 +169,9 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     intr_list = list(intrinsics) if isinstance(intrinsics, (list, tuple)) else [intrinsics] * n
     if any(i is None for i in intr_list):
         raise ValueError("build_map needs camera intrinsics for every image (intrinsics.json of the scene)")
+    # the map's camera of each scene (meta["intrinsics"][scene index]): its first image's
+    sid = np.zeros(n, np.int64) if scene_idx is None else np.asarray(scene_idx, np.int64)
+    first_of_scene = [int(np.argmax(sid == s)) if (sid == s).any() else 0 for s in range(int(sid.max()) + 1 if n else 0)]
     timings = {}
     t0 = time.perf_counter()
     ext = FeatureExtractor(st.kind, st.max_keypoints)
@@ -270,7 +273,8 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     timings["triangulation_s"] = time.perf_counter() - t0
 
     meta = {"kind": st.kind, "image_size": list(size or (0, 0)), "settings": asdict(st),
-            "intrinsics": [scale_intrinsics(i, *(size or (i.width, i.height))).to_json() for i in intr_list[:1]],
+            "intrinsics": [scale_intrinsics(intr_list[i], *(size or (intr_list[i].width, intr_list[i].height))).to_json()
+                           for i in first_of_scene],
             "stats": {"images": n, "pairs": int(len(pairs)), "verified_matches": n_matches,
                       "points": int(len(used)), "observations": int(len(cand)),
                       "mean_track_length": float(tl.mean()) if len(tl) else 0.0, **timings}}

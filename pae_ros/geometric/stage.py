@@ -1,8 +1,14 @@
 """The geometric stage: query features matched to a shortlist of train images, PnP, accept or fall back.
 
-``GeometricStage(map, intrinsics)(rgb, shortlist, prior_position, prior_quaternion, prior_sigma_m)``
+``GeometricStage(map)(rgb, shortlist, prior_position, prior_quaternion, prior_sigma_m, intrinsics=None)``
 returns a :class:`GeometricResult`. Plain arrays in and out; the caller (the Localizer) decides
 which pose to publish: the fix when ``accepted``, else its APR/PAE prior, naming ``reason``.
+
+Cameras: the map carries the intrinsics it was built with (``meta["intrinsics"]``, one per
+scene; the only source for the map). The query camera is the caller's ``intrinsics`` (the node:
+camera_info), default the map's, scaled to the query image's size. A query camera that does not
+fit the image's aspect, or whose focal lengths / principal point differ from the map camera's by
+more than ``camera_tolerance``, is refused as ``camera_mismatch``, logged once per camera pair.
 
 Frames and units: poses camera-to-world in the map frame, metres, wxyz; covariance 6x6 in
 (x, y, z, rot x, rot y, rot z) about the world axes (ROS PoseWithCovariance order), calibrated
@@ -11,6 +17,7 @@ by the map's covariance scales when the map stage fitted them.
 from __future__ import annotations
 
 import time
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -24,8 +31,10 @@ from .pnp import solve_pnp
 from .sparse_map import SparseMap
 
 #: reasons of a result; every one but ``accepted`` means "fall back to the prior"
-REASONS = ("accepted", "no_features", "empty_shortlist", "too_few_matches", "pnp_failed", "too_few_inliers",
-           "low_inlier_ratio", "ambiguous", "repetitive", "far_from_prior", "bad_covariance")
+REASONS = ("accepted", "camera_mismatch", "no_features", "empty_shortlist", "too_few_matches", "pnp_failed",
+           "too_few_inliers", "low_inlier_ratio", "ambiguous", "repetitive", "far_from_prior", "bad_covariance")
+
+log = logging.getLogger("pae.geometric")
 
 
 #: train images matched per query: retrieval's top ``SHORTLIST_K`` (the Localizer's default ``geometric_k``)
@@ -60,6 +69,10 @@ class StageSettings:
     # --lowo; figures in docs/RESULTS.md)
     distinct_twin_dist: float | None = 0.45
     min_distinct_inliers: int = 5
+    # largest relative difference between the query camera and the map's (both scaled to the query image):
+    # |fx - fx_map| / fx_map, the same for fy, and |cx - cx_map| / width, |cy - cy_map| / height. 0.1 is
+    # about a 10 % change of the focal length (e.g. 585 px against 525 px on a 640 px image); None: no test
+    camera_tolerance: float | None = 0.1
 
 
 @dataclass
@@ -80,6 +93,7 @@ class GeometricResult:
     timings: dict = field(default_factory=dict)  # features_s, matching_s, pnp_s, total_s
     inlier_points: np.ndarray | None = None      # (I,) map point indices of the PnP inliers (unique)
     distinct_inliers: int | None = None          # inlier points without a look-alike (repeated-structure test)
+    detail: str = ""                             # why, for a reason that needs a sentence (camera_mismatch)
 
     def diagnostics(self) -> dict:
         """JSON-friendly summary (no arrays) for Estimate.extras / reports."""
@@ -87,6 +101,7 @@ class GeometricResult:
                 "geometric_inliers": self.inliers, "geometric_inlier_ratio": self.inlier_ratio,
                 "geometric_matches": self.matches, "geometric_rms_px": self.rms_px,
                 "geometric_second_inliers": self.second_inliers, "geometric_distinct_inliers": self.distinct_inliers,
+                **({"geometric_detail": self.detail} if self.detail else {}),
                 **{f"geometric_{k}": v for k, v in self.timings.items()}}
 
 
@@ -100,17 +115,16 @@ class GeometricStage:
 
     def __init__(self, smap: SparseMap, intrinsics: CameraIntrinsics | None = None,
                  settings: StageSettings | None = None, covariance_scale: tuple[float, float] | None = None):
-        """``intrinsics``: the query camera (scaled to each image's size); default the map's.
-        ``covariance_scale``: (position, rotation) multipliers of the PnP standard deviations;
-        default the map's calibration (``meta["calibration"]``), else (1, 1)."""
+        """``intrinsics``: the default query camera (scaled to each image's size); default the map's
+        camera of the query's scene. ``covariance_scale``: (position, rotation) multipliers of the
+        PnP standard deviations; default the map's calibration (``meta["calibration"]``), else (1, 1)."""
         self.map = smap
         self.settings = settings or StageSettings()
-        if intrinsics is None:
-            intr = smap.meta.get("intrinsics") or [None]
-            if intr[0] is None:
-                raise ValueError("the map has no intrinsics: pass the query camera's intrinsics")
-            intrinsics = CameraIntrinsics.from_json(intr[0])
+        self.map_cameras = [CameraIntrinsics.from_json(i) for i in smap.meta.get("intrinsics") or [] if i]
+        if intrinsics is None and not self.map_cameras:
+            raise ValueError("the map has no intrinsics: pass the query camera's intrinsics")
         self.intrinsics = intrinsics
+        self._logged: set[str] = set()
         st = smap.meta.get("settings", {})
         self.extractor = FeatureExtractor(smap.kind, self.settings.max_keypoints or int(st.get("max_keypoints", 1024)))
         if self.settings.distinct_twin_dist is not None:
@@ -124,10 +138,49 @@ class GeometricStage:
                                None, inliers, ratio, matches, reason,
                                float("nan") if sol is None else sol.rms_px, timings=timings or {}, inlier_points=points)
 
+    def map_camera(self, scene: int = 0) -> CameraIntrinsics | None:
+        """The camera the map was built with for scene index ``scene`` (a map of one camera: that one)."""
+        if not self.map_cameras:
+            return None
+        return self.map_cameras[scene if 0 <= scene < len(self.map_cameras) else 0]
+
+    def query_camera(self, width: int, height: int, intrinsics: CameraIntrinsics | None = None,
+                     scene: int = 0) -> tuple[CameraIntrinsics | None, str | None]:
+        """(the query camera scaled to ``width`` x ``height`` px, None) or (None, why it cannot be
+        used). ``intrinsics``: the caller's camera, default this stage's, else the map's."""
+        ref = self.map_camera(scene)
+        cam = intrinsics or self.intrinsics or ref
+        try:
+            q = scale_intrinsics(cam, width, height)
+        except ValueError:
+            whose = "the map's camera" if cam is ref else "the query camera"
+            return None, (f"the query image is {width}x{height} but {whose} is {cam.width}x{cam.height} "
+                          f"(another aspect ratio): pass the query camera's intrinsics (camera_info) for "
+                          f"this image size")
+        tol = self.settings.camera_tolerance
+        if ref is None or tol is None or cam is ref:
+            return q, None
+        try:
+            m = scale_intrinsics(ref, width, height)
+        except ValueError:
+            return None, (f"the query camera is {cam.width}x{cam.height} but the map was built with "
+                          f"{ref.width}x{ref.height} images (another aspect ratio)")
+        diff = max(abs(q.fx - m.fx) / m.fx, abs(q.fy - m.fy) / m.fy, abs(q.cx - m.cx) / width,
+                   abs(q.cy - m.cy) / height)
+        if diff > tol:
+            return None, (f"the query camera (fx {q.fx:.1f}, fy {q.fy:.1f}, cx {q.cx:.1f}, cy {q.cy:.1f} px at "
+                          f"{width}x{height}) differs from the map's (fx {m.fx:.1f}, fy {m.fy:.1f}, cx {m.cx:.1f}, "
+                          f"cy {m.cy:.1f} px) by {100 * diff:.0f} % (tolerance {100 * tol:.0f} %): check the "
+                          f"camera_info, or the scene's intrinsics.json the map was built with")
+        return q, None
+
     def __call__(self, rgb: np.ndarray, shortlist, prior_position=None, prior_quaternion=None,
                  prior_sigma_m: float | None = None, prior_sigma_rad: float | None = None,
-                 intrinsics: CameraIntrinsics | None = None) -> GeometricResult:
-        """``shortlist``: train image indices (bundle table rows), best first (duplicates ignored)."""
+                 intrinsics: CameraIntrinsics | None = None, scene: int = 0) -> GeometricResult:
+        """``shortlist``: train image indices (bundle table rows), best first (duplicates ignored).
+        ``intrinsics``: the query camera (pixels, any image size of the same aspect; default the
+        map's camera of scene index ``scene``). A camera that cannot describe the image, or differs
+        from the map's, gives ``reason="camera_mismatch"`` (logged once per distinct message)."""
         s = self.settings
         t_start = time.perf_counter()
         tm = {}
@@ -135,7 +188,15 @@ class GeometricStage:
         if rgb.ndim not in (2, 3) or rgb.dtype != np.uint8 or rgb.shape[0] < 8 or rgb.shape[1] < 8:
             raise ValueError(f"geometric stage needs an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
         h, w = rgb.shape[:2]
-        K = scale_intrinsics(intrinsics or self.intrinsics, w, h).K
+        cam, why = self.query_camera(w, h, intrinsics, scene)
+        if cam is None:
+            if why not in self._logged:
+                self._logged.add(why)
+                log.warning("geometric stage: no fix while %s (reason camera_mismatch)", why)
+            res = self._fail("camera_mismatch", timings={"total_s": time.perf_counter() - t_start})
+            res.detail = why
+            return res
+        K = cam.K
         feats = self.extractor(rgb)
         tm["features_s"] = time.perf_counter() - t_start
 
@@ -231,22 +292,19 @@ class GeometricStage:
     @property
     def info(self) -> dict:
         return {"kind": self.map.kind, "points": self.map.n_points, "images": self.map.n_images,
+                "cameras": [c.to_json() for c in self.map_cameras],
                 "covariance_scale": list(self.covariance_scale), "settings": asdict(self.settings)}
 
 
-def open_stage(bundle, map_path=None, settings: StageSettings | None = None, scene: str | None = None,
-               ) -> GeometricStage:
+def open_stage(bundle, map_path=None, settings: StageSettings | None = None) -> GeometricStage:
     """The stage of a loaded :class:`pae_ros.bundle.Bundle`: its map (default ``<bundle>.map``,
-    refused when built for another bundle) and the scene's intrinsics from the bundle header
-    (the node passes camera_info intrinsics per call instead)."""
+    refused when built for another bundle), whose own intrinsics are the default query camera
+    (the bundle header's may be the format's default from before ``intrinsics.json`` was
+    written; the node passes camera_info intrinsics per call)."""
     from .sparse_map import load_map, map_path_for
 
     if map_path is None:
         if bundle.path is None:
             raise ValueError("open_stage needs map_path for a bundle that was not loaded from a file")
         map_path = map_path_for(bundle.path)
-    smap = load_map(map_path, bundle)
-    intr_h = bundle.header.get("intrinsics") or {}
-    scene = scene or (bundle.header.get("scenes") or [None])[0]
-    intr = intr_h.get(scene) if scene else None
-    return GeometricStage(smap, CameraIntrinsics.from_json(intr) if intr else None, settings)
+    return GeometricStage(load_map(map_path, bundle), settings=settings)

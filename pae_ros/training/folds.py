@@ -125,6 +125,9 @@ def holdout_passes(run) -> tuple[list[dict], list[dict], list[dict], Localizer]:
     on its held-out images: ``(passes, per-fold stats, gate features, the last fold's Localizer)``."""
     passes, fold_stats, gate_parts, fold_loc = [], [], [], None
     desc_of = None if run.desc is None else {frame_key(f): d for f, d in zip(run.frames, run.desc)}
+    # the flip test's expected views: the bundle's decoder at each fold APR's pose (fold models have none)
+    views = (Localizer(run.bundle, device=str(run.dev), ood=False, geometric="off")
+             if run.bundle.has("decoder") else None)
     for i, held in enumerate(run.folds):
         fit = without(run.frames, held)
         fold_bundle = fold_model(run, i, held)
@@ -135,7 +138,7 @@ def holdout_passes(run) -> tuple[list[dict], list[dict], list[dict], Localizer]:
         imgs = [run.image_cache[frame_key(f)] if frame_key(f) in run.image_cache else load_rgb(f.image_path)
                 for f in held]
         passes.append(holdout_pass(fold_loc, imgs, frames_positions(held), frames_quaternions(held)))
-        g = holdout_gate_features(fold_loc, imgs)
+        g = holdout_gate_features(fold_loc, imgs, views=views)
         if g is not None:
             gate_parts.append(g)
         run.clock.end(f"fold{i + 1}_holdout_pass", t_stage)

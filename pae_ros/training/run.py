@@ -184,7 +184,8 @@ def _apr(run: TrainRun) -> None:
     if run.feats is not None:
         run.main_features = {"data": run.data, "feats": run.feats, "backbone": module_digest(apr.backbone)}
     header = bundle_header(cfg, run.scenes, norm, run.main_frames, run.train.intrinsics,
-                           {"pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())},
+                           {"intrinsics_source": {s: run.train.intrinsics_source.get(s) for s in run.train.intrinsics},
+                            "pose_loss": {"s_x": float(pose_loss.s_x.detach()), "s_q": float(pose_loss.s_q.detach())},
                             "model_frames": {"count": len(run.main_frames), "digest": frames_digest(run.main_frames),
                                              "refit": run.refit}})
     tensors = {**prefixed("apr", apr), **table_tensors(run.main_frames, run.scenes)}

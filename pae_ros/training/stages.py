@@ -11,6 +11,7 @@ import torch
 
 from ..config import Config
 from ..datasets import load_rgb
+from ..ood import flip_features
 from ..pipeline import Localizer
 from .checkpoint import module_digest
 from .data import FrameImages, frame_key
@@ -87,14 +88,17 @@ def table_descriptors(cfg: Config, apr, table_frames, dev, data: FrameImages | N
                   "reused_cached_features": len(table_frames) - len(todo)}
 
 
-def holdout_gate_features(loc: Localizer, images: list[np.ndarray], batch: int = 32) -> dict | None:
-    """Out-of-scene gate features of in-scene images (None when this Localizer has no gate)."""
+def holdout_gate_features(loc: Localizer, images: list[np.ndarray], batch: int = 32,
+                          views: Localizer | None = None) -> dict | None:
+    """Out-of-scene gate features of in-scene images (None when this Localizer has no gate);
+    ``views``: the Localizer whose decoder draws the expected views of the flip test."""
     if not hasattr(loc, "gate_features"):
         return None
     parts = []
     for i in range(0, len(images), batch):
         apr = loc.predict_apr(loc.preprocess(images[i:i + batch]), descriptors=True)
-        parts.append(loc.gate_features(apr))
+        parts.append(loc.gate_features(apr) | flip_features(views, apr.positions, apr.quaternions, apr.scene_idx,
+                                                            images[i:i + batch]))
     return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]} if parts else None
 
 

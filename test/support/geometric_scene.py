@@ -75,3 +75,32 @@ def write_textured_room(out_dir, scene: str = "room", train_walks: int = 3, test
     write_intrinsics(scene_dir, intr)
     return scene_dir
 
+
+def train_tiny_bundle(root: Path, width: int = 160, height: int = 120, intrinsics_file: bool = True,
+                      apr_epochs: int = 2) -> Path:
+    """The textured room under ``root / "data"`` (``width`` x ``height`` px) and a tiny bundle (APR + PAE,
+    no decoder) trained on it by ``pae train`` (``root / "model.pae"``); shared by the geometric test
+    files. ``intrinsics_file=False``: trained before the scene's ``intrinsics.json`` exists (deleted;
+    the bundle header then holds the format's default camera). ``apr_epochs``: 2 is enough where a
+    test hands the Localizer a retrieval shortlist; more where the APR pose alone must find it."""
+    import json
+
+    import torch
+    import yaml
+
+    from support.fixtures import TINY_CONFIG
+    from pae_ros.cli import main
+
+    torch.set_num_threads(2)
+    scene_dir = write_textured_room(root / "data", train_walks=3, test_walks=1, frames=14, step_m=0.15,
+                                    width=width, height=height)
+    if not intrinsics_file:
+        (scene_dir / "intrinsics.json").unlink()
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["apr"]["epochs"], cfg["pae"]["epochs"] = apr_epochs, 5
+    cfg["decoder"] = {"enabled": False}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "model.pae"
+    assert main(["train", "--data", str(root / "data"), "--format", "7scenes", "--out", str(out),
+                 "--config", str(root / "cfg.yaml"), "--device", "cpu", "--quiet"]) == 0
+    return out
