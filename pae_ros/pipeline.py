@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import backends
 from .bundle import Bundle, BundleError, build_models, load_bundle
 from .confidence import SigmaModel, covariance_6x6
 from .geometry import canonical_quat
@@ -110,10 +111,11 @@ class Localizer:
                  metric: str | None = None, backend: str = "torch", threads: int | None = None,
                  candidates: str | None = None, retrieval_k: int | None = None, ood: dict | bool | None = None,
                  table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
-                 geometric_k: int | None = None):
-        """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
-        refinement and decoder stay in torch; 3x faster per frame here), or ``auto`` (onnx on the
-        CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and
+                 geometric_k: int | None = None, precision: str = "fp32"):
+        """``backend`` / ``device`` / ``precision``: see :mod:`pae_ros.backends` (``auto``: TensorRT,
+        ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, torch CPU; the first that runs; PAE,
+        refinement and decoder run in torch on the same device; ONNX Runtime on the CPU was 3x
+        faster per frame than eager torch here). ``threads``: CPU intra-op threads for torch (and
         ONNX Runtime); None leaves the process setting alone. For batch-1 inference on a small CPU
         one thread was fastest here (11 ms vs 31 ms with two, bench/bench_refine.py).
 
@@ -129,18 +131,12 @@ class Localizer:
         retrieval top-k train images in its shortlist (united with the refinement's candidates);
         None: :data:`pae_ros.geometric.stage.SHORTLIST_K`, the shortlist the map was calibrated with."""
         self.bundle = bundle
-        self.device = resolve_device(device)
-        if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"unknown backend {backend!r} (use auto, torch or onnx)")
-        if backend == "auto":  # ONNX Runtime on the CPU, torch on a GPU
-            backend = "onnx" if self.device.type == "cpu" else "torch"
-        if backend == "onnx" and self.device.type != "cpu":
-            raise ValueError("the onnx backend runs on the CPU; use backend torch on a GPU")
+        self._plan = backends.plan(backend, device, precision)
+        self.device = torch.device(self._plan.device)
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(int(threads))
-        self.backend = backend
         self.cfg, self.apr, self.pae, self.decoder = build_models(bundle, self.device)
         rc = self.cfg.refine
         self.published = bundle.header.get("published")
@@ -217,11 +213,12 @@ class Localizer:
             latents = self.pae_latents(bundle.table_positions, bundle.table_quaternions, bundle.table_scene_idx)
             self.refiner = Refiner(index, latents, bundle.table_positions, bundle.table_quaternions)
         self.ood_gate = (bundle.header.get("ood") if ood is None else (ood or None))
-        self.onnx = None
-        if backend == "onnx":
-            from .onnx_apr import OnnxAPR
+        from .onnx_apr import OnnxAPR
 
-            self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop, threads)
+        self.backend_choice, self.onnx, self.backend_info = backends.start(
+            self._plan, lambda c, cache: OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale,
+                                                 self.crop, threads, c, cache), bundle.path, bundle.bundle_id, self.crop)
+        self.backend = self.backend_choice.backend
         self.calibration_mismatch = self._check_calibration_settings()
         from .geometric.stage import SHORTLIST_K
         from .geometric_adapter import open_geometric
@@ -268,7 +265,7 @@ class Localizer:
     @property
     def info(self) -> dict:
         return {"bundle_id": self.bundle.bundle_id, "bundle_path": str(self.bundle.path), "device": str(self.device),
-                "backend": self.backend, "threads": torch.get_num_threads(),
+                "threads": torch.get_num_threads(), **self.backend_info,
                 "scenes": self.scenes, "refine": self.refine_enabled, "k": self.k, "steps": self.steps,
                 "lr": self.lr, "orientation": self.orientation, "model": self.cfg.model.type,
                 "backbone": self.cfg.model.backbone, "input": f"{self.crop}x{self.crop}",
@@ -307,8 +304,9 @@ class Localizer:
             if want:
                 desc = normalise_descriptors(d) if self.shares_backbone else self.describe_batch(batch)
             return AprOutput(p, q, z, s, desc)
-        feats = self.apr.backbone(batch.to(self.device))
-        out = self.apr.forward_features({k_: feats[k_] for k_ in self.apr.feature_keys})
+        with backends.autocast(self.backend_choice):  # float16 autocast for torch on CUDA at fp16
+            feats = self.apr.backbone(batch.to(self.device))
+            out = self.apr.forward_features({k_: feats[k_] for k_ in self.apr.feature_keys})
         x = out["x"].double().cpu().numpy()
         q = out["q"].double().cpu().numpy()
         n = np.linalg.norm(q, axis=1, keepdims=True)
