@@ -249,6 +249,7 @@ class LocalizerNode(LifecycleNode):
                 raise StartupError(f"cannot start: parameter 'geometric' = {p['geometric']!r}: no map file there "
                                    "(build one with `pae train --stage map`, or use auto / off)")
         t0 = time.monotonic()
+        from pae_ros.backends import BackendError
         from pae_ros.bundle import BundleError
         from pae_ros.geometric.sparse_map import MapError
         from pae_ros.pipeline import Localizer
@@ -263,11 +264,13 @@ class LocalizerNode(LifecycleNode):
             localizer = Localizer(
                 loaded, device=p["device"], refine=None if p["refine"] == "auto" else p["refine"],
                 k=None if p["k"] == -1 else p["k"], steps=None if p["steps"] == -1 else p["steps"],
-                backend=p["backend"], threads=p["threads"] or None, geometric=geometric)
+                backend=p["backend"], precision=p["precision"], threads=p["threads"] or None, geometric=geometric)
         except StartupError:
             raise
         except MapError as e:
             raise StartupError(f"cannot start: parameter 'geometric' = {p['geometric']!r}: {e}") from None
+        except BackendError as e:
+            raise StartupError(f"cannot start: {e}") from None
         except BundleError as e:
             raise StartupError(f"cannot start: bad bundle: {e}") from None
         except Exception as e:  # device unavailable, bad k/steps, a bundle this code cannot build
@@ -310,7 +313,8 @@ class LocalizerNode(LifecycleNode):
         self.info = {"device": info.get("device", "?"), "bundle_id": info.get("bundle_id", "?"),
                      "image_topic": self.image_topic, "image_qos": "?", "tf_mode": self.tf_mode,
                      "pose_frame": p["pose_frame"], "refine": info.get("refine"), "k": info.get("k"),
-                     "steps": info.get("steps"), "enabled": True}
+                     "steps": info.get("steps"), "enabled": True, "backend": info.get("backend_label", "torch"),
+                     "backend_reason": info.get("backend_reason", "")}
         self.stats = NodeStats()
         self._load_info = (warm_s, load_s, info.get("backend", "torch"))
         pose_qos = qos.pose_qos(p["pose_transient_local"])
@@ -351,7 +355,8 @@ class LocalizerNode(LifecycleNode):
         geo = (f", geometric map {self.info['geometric']} at <= {p['geometric_rate_hz']:g} Hz "
                f"({p['geometric_threads']} OpenCV thread(s))" if self._geo is not None else ", geometric off")
         self.get_logger().info(f"configured: bundle {self.info['bundle_id']} on {self.info['device']} "
-                               f"({info.get('backend', 'torch')}), load+warm-up {load_s:.1f} s{geo}")
+                               f"({info.get('backend_reason', info.get('backend', 'torch'))}), "
+                               f"load+warm-up {load_s:.1f} s{geo}")
 
     def activate_io(self) -> None:
         """Subscriptions, timers and the worker; logs ``ready``."""
