@@ -279,3 +279,37 @@ def test_node_parameters_expose_backend_and_precision():
     assert specs["backend"].default == "auto" and specs["precision"].default == "fp32"
     assert specs["backend"].check("tensorrt") is None and specs["backend"].check("cuda") is not None
     assert specs["precision"].check("fp16") is None and specs["precision"].check("int8") is not None
+
+
+def test_bench_gpu_runs_and_prints_skips_and_figures(tmp_path):
+    """bench/bench_gpu.py end to end on a tiny untrained bundle: GPU backends absent here are
+    printed as skipped, the CPU ones print well-formed figures with PASS / MISS targets."""
+    import math
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--tiny", "--table", "100",
+                           "--repeats", "10", "--warmup", "2", "--n-images", "3", "--batches", "1", "4",
+                           "--threads", "1"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    rows = [ln for ln in out.splitlines() if ln.startswith("bench ")]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_pae_bench_common_gpu", REPO / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    parsed = common.parse_lines(out)
+    assert len(parsed) == len(rows) and all(math.isfinite(r["value"]) for r in parsed)
+    names = {(r["name"], r["params"]["backend"]) for r in parsed}
+    for backend in ("onnx-cpu", "torch-cpu"):
+        for name in ("gpu_startup", "gpu_apr", "gpu_apr_refine", "gpu_throughput", "gpu_node_rate"):
+            assert (name, backend) in names, (name, backend)
+    agree = [r for r in parsed if r["name"] == "gpu_agreement"]
+    assert agree and agree[0]["value"] < 1e-3  # the ONNX graph reproduces the CPU torch path
+    assert "PASS" in out or "MISS" in out
+    if not torch.cuda.is_available():
+        assert "# bench_gpu: tensorrt cuda fp32 skipped:" in out and "# auto picks: onnx-cpu" in out
