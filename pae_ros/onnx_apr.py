@@ -96,6 +96,8 @@ class OnnxAPR:
         if threads:
             opts.intra_op_num_threads = int(threads)
         providers = provider_options(self.choice, crop, cache)
+        if self.choice.provider != CPU_EP and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA / cuDNN from torch or the nvidia-* wheels, before the provider loads
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)

@@ -53,7 +53,7 @@ if [[ $gpu == 1 ]]; then
   if "$vpy" -m pip show -q onnxruntime >/dev/null 2>&1; then
     "$vpy" -m pip uninstall -q -y onnxruntime
     # the uninstall removed files the two wheels share: put onnxruntime-gpu's back
-    "${pipq[@]}" --force-reinstall --no-deps "$(grep -E '^onnxruntime-gpu' "$repo/requirements/gpu.txt")"
+    "${pipq[@]}" --force-reinstall --no-deps "$(grep -E '^onnxruntime-gpu' "$repo/requirements/gpu.txt" | sed 's/\[.*\]//')"
   fi
   "${pipq[@]}" -r "$repo/requirements/gpu.txt" 2>&1 | grep -v "is ignored: it is neither" || true
   "$vpy" -c "import onnxruntime as o, sys; p = o.get_available_providers(); print('[setup] onnxruntime', o.__version__, p); \
