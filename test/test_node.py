@@ -440,6 +440,9 @@ def test_bad_bundle_or_parameters_one_error_line(tiny_bundle, tmp_path):
         "k_above_table": (H.node_command(tiny_bundle, {"k": 100000, "device": "cpu"}), 2,
                           ["'k' = 100000 is larger than the bundle's pose table"]),
         "no_bundle": (H.node_command(None), 2, ["'bundle'"]),
+        "tensorrt_on_cpu": (H.node_command(tiny_bundle, {"backend": "tensorrt", "device": "cpu"}), 1,
+                            ["backend 'tensorrt' is not available"]),
+        "precision": (H.node_command(tiny_bundle, {"precision": "int8"}), 2, ["'precision'", "int8"]),
     }
     procs = {k: H.NodeProcess(c[0]) for k, c in cases.items()}
     try:
