@@ -143,6 +143,8 @@ def bench_config(cfg, bundle: Path, images, ref, fp32_of: dict, args, cache_root
                 + (f"; cache {info['engine_cache']}" if "engine_cache" in info else ""))
     del cold
     gc.collect()
+    if dev.startswith("cuda"):
+        torch.cuda.empty_cache()
     loc, warm_s = start(bundle, backend, device, precision, args.threads)
     info = loc.info
     common.line("gpu_startup", base | {"cache": "warm"}, warm_s, "s",
@@ -174,6 +176,8 @@ def bench_config(cfg, bundle: Path, images, ref, fp32_of: dict, args, cache_root
     best = (0.0, 0)
     per = []
     for b in args.batches:
+        if backend == "tensorrt" and b > backends.TRT_MAX_BATCH:  # beyond the engine's optimisation profile
+            continue
         batch = loc.preprocess([images[i % len(images)] for i in range(b)])
 
         def run_b():

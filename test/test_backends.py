@@ -245,7 +245,8 @@ def test_gpu_backend_agrees_with_the_cpu(tiny_bundle, tmp_path, monkeypatch, bac
         pytest.skip(str(e))
     cpu = Localizer.from_bundle(tiny_bundle, device="cpu", backend="torch", geometric="off")
     images = _images(6)
-    tol = 1e-3 if precision == "fp32" else 0.05  # metres in the tiny scene
+    # metres in the tiny room; fp32 on a GPU may use TF32 convolutions (torch's and TensorRT's default)
+    tol = 0.01 if precision == "fp32" else 0.05
     for a, b in zip(cpu.localize_batch(images), loc.localize_batch(images)):
         assert np.abs(a.apr_position - b.apr_position).max() < tol
     assert loc.info["backend"] == backend and loc.info["precision"] == precision

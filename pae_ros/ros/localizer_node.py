@@ -314,7 +314,8 @@ class LocalizerNode(LifecycleNode):
                      "image_topic": self.image_topic, "image_qos": "?", "tf_mode": self.tf_mode,
                      "pose_frame": p["pose_frame"], "refine": info.get("refine"), "k": info.get("k"),
                      "steps": info.get("steps"), "enabled": True, "backend": info.get("backend_label", "torch"),
-                     "backend_reason": info.get("backend_reason", "")}
+                     "backend_reason": info.get("backend_reason", ""),
+                     "engine_build_s": info.get("engine_build_s", "n/a")}
         self.stats = NodeStats()
         self._load_info = (warm_s, load_s, info.get("backend", "torch"))
         pose_qos = qos.pose_qos(p["pose_transient_local"])
