@@ -153,6 +153,8 @@ def test_fast_stream_keeps_only_the_latest_frame(launched, probe, cam_pub, image
     small = [cv2.resize(im, (80, 60)) for im in images]
     _flowing(probe, cam_pub, small[0], "cam_b")
     before = H.wait_diag(probe, STATUS, lambda v: True)
+    # what backend auto picked on the CPU, and why, is in /diagnostics
+    assert before["backend"] == "onnx-cpu" and before["backend_reason"].startswith("onnx-cpu fp32: first available")
     n = 150
     stamps = [H.fresh_stamp() for _ in range(n)]
     msgs = [H.image_msg(small[i % len(small)], s, "cam_b") for i, s in enumerate(stamps)]
