@@ -38,15 +38,17 @@ Localizer's, nothing here moves it):
   then one host-to-device copy of the (B, 3, S, S) batch;
 * APR: on the GPU. ONNX Runtime is bound to torch tensors on the same device (I/O binding), so
   the latents and pooled features stay on the GPU;
-* host round-trips per frame (small arrays, microseconds each): the APR position / quaternion /
-  scene (B x 8 numbers) come to the host because the pose table search takes numpy input; the
-  retrieval descriptor (B x D) comes to the host for the cosine search (:mod:`pae_ros.retrieval`,
-  numpy matrix product) and the out-of-scene gate's ``retrieval_cos``; the refinement's
-  neighbour search runs on the GPU (exact search; a faiss shortlist, used for tables of
-  >= 4096 poses, is faiss-cpu), the candidates' latent Gram matrix is built on the GPU and the
-  k-sized convex fit iterates in numpy float64 on the host (:func:`pae_ros.refine.fit_convex_weights`:
-  on k x k arrays the host is faster than kernel launches); the PAE self-consistency latents
-  are computed on the GPU and their distance comes back as one number per frame;
+* host round-trips per frame (small arrays; each a device sync plus microseconds of copy):
+  the APR position / quaternion / scene (B x 8 numbers) come to the host because the pose-table
+  search and the published pose take numpy; the retrieval descriptor (B x D floats) comes to
+  the host for the cosine search (:mod:`pae_ros.retrieval`: numpy, faiss-cpu IVF from 5000
+  train images) and the gate's ``retrieval_cos``; the refinement's neighbour search runs on the
+  device (exact; the faiss shortlist used from 4096 poses is faiss-cpu), its row indices come to
+  the host to merge with retrieval's and go back for the latent gather; the candidates' latent
+  Gram matrix is built on the device and the k-sized convex fit iterates in numpy float64 on the
+  host (:func:`pae_ros.refine.fit_convex_weights`: on k x k arrays dispatch costs more than arithmetic);
+  the PAE latents of the APR pose for the self-consistency feature: pose up, one number per
+  frame down;
 * the out-of-scene gate and the sigma model: numpy on the host (a few numbers per frame);
 * the geometric stage: OpenCV SIFT, matching and PnP on the CPU (its own thread in the node).
 """
