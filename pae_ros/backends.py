@@ -185,7 +185,8 @@ def _why_not(backend: str, gpu: str | None, precision: str, platform: Platform) 
     ort = platform.ort_providers
     if backend == "tensorrt":
         if gpu is None:
-            return "it needs a CUDA GPU (device is the CPU)"
+            return "it needs a CUDA GPU (device is the CPU)" if platform.gpus else \
+                "it needs a CUDA GPU and torch sees none (no GPU, no driver, or a CPU build of torch)"
         if ort is None:
             return f"onnxruntime is not installed ({SETUP_HINT})"
         if TRT_EP not in ort:
