@@ -114,8 +114,11 @@ class OnnxAPR:
                                f"{got[0] if got else 'nothing'} instead of {self.choice.provider} "
                                "(its libraries failed to load; see the onnxruntime log)")
         self.path = path
-        self._outputs = [(o.name, o.shape[1:]) for o in self.session.get_outputs()]
-        self(torch.zeros(1, 3, crop, crop))
+        # per-row output shapes from one plain run: the graph may leave inner sizes symbolic
+        zeros = np.zeros((1, 3, crop, crop), np.float32)
+        names = [o.name for o in self.session.get_outputs()]
+        self._outputs = [(n, tuple(a.shape[1:])) for n, a in zip(names, self.session.run(names, {"image": zeros}))]
+        self(torch.from_numpy(zeros))
         self.build_s = time.perf_counter() - t0
 
     def __call__(self, batch: torch.Tensor):
