@@ -118,7 +118,8 @@ def bench_config(cfg, bundle: Path, images, ref, fp32_of: dict, args, cache_root
     try:
         p = backends.plan(backend, device, precision)
     except BackendError as e:
-        print(f"# bench_gpu: {backend} {device} {precision} skipped: {e}", flush=True)
+        why = "no CUDA GPU" if device == "cuda" and not backends.probe().gpus else str(e)
+        print(f"# bench_gpu: {backend} {device} {precision} skipped: {why}", flush=True)
         return
     dev = p.device
     label = p.candidates[0].label
