@@ -496,7 +496,7 @@ def main(argv=None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--pipeline-repeats", type=int, default=30)
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the node to log ready")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnx", "torch"),
                    help="APR engine of both the node and the in-process pipeline (auto: ONNX Runtime on the CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of both the node (OMP_NUM_THREADS) and the in-process pipeline "

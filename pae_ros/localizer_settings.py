@@ -23,7 +23,6 @@ from .candidates import CANDIDATE_MODES
 
 #: the values of header ``published`` (``geometric`` publishes the APR/PAE pose when the stage is off)
 PUBLISHED = ("apr", "refined", "geometric")
-BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,6 @@ class LocalizerSettings:
     ood_gate: dict | None
     #: retrieval top-k train images in the geometric stage's shortlist
     geometric_k: int
-    #: ``torch`` or ``onnx`` (``auto`` resolved against the device)
-    backend: str
     #: CPU intra-op threads, None = leave the process setting alone
     threads: int | None
 
@@ -94,17 +91,6 @@ def _weights_and_steps(steps: int | None, header_weights: str | None, config, wh
     return weights, (0 if weights == "uniform" else config.steps)
 
 
-def _backend(backend: str, device_type: str) -> str:
-    """``auto`` -> ``onnx`` on the CPU, ``torch`` on a GPU; ``onnx`` only on the CPU."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} (use auto, torch or onnx)")
-    if backend == "auto":
-        return "onnx" if device_type == "cpu" else "torch"
-    if backend == "onnx" and device_type != "cpu":
-        raise ValueError("the onnx backend runs on the CPU; use backend torch on a GPU")
-    return backend
-
-
 def _check_ranges(s: LocalizerSettings) -> None:
     if s.k < 1 or s.steps < 0 or s.lr <= 0 or s.retrieval_k < 1:
         raise ValueError(f"refinement needs k >= 1, steps >= 0, lr > 0, retrieval_k >= 1 (got k={s.k}, "
@@ -117,13 +103,14 @@ def _check_ranges(s: LocalizerSettings) -> None:
         raise ValueError(f"threads must be >= 1, got {s.threads}")
 
 
-def resolve(header: dict, config, *, device_type: str = "cpu", where="bundle", refine: bool | str | None = None,
+def resolve(header: dict, config, *, where="bundle", refine: bool | str | None = None,
             k: int | None = None, steps: int | None = None, lr: float | None = None,
             orientation: str | None = None, metric: str | None = None, candidates: str | None = None,
             retrieval_k: int | None = None, ood: dict | bool | None = None, geometric_k: int | None = None,
-            backend: str = "torch", threads: int | None = None) -> LocalizerSettings:
+            threads: int | None = None) -> LocalizerSettings:
     """The settings of a Localizer over a bundle with ``header`` and ``config`` (a
-    :class:`pae_ros.config.Config`) on a ``device_type`` (``cpu`` | ``cuda``) device.
+    :class:`pae_ros.config.Config`). The inference backend and device are chosen by
+    :mod:`pae_ros.backends`.
 
     Arguments left None take the header / config value (module docstring). ``ood``: None = the
     header's gate, False = none, a dict = that gate. ``geometric_k`` None:
@@ -145,6 +132,6 @@ def resolve(header: dict, config, *, device_type: str = "cpu", where="bundle", r
         weight_decay=rc.weight_decay, orientation=orientation or rc.orientation, metric=metric or rc.metric,
         candidates=candidates or rc.candidates, retrieval_k=int(rc.retrieval_k if retrieval_k is None else retrieval_k),
         weights=weights, ood_gate=header.get("ood") if ood is None else (ood or None), geometric_k=int(geometric_k),
-        backend=_backend(backend, device_type), threads=None if threads is None else int(threads))
+        threads=None if threads is None else int(threads))
     _check_ranges(s)
     return s

@@ -5,9 +5,10 @@ S); outputs ``position`` (B, 3) metres in the map frame (denormalisation folded 
 ``quaternion`` (B, 4) wxyz unit with w >= 0 (camera-to-world), ``latent`` (B, 2D) and
 ``scene`` (B,) int64, and with ``descriptor=True`` also ``descriptor`` (B, C): the backbone's
 pooled feature (the retrieval descriptor before L2 normalisation, so one forward serves the APR
-and retrieval when the backbone is frozen). ``pae export`` writes it; the Localizer's ``backend="onnx"`` exports it
-once per bundle into a cache folder (``$PAE_ROS_CACHE`` or ``~/.cache/pae_ros``) and runs it
-with ONNX Runtime (measured 4x faster than eager torch for batch-1 CPU inference, bench/).
+and retrieval when the backbone is frozen). ``pae export`` writes it; the Localizer's ONNX
+backends (``onnx``: CPU or CUDA EP, ``tensorrt``: TensorRT EP, :mod:`pae_ros.backends`) export it
+once per bundle into a cache folder (``$PAE_ROS_CACHE`` or ``~/.cache/pae_ros``) and run it
+with ONNX Runtime (CPU EP measured 4x faster than eager torch for batch-1 CPU inference, bench/).
 """
 from __future__ import annotations
 
@@ -68,12 +69,25 @@ def cache_dir() -> Path:
 
 
 class OnnxAPR:
-    """ONNX Runtime session of a bundle's APR (CPU execution provider)."""
+    """ONNX Runtime session of a bundle's APR on the execution provider of ``choice``
+    (:class:`pae_ros.backends.Choice`; None: the CPU EP). Inputs and outputs are bound to torch
+    tensors on the choice's device (I/O binding), so on a GPU nothing leaves the device here.
+
+    Raises :class:`pae_ros.backends.BackendError` when ONNX Runtime did not put the requested
+    provider first (it silently falls back when, e.g., the TensorRT libraries fail to load).
+    ``build_s``: session creation + the first batch-1 run (for TensorRT: the engine build, or its
+    load from ``cache``)."""
 
     def __init__(self, apr: nn.Module, bundle_id: str, position_mean, position_scale: float, crop: int,
-                 threads: int | None = None):
+                 threads: int | None = None, choice=None, cache=None):
+        import time
+
         import onnxruntime as ort
 
+        from .backends import CPU_EP, BackendError, Choice, provider_options
+
+        self.choice = choice or Choice("onnx", "cpu", "fp32", CPU_EP)
+        self.device = torch.device(self.choice.device)
         path = cache_dir() / f"{bundle_id}-apr-{crop}-desc.onnx"
         if not path.is_file():
             export_apr(apr, position_mean, position_scale, crop, path, descriptor=True)
@@ -81,16 +95,60 @@ class OnnxAPR:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
+        providers = provider_options(self.choice, crop, cache)
+        if self.choice.provider != CPU_EP and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA / cuDNN from torch or the nvidia-* wheels, before the provider loads
+        t0 = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception:  # a damaged cache file: export again once
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # a damaged cache file: export again once
+            if self.choice.provider != CPU_EP and path.is_file() and _loads(path):
+                raise BackendError(f"backend {self.choice.label!r} failed to start: {type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
             path.unlink(missing_ok=True)
             export_apr(apr, position_mean, position_scale, crop, path, descriptor=True)
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        got = self.session.get_providers()
+        if not got or got[0] != self.choice.provider:
+            raise BackendError(f"backend {self.choice.label!r} is not available: onnxruntime ran the session on "
+                               f"{got[0] if got else 'nothing'} instead of {self.choice.provider} "
+                               "(its libraries failed to load; see the onnxruntime log)")
         self.path = path
+        # per-row output shapes from one plain run: the graph may leave inner sizes symbolic
+        zeros = np.zeros((1, 3, crop, crop), np.float32)
+        names = [o.name for o in self.session.get_outputs()]
+        self._outputs = [(n, tuple(a.shape[1:])) for n, a in zip(names, self.session.run(names, {"image": zeros}))]
+        self(torch.from_numpy(zeros))
+        self.build_s = time.perf_counter() - t0
 
     def __call__(self, batch: torch.Tensor):
-        """-> positions (B,3) m float64, quaternions (B,4) float64, latents (B,2D) tensor, scene (B,),
-        pooled backbone features (B, C) float32."""
-        p, q, z, s, d = self.session.run(None, {"image": batch.detach().cpu().numpy()})
-        return p.astype(np.float64), q.astype(np.float64), torch.from_numpy(z), s, d
+        """-> positions (B,3) m float64 array, quaternions (B,4) float64 array, latents (B,2D) tensor,
+        scene (B,) array, pooled backbone features (B, C) float32 tensor (tensors on the device)."""
+        x = batch.detach().to(self.device, torch.float32).contiguous()
+        n = x.shape[0]
+        out = {name: torch.empty((n, *shape), dtype=torch.int64 if name == "scene" else torch.float32,
+                                 device=self.device) for name, shape in self._outputs}
+        kind, index = self.device.type, self.device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input("image", kind, index, np.float32, list(x.shape), x.data_ptr())
+        for name, t in out.items():
+            binding.bind_output(name, kind, index, np.int64 if name == "scene" else np.float32, list(t.shape),
+                                t.data_ptr())
+        if kind == "cuda":  # the input was written on torch's stream; ONNX Runtime reads it on its own
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        if kind == "cuda":
+            binding.synchronize_outputs()
+        return (out["position"].double().cpu().numpy(), out["quaternion"].double().cpu().numpy(), out["latent"],
+                out["scene"].cpu().numpy(), out["descriptor"])
+
+
+def _loads(path: Path) -> bool:
+    """Whether an ONNX file parses (a failed GPU session on a sound file is the provider's fault)."""
+    try:
+        import onnx
+
+        onnx.load(str(path))
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure means a damaged file
+        return False

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import backends
 from .bundle import Bundle, BundleError, build_models, load_bundle, multi_scene_idx
 from .candidates import retrieval_candidates
 from .confidence import SigmaModel, covariance_6x6
@@ -132,11 +133,12 @@ class Localizer:
                  metric: str | None = None, backend: str = "torch", threads: int | None = None,
                  candidates: str | None = None, retrieval_k: int | None = None, ood: dict | bool | None = None,
                  table_descriptors: np.ndarray | None = None, geometric: str | Path | None = "auto",
-                 geometric_k: int | None = None):
-        """``backend``: ``torch`` (eager), ``onnx`` (the APR through ONNX Runtime on the CPU; PAE,
-        refinement and decoder stay in torch; speed in ``bench/bench_onnx.py``), or ``auto`` (onnx
-        on the CPU, torch on a GPU). ``threads``: CPU intra-op threads for torch (and ONNX
-        Runtime); None leaves the process setting alone (``bench/bench_node.py --threads N`` times one).
+                 geometric_k: int | None = None, precision: str = "fp32"):
+        """``backend`` / ``device`` / ``precision``: see :mod:`pae_ros.backends` (``auto``: TensorRT,
+        ONNX Runtime CUDA, torch CUDA, ONNX Runtime CPU, torch CPU; the first that runs; PAE,
+        refinement and decoder run in torch on the same device; speed in ``bench/bench_onnx.py`` and
+        ``bench/gpu_check.sh``). ``threads``: CPU intra-op threads for torch (and ONNX Runtime); None
+        leaves the process setting alone (``bench/bench_node.py --threads N`` times one).
 
         ``refine``, ``k``, ``steps``, ``lr``, ``orientation``, ``metric``, ``candidates``,
         ``retrieval_k``, ``ood``, ``geometric_k``: see :func:`pae_ros.localizer_settings.resolve`
@@ -146,12 +148,13 @@ class Localizer:
         (:mod:`pae_ros.geometric_adapter`): ``auto`` = the map beside the bundle
         (``<bundle>.map``) when present, ``off``, or a map path."""
         self.bundle = bundle
-        self.device = resolve_device(device)
+        self._plan = backends.plan(backend, device, precision)
+        self.device = torch.device(self._plan.device)
         self.cfg, self.apr, self.pae, self.decoder = build_models(bundle, self.device)
         self.settings: LocalizerSettings = resolve(
-            bundle.header, self.cfg, device_type=self.device.type, where=bundle.path, refine=refine, k=k,
+            bundle.header, self.cfg, where=bundle.path, refine=refine, k=k,
             steps=steps, lr=lr, orientation=orientation, metric=metric, candidates=candidates,
-            retrieval_k=retrieval_k, ood=ood, geometric_k=geometric_k, backend=backend, threads=threads)
+            retrieval_k=retrieval_k, ood=ood, geometric_k=geometric_k, threads=threads)
         if self.settings.threads is not None:
             torch.set_num_threads(self.settings.threads)
         if self.refine_enabled and self.pae is None:
@@ -175,12 +178,13 @@ class Localizer:
         if self.pae is not None:
             latents = self.pae_latents(bundle.table_positions, bundle.table_quaternions, bundle.table_scene_idx)
             self.refiner = Refiner(self.pose_index, latents, bundle.table_positions, bundle.table_quaternions)
-        self.onnx = None
-        if self.backend == "onnx":
-            from .onnx_apr import OnnxAPR
+        from .onnx_apr import OnnxAPR
 
-            self.onnx = OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale, self.crop,
-                                self.settings.threads)
+        self.backend_choice, self.onnx, self.backend_info = backends.start(
+            self._plan, lambda c, cache: OnnxAPR(self.apr, bundle.bundle_id, self.position_mean, self.position_scale,
+                                                 self.crop, self.settings.threads, c, cache),
+            bundle.path, bundle.bundle_id, self.crop)
+        self.backend = self.backend_choice.backend
         self.calibration_mismatch = self._check_calibration_settings()
         self.geometric = open_geometric(bundle, geometric)
 
@@ -199,7 +203,6 @@ class Localizer:
     weights = _setting("weights", "The candidates' weights: ``pae`` (latent fit) or ``uniform``.")
     ood_gate = _setting("ood_gate", "The out-of-scene gate dict, or None.")
     geometric_k = _setting("geometric_k", "Retrieval top-k train images in the geometric shortlist.")
-    backend = _setting("backend", "``torch`` or ``onnx``.")
 
     @property
     def shares_backbone(self) -> bool:
@@ -250,7 +253,7 @@ class Localizer:
     @property
     def info(self) -> dict:
         return {"bundle_id": self.bundle.bundle_id, "bundle_path": str(self.bundle.path), "device": str(self.device),
-                "backend": self.backend, "threads": torch.get_num_threads(),
+                "threads": torch.get_num_threads(), **self.backend_info,
                 "scenes": self.scenes, "refine": self.refine_enabled, "k": self.k, "steps": self.steps,
                 "lr": self.lr, "orientation": self.orientation, "model": self.cfg.model.type,
                 "backbone": self.cfg.model.backbone, "input": f"{self.crop}x{self.crop}",
@@ -283,8 +286,9 @@ class Localizer:
         if self.onnx is not None:
             p, q, z, s, d = self.onnx(batch)
             return AprOutput(p, q, z, s, self._apr_descriptors(batch, d) if want else None)
-        feats = self.apr.backbone(batch.to(self.device))
-        out = self.apr.forward_features({k_: feats[k_] for k_ in self.apr.feature_keys})
+        with backends.autocast(self.backend_choice):  # float16 autocast for torch on CUDA at fp16
+            feats = self.apr.backbone(batch.to(self.device))
+            out = self.apr.forward_features({k_: feats[k_] for k_ in self.apr.feature_keys})
         x = out["x"].double().cpu().numpy()
         q = out["q"].double().cpu().numpy()
         n = np.linalg.norm(q, axis=1, keepdims=True)

@@ -2,7 +2,8 @@
 # Build (or refresh) the project's virtual environment at $PAE_VENV (default: <repo>/.venv).
 #
 #   scripts/setup.sh          CPU machine: torch pinned to the CPU build (requirements/constraints-cpu.txt)
-#   scripts/setup.sh --gpu    GPU box: keep/install the torch that fits your CUDA (no CPU pin)
+#   scripts/setup.sh --gpu    GPU box: keep/install the torch that fits your CUDA (no CPU pin), plus
+#                             requirements/gpu.txt (onnxruntime-gpu in place of onnxruntime, TensorRT)
 #
 # Installs the ROS 2 (Kilted) wheels, builds a tf2_msgs interface package from its .msg only where
 # no real tf2_msgs is importable, installs the real `ros2` command line and launch system from
@@ -16,7 +17,7 @@ gpu=0
 for a in "$@"; do
   case "$a" in
     --gpu) gpu=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$a'" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +40,27 @@ vpy="$venv/bin/python"
 pipq=("$vpy" -m pip install -q --disable-pip-version-check)
 cons=()
 if [[ $gpu == 0 ]]; then cons=(-c "$repo/requirements/constraints-cpu.txt"); fi
-"${pipq[@]}" "${cons[@]}" -r "$repo/requirements/base.txt" -r "$repo/requirements/ros.txt" \
+base_req="$repo/requirements/base.txt"
+if [[ $gpu == 1 ]]; then
+  # onnxruntime-gpu (requirements/gpu.txt) replaces the CPU wheel: both install the module onnxruntime
+  base_req="$(mktemp)"
+  grep -v -E '^onnxruntime([<>=! ;#]|$)' "$repo/requirements/base.txt" > "$base_req"
+fi
+"${pipq[@]}" "${cons[@]}" -r "$base_req" -r "$repo/requirements/ros.txt" \
   -r "$repo/requirements/test.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+if [[ $gpu == 1 ]]; then
+  rm -f "$base_req"
+  if "$vpy" -m pip show -q onnxruntime >/dev/null 2>&1; then
+    "$vpy" -m pip uninstall -q -y onnxruntime
+    # the uninstall removed files the two wheels share: put onnxruntime-gpu's back
+    "${pipq[@]}" --force-reinstall --no-deps "$(grep -E '^onnxruntime-gpu' "$repo/requirements/gpu.txt" | sed 's/\[.*\]//')"
+  fi
+  "${pipq[@]}" -r "$repo/requirements/gpu.txt" 2>&1 | grep -v "is ignored: it is neither" || true
+  "$vpy" -c "import onnxruntime as o, sys; p = o.get_available_providers(); print('[setup] onnxruntime', o.__version__, p); \
+sys.exit(0 if 'CUDAExecutionProvider' in p else 1)" || { echo "[setup] onnxruntime-gpu install failed" >&2; exit 1; }
+  "$vpy" -c "import tensorrt; print('[setup] TensorRT', tensorrt.__version__)" \
+    || echo "[setup] TensorRT did not import: backend tensorrt will be unavailable (auto skips it)" >&2
+fi
 # pip's own exit status is lost in the pipe above: check the result instead.
 "$vpy" -c "import torch, rclpy, rosbags, cv2, safetensors" || { echo "[setup] install failed" >&2; exit 1; }
 if ! "$vpy" -c "import tf2_msgs.msg" 2>/dev/null; then

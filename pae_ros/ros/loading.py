@@ -49,6 +49,7 @@ def load_localizer(params: dict):
     geometric = geometric_source(params)
     t0 = time.monotonic()
     # imported here: torch and the geometric stage load only once the parameters are good
+    from pae_ros.backends import BackendError
     from pae_ros.bundle import BundleError, load_bundle
     from pae_ros.geometric.sparse_map import MapError
     from pae_ros.pipeline import Localizer
@@ -60,11 +61,14 @@ def load_localizer(params: dict):
         localizer = Localizer(
             loaded, device=params["device"], refine=None if params["refine"] == "auto" else params["refine"],
             k=None if k == -1 else k, steps=None if steps == -1 else steps,
-            backend=params["backend"], threads=params["threads"] or None, geometric=geometric)
+            backend=params["backend"], precision=params["precision"], threads=params["threads"] or None,
+            geometric=geometric)
     except StartupError:
         raise
     except MapError as e:
         raise StartupError(f"cannot start: parameter 'geometric' = {params['geometric']!r}: {e}") from None
+    except BackendError as e:
+        raise StartupError(f"cannot start: {e}") from None
     except BundleError as e:
         raise StartupError(f"cannot start: bad bundle: {e}") from None
     except Exception as e:  # device unavailable, bad k/steps, a bundle this code cannot build

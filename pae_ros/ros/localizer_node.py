@@ -132,7 +132,9 @@ class LocalizerNode(LifecycleNode):
         self.info = {"device": info.get("device", "?"), "bundle_id": info.get("bundle_id", "?"),
                      "image_topic": self.image_topic, "image_qos": "?", "tf_mode": self.tf_mode,
                      "pose_frame": p["pose_frame"], "refine": info.get("refine"), "k": info.get("k"),
-                     "steps": info.get("steps"), "enabled": True}
+                     "steps": info.get("steps"), "enabled": True, "backend": info.get("backend_label", "torch"),
+                     "backend_reason": info.get("backend_reason", ""),
+                     "engine_build_s": info.get("engine_build_s", "n/a")}
         self.stats = NodeStats()
         self._load_info = (warm_s, load_s, info.get("backend", "torch"))
 
@@ -181,7 +183,7 @@ class LocalizerNode(LifecycleNode):
                f"({p['geometric_threads']} OpenCV thread(s))" if self.geo is not None else ", geometric off")
         warm_s, load_s, backend = self._load_info
         self.get_logger().info(f"configured: bundle {self.info['bundle_id']} on {self.info['device']} "
-                               f"({backend}), load+warm-up {load_s:.1f} s{geo}")
+                               f"({self.info['backend_reason'] or backend}), load+warm-up {load_s:.1f} s{geo}")
 
     def activate_io(self) -> None:
         """Subscriptions, timers and the workers; logs ``ready``."""

@@ -109,8 +109,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "auto | cpu | cuda | cuda:N",
               lambda v: None if DEVICE_RE.match(v) else "must be auto, cpu, cuda or cuda:N"),
     ParamSpec("backend", "auto",
-              "APR inference engine: auto (ONNX Runtime on the CPU, torch on a GPU), torch, onnx (CPU only)",
-              "auto | torch | onnx", _one_of(("auto", "torch", "onnx"))),
+              "APR inference engine: auto (first available: TensorRT, ONNX Runtime CUDA, torch CUDA, ONNX Runtime "
+              "CPU, torch CPU), tensorrt, onnx (ONNX Runtime on device), torch",
+              "auto | tensorrt | onnx | torch", _one_of(("auto", "tensorrt", "onnx", "torch"))),
+    ParamSpec("precision", "fp32",
+              "APR arithmetic: fp32, or fp16 (tensorrt and torch on a CUDA GPU only)", "fp32 | fp16",
+              _one_of(("fp32", "fp16"))),
     ParamSpec("threads", 1,
               "CPU threads for inference (torch intra-op and ONNX Runtime); 1 was fastest for one frame at a "
               "time on a small CPU and leaves cores to DDS; 0 = the libraries' default", ">= 0",

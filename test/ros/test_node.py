@@ -152,6 +152,8 @@ def test_fast_stream_keeps_only_the_latest_frame(launched, probe, cam_pub, image
     small = [cv2.resize(im, (80, 60)) for im in images]
     _flowing(probe, cam_pub, small[0], "cam_b")
     before = H.wait_diag(probe, STATUS, lambda v: True)
+    # what backend auto picked on the CPU, and why, is in /diagnostics
+    assert before["backend"] == "onnx-cpu" and before["backend_reason"].startswith("onnx-cpu fp32: first available")
     n = 150
     stamps = [H.fresh_stamp() for _ in range(n)]
     msgs = [H.image_msg(small[i % len(small)], s, "cam_b") for i, s in enumerate(stamps)]
@@ -439,6 +441,9 @@ def test_bad_bundle_or_parameters_one_error_line(tiny_bundle, tmp_path):
         "k_above_table": (H.node_command(tiny_bundle, {"k": 100000, "device": "cpu"}), 2,
                           ["'k' = 100000 is larger than the bundle's pose table"]),
         "no_bundle": (H.node_command(None), 2, ["'bundle'"]),
+        "tensorrt_on_cpu": (H.node_command(tiny_bundle, {"backend": "tensorrt", "device": "cpu"}), 1,
+                            ["backend 'tensorrt' is not available"]),
+        "precision": (H.node_command(tiny_bundle, {"precision": "int8"}), 2, ["'precision'", "int8"]),
     }
     procs = {k: H.NodeProcess(c[0]) for k, c in cases.items()}
     try:

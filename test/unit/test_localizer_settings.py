@@ -27,7 +27,7 @@ def test_defaults_come_from_the_config():
     assert (s.k, s.steps, s.lr, s.weight_decay, s.orientation, s.metric, s.candidates, s.retrieval_k, s.weights) == \
         (4, 12, 0.05, 0.01, "average", "reference", "union", 5, "pae")
     assert s.published is None and s.ood_gate is None and s.geometric_k == SHORTLIST_K
-    assert s.backend == "torch" and s.threads is None
+    assert s.threads is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.k = 1
 
@@ -79,21 +79,6 @@ def test_ood_gate_from_header_argument_or_off():
     assert resolve({}, _cfg()).ood_gate is None
 
 
-def test_backend_follows_the_device():
-    assert resolve({}, _cfg(), backend="auto", device_type="cpu").backend == "onnx"
-    assert resolve({}, _cfg(), backend="auto", device_type="cuda").backend == "torch"
-    assert resolve({}, _cfg(), backend="onnx", device_type="cpu").backend == "onnx"
-    with pytest.raises(ValueError, match="onnx backend runs on the CPU"):
-        resolve({}, _cfg(), backend="onnx", device_type="cuda")
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
-        resolve({}, _cfg(), backend="tensorrt")
-
-
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"k": 0}, "k=0"), ({"steps": -1}, "steps=-1"), ({"lr": 0.0}, "lr=0.0"), ({"retrieval_k": 0}, "retrieval_k=0"),
-    ({"candidates": "nearest"}, "unknown candidates 'nearest'"), ({"geometric_k": 0}, "geometric_k must be >= 1"),
-    ({"threads": 0}, "threads must be >= 1"), ({"refine": "yes"}, "refine must be auto, true or false"),
-])
 def test_bad_arguments_are_named(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         resolve({}, _cfg(), **kwargs)
