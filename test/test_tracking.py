@@ -402,3 +402,18 @@ def test_replay_filters_heavy_tailed_estimates():
     assert m["raw"]["map_odom_step"]["over_0.5m"] > 10
     assert m["tracking_share"] > 0.9
     assert m["counts"]["relocalisations"] == 0
+
+
+def test_lost_track_takes_no_lone_estimate_and_restarts_from_a_group():
+    """After a long time without fixes (sigma past ``lost_sigma_m``) a lone gross estimate inside
+    the now wide gate is not applied; three consistent ones restart the track."""
+    flt, t, T, odom, rng = started_filter()
+    flt.P = flt.P * 1e4                              # as after a long walk without fixes
+    assert flt.state == TrackState.LOST
+    before = flt.output().map_odom_position
+    off = [12.0, 0.0, 0.0]
+    assert flt.add_estimate(t[39], *noisy(T[39], 0.1, 0.02, rng, offset=off), method="geometric") == "candidate"
+    assert np.array_equal(flt.output().map_odom_position, before)
+    got = [flt.add_estimate(t[39], *noisy(T[39], 0.1, 0.02, rng), method="geometric") for _ in range(3)]
+    assert got[-1] == "relocalised" and flt.state == TrackState.TRACKING
+    assert track_error(flt, T[39], 39) < 0.3

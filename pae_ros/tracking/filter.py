@@ -32,6 +32,10 @@ state covariance used by the gate by ``reject_inflation``, capped at ``max_infla
 accepted estimate resets it: a run of outliers can widen the gate by at most that cap, so it cannot
 widen it until the outliers get in.
 
+A track whose position sigma grew past ``lost_sigma_m`` (state ``lost``: long without an accepted
+estimate) takes no lone estimate: like a start, it waits for ``init_count`` consistent ones and
+restarts from them (a relocalisation), so a wide gate cannot let a single gross estimate in.
+
 Output: :meth:`TrackingFilter.output` (the filtered correction and the tracked frame's pose in map
 at the newest odometry, each with covariance) and :meth:`TrackingFilter.publish` (the same with the
 published correction moved at most ``max_step_m`` / ``max_step_rad`` per call towards the filtered
@@ -55,8 +59,8 @@ METHODS = ("apr", "refined", "geometric")
 
 class TrackState(str, enum.Enum):
     """``initialising``: no track yet; ``tracking``: estimates are being accepted;
-    ``relocalising``: ``suspect_after`` or more estimates rejected in a row (the published
-    correction is held); ``lost``: the track's position sigma exceeds ``lost_sigma_m``."""
+    ``relocalising``: ``suspect_after`` or more estimates rejected in a row; ``lost``: the
+    track's position sigma exceeds ``lost_sigma_m`` (it restarts from consistent estimates)."""
 
     INITIALISING = "initialising"
     TRACKING = "tracking"
@@ -275,13 +279,15 @@ class TrackingFilter:
         cand = self._candidate(stamp, position, quaternion, covariance, method)
         if isinstance(cand, str):
             return self._drop(cand)
-        if self.T is None:
+        if self.T is None or self.state == TrackState.LOST:
+            # no track, or one too uncertain for a lone estimate to be trusted: wait for a group
+            lost = self.T is not None
             self._init.append(cand)
             group = self._consistent_group(list(self._init), self.params.init_count)
             if group is None:
                 return "candidate"
-            self._start(group, "initialisations")
-            return "initialised"
+            self._start(group, "relocalisations" if lost else "initialisations")
+            return "relocalised" if lost else "initialised"
         return self._update(cand)
 
     # ------------------------------------------------------------------ outputs
