@@ -431,3 +431,29 @@ def test_planar_mode_with_a_raised_tilted_camera():
     est = estimates(T, sig_p=0.2, sig_r=0.03, every=2, seed=7)
     m = replay_metrics(replay(t, est, odom), est, odom, T)
     assert m["filtered"]["ate_m"]["median"] < 0.5 * m["raw"]["ate_m"]["median"]
+
+
+def test_only_anchor_methods_start_or_relocalise():
+    t, T = walk()
+    odom = simulate_odometry(t, T, seed=8)
+    flt = TrackingFilter(TrackingParams(anchor_methods=("geometric",)))
+    rng = np.random.default_rng(8)
+    for i in range(5):
+        feed_odometry(flt, t, odom, i)
+        assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng), method="apr") == "candidate"
+    assert flt.state == TrackState.INITIALISING
+    for i in range(5, 40):
+        feed_odometry(flt, t, odom, i)
+        flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng), method="geometric")
+    # a long consistent APR stream 6 m off: rejected, never relocalises; the same from fixes does
+    for i in range(40, 70):
+        feed_odometry(flt, t, odom, i)
+        assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0]), method="apr") == "rejected"
+    assert flt.counts["relocalisations"] == 0
+    got = []
+    for i in range(70, 80):
+        feed_odometry(flt, t, odom, i)
+        got.append(flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0]), method="geometric"))
+    assert "relocalised" in got
+    with pytest.raises(ValueError, match="anchor_methods"):
+        TrackingParams(anchor_methods=("lidar",))

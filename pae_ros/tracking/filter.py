@@ -27,7 +27,8 @@ covariance of large residuals. ``method_inflation`` scales each method's covaria
 Start and relocalisation without a human: the filter starts from ``init_count`` mutually
 consistent estimates (pairwise Mahalanobis inside the gate after odometry); when, among the last
 ``reloc_window`` estimates, at least ``reloc_count`` rejected ones agree with each other and
-outnumber the accepted ones, it relocalises onto them. Each rejection in a streak multiplies the
+outnumber the accepted ones, it relocalises onto them. Only estimates of ``anchor_methods`` count
+for a start or a relocalisation (the others only update a track). Each rejection in a streak multiplies the
 state covariance used by the gate by ``reject_inflation``, capped at ``max_inflation``, and an
 accepted estimate resets it: a run of outliers can widen the gate by at most that cap, so it cannot
 widen it until the outliers get in.
@@ -98,6 +99,9 @@ class TrackingParams:
     huber_probability: float = 0.95
     #: variance factor per estimate method (``apr`` | ``refined`` | ``geometric``)
     method_inflation: dict = field(default_factory=lambda: {m: 1.0 for m in METHODS})
+    #: methods whose estimates may start or relocalise the track (e.g. ``("geometric",)`` where a
+    #: stream of consistently wrong APR estimates must not move the track on its own)
+    anchor_methods: tuple = METHODS
     #: mutually consistent estimates needed to start
     init_count: int = 3
     #: estimates kept as start candidates
@@ -120,7 +124,7 @@ class TrackingParams:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or f.name == "method_inflation":
+            if isinstance(v, bool) or f.name in ("method_inflation", "anchor_methods"):
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"tracking parameter {f.name} must be a finite number >= 0, got {v!r}")
@@ -139,6 +143,11 @@ class TrackingParams:
             raise ValueError("tracking parameters reject_inflation and max_inflation must be >= 1")
         if self.odom_history_s <= 0.0:
             raise ValueError("tracking parameter odom_history_s must be > 0")
+        bad = [m for m in self.anchor_methods if m not in METHODS]
+        if bad or not self.anchor_methods:
+            raise ValueError(f"tracking parameter anchor_methods must name some of {', '.join(METHODS)}, "
+                             f"got {list(self.anchor_methods)}")
+        self.anchor_methods = tuple(self.anchor_methods)
         for k, v in self.method_inflation.items():
             if k not in METHODS:
                 raise ValueError(f"tracking parameter method_inflation has unknown method {k!r} "
@@ -190,6 +199,7 @@ class _Candidate:
     z: np.ndarray
     C: np.ndarray
     q_acc: np.ndarray
+    method: str | None = None
 
 
 class TrackingFilter:
@@ -282,6 +292,8 @@ class TrackingFilter:
         if self.T is None or self.state == TrackState.LOST:
             # no track, or one too uncertain for a lone estimate to be trusted: wait for a group
             lost = self.T is not None
+            if method not in self.params.anchor_methods:
+                return "candidate"
             self._init.append(cand)
             group = self._consistent_group(list(self._init), self.params.init_count)
             if group is None:
@@ -421,7 +433,7 @@ class TrackingFilter:
             return "covariance_not_positive"
         if self.params.two_d_mode:
             z = flatten_planar(z)
-        return _Candidate(stamp, z, Cz, q_acc)
+        return _Candidate(stamp, z, Cz, q_acc, method)
 
     def _predict(self) -> None:
         """Grow ``P`` with the odometry noise accumulated since the last prediction."""
@@ -510,8 +522,8 @@ class TrackingFilter:
         self.counts["rejected"] += 1
         self._streak += 1
         self._inflation = min(self._inflation * p.reject_inflation, p.max_inflation)
-        self._recent.append((False, c))
-        rejected = [x for ok, x in self._recent if not ok]
+        self._recent.append((False, c if c.method in p.anchor_methods else None))
+        rejected = [x for ok, x in self._recent if not ok and x is not None]
         accepted = sum(1 for ok, _ in self._recent if ok)
         group = self._consistent_group(rejected, p.reloc_count)
         if group is not None and len(group) > accepted:
