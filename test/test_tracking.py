@@ -457,3 +457,24 @@ def test_only_anchor_methods_start_or_relocalise():
     assert "relocalised" in got
     with pytest.raises(ValueError, match="anchor_methods"):
         TrackingParams(anchor_methods=("lidar",))
+
+
+def test_real_replay_on_the_tiny_bundle(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    """The dataset replay end to end: real estimates of the tiny bundle, one row per walk and feed,
+    the estimates cached and reused."""
+    from pae_ros.tracking.real_replay import main
+
+    out = tmp_path / "tiny.json"
+    args = ["--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(out), "--speed", "0.5"]
+    assert main(args) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".npz").exists()
+    (walk_name, feeds), = report.items()
+    assert set(feeds) == {"all", "geometric", "apr"}
+    assert feeds["apr"]["raw"]["ate_m"]["n"] == 40
+    assert feeds["geometric"]["raw"]["ate_m"]["n"] == 0          # the tiny bundle has no map
+    assert main(args) == 0                                         # from the cache
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(walk_name) and "raw ATE" in ln]
+    assert len(rows) == 6

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .filter import TrackingParams
+from .filter import METHODS, TrackingParams
 from .lie import flatten_planar, pose_from_pq, pose_inverse
 from .odometry_model import simulate_odometry
 from .replay import OPTICAL_TO_BASE, Estimates, replay, replay_metrics
@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-frames", type=int, default=0)
     ap.add_argument("--two-d", type=int, default=1)
+    ap.add_argument("--anchor-methods", default=",".join(METHODS),
+                    help="comma-separated methods that may start or relocalise the track")
     args = ap.parse_args(argv)
     cache = Path(args.out).with_suffix(".npz")
     if cache.exists():
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     else:
         walks = localize_walks(args.bundle, args.data, args.format, args.geometric_every)
         np.savez(cache, **{f"{s}/{k}": v for s, w in walks.items() for k, v in w.items()})
-    params = TrackingParams(two_d_mode=bool(args.two_d))
+    params = TrackingParams(two_d_mode=bool(args.two_d), anchor_methods=tuple(args.anchor_methods.split(",")))
     report = run_feeds(walks, args.speed, args.odom_scale, args.seed, params, args.latency_frames)
     Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     for seq, feeds in report.items():

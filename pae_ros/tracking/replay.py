@@ -218,8 +218,8 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
             d2[i] = float(e @ np.linalg.solve(S, e))
     have = np.isfinite(d2)
 
-    accepted = np.array([o in ("accepted",) for o in trace.outcomes])
-    rejected = np.array([o == "rejected" for o in trace.outcomes])
+    accepted = np.array([o == "accepted" for o in trace.outcomes], bool)
+    rejected = np.array([o == "rejected" for o in trace.outcomes], bool)
     dt = np.diff(stamps, append=stamps[-1] + (np.median(np.diff(stamps)) if n > 1 else 0.0))
     tracking = np.array([s == TrackState.TRACKING for s in trace.state])
     return {
