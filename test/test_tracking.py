@@ -473,7 +473,10 @@ def test_real_replay_on_the_tiny_bundle(tiny_bundle, tiny_dataset, tmp_path, cap
     assert out.with_suffix(".npz").exists()
     (walk_name, feeds), = report.items()
     assert set(feeds) == {"all", "geometric", "apr"}
-    assert feeds["apr"]["raw"]["ate_m"]["n"] == 40
+    apr = feeds["apr"]
+    assert apr["frames"] == 40
+    # every frame's estimate is either usable (a raw row) or out of scene (a counted drop)
+    assert apr["raw"]["ate_m"]["n"] + apr["counts"].get("dropped.out_of_scene", 0) == 40
     assert feeds["geometric"]["raw"]["ate_m"]["n"] == 0          # the tiny bundle has no map
     assert main(args) == 0                                         # from the cache
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(walk_name) and "raw ATE" in ln]
