@@ -8,8 +8,11 @@ odometry and returns the tracked frame's poses in an odom frame that starts at t
   drawn once per run: a wheel radius off by 2 %);
 - a heading drift of ``0.2 deg * scale`` per metre travelled (sign drawn once per run), a turn
   about the world's vertical, as uneven wheels give;
-- white noise per increment: translation ``0.005 m * scale * sqrt(d)`` per axis and rotation
-  ``0.001 rad * scale * sqrt(d)`` per axis, ``d`` the increment's length in metres.
+- white noise per increment: translation ``0.005 m * scale * sqrt(d)`` per horizontal axis and
+  heading ``0.001 rad * scale * sqrt(d)``, ``d`` the increment's horizontal length in metres.
+
+Every error is in the horizontal plane: the wheels do not see height, roll or pitch, which the
+odometry passes through exactly (as a mount on a level base would give them).
 
 ``scale=2`` doubles every term. ``teleports``: indices ``i`` whose increment from ``i - 1`` is not
 seen by the odometry at all (a kidnapped robot carried elsewhere).
@@ -76,11 +79,15 @@ def simulate_odometry(stamps, poses=None, positions=None, quaternions=None, scal
             out[i] = out[i - 1]
             continue
         D = pose_inverse(T_gt[i - 1]) @ T_gt[i]            # increment in the frame at i - 1
-        d = float(np.linalg.norm(D[:3, 3]))
-        t = D[:3, 3] * (1.0 + scale_err) + rng.normal(0.0, TRANS_NOISE_M_PER_SQRT_M * scale * math.sqrt(d), 3)
+        u0 = T_gt[i - 1][:3, :3].T @ up                       # the vertical in the frame at i - 1
+        vert = float(D[:3, 3] @ u0) * u0
+        horiz = D[:3, 3] - vert
+        d = float(np.linalg.norm(horiz))
+        noise = rng.normal(0.0, TRANS_NOISE_M_PER_SQRT_M * scale * math.sqrt(d), 3)
+        t = horiz * (1.0 + scale_err) + (noise - float(noise @ u0) * u0) + vert
         up_body = T_gt[i][:3, :3].T @ up                      # the vertical in the frame at i
-        R_err = so3_exp(up_body * heading * d + rng.normal(0.0, ROT_NOISE_RAD_PER_SQRT_M * scale * math.sqrt(d), 3))
-        out[i] = out[i - 1] @ make_pose(D[:3, :3] @ R_err, t)
+        turn = heading * d + rng.normal(0.0, ROT_NOISE_RAD_PER_SQRT_M * scale * math.sqrt(d))
+        out[i] = out[i - 1] @ make_pose(D[:3, :3] @ so3_exp(up_body * turn), t)
     return out
 
 
