@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .lie import (FULL_INDEX, PLANAR_INDEX, apply_error, chi2_ppf, flatten_planar, lever_jacobian,
-                  make_pose, pose_error, pose_from_pq, pose_inverse, pose_to_pq, so3_log)
+                  pose_error, pose_from_pq, pose_inverse, pose_to_pq)
 from .odometry_history import NoiseRates, OdometryHistory
 
 METHODS = ("apr", "refined", "geometric")

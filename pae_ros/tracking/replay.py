@@ -8,13 +8,12 @@ usable estimate (a geometric fix over the APR/PAE pose of the same image).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .filter import TrackingFilter, TrackingParams, TrackState
-from .lie import chi2_ppf, pose_from_pq, pose_inverse, pose_to_pq
+from .lie import chi2_ppf, lever_jacobian, pose_from_pq, pose_inverse, pose_to_pq
 
 #: the base-frame axes (x forward, y left, z up) seen from an OpenCV optical camera (x right,
 #: y down, z forward): ``T_cam_base`` for "camera = base" with a level camera
@@ -107,8 +106,6 @@ def replay(stamps, estimates: Estimates, odometry: np.ndarray, params: TrackingP
 
 def _to_base(est: Estimates, X: np.ndarray):
     """Estimates of the camera moved to the tracked frame ``T_mc * X`` (covariance by the lever)."""
-    from .lie import lever_jacobian
-
     P, Q, C = [], [], []
     for p, q, c in zip(est.positions, est.quaternions, est.covariances):
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q)) and np.linalg.norm(q) > 0):
