@@ -450,6 +450,8 @@ def test_only_anchor_methods_start_or_relocalise():
         feed_odometry(flt, t, odom, i)
         assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0]), method="apr") == "rejected"
     assert flt.counts["relocalisations"] == 0
+    # nor does it widen the gate for itself or count as a rejection streak
+    assert flt._inflation == 1.0 and flt.state == TrackState.TRACKING
     got = []
     for i in range(70, 80):
         feed_odometry(flt, t, odom, i)

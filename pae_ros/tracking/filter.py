@@ -27,11 +27,13 @@ covariance of large residuals. ``method_inflation`` scales each method's covaria
 Start and relocalisation without a human: the filter starts from ``init_count`` mutually
 consistent estimates (pairwise Mahalanobis inside the gate after odometry); when, among the last
 ``reloc_window`` estimates, at least ``reloc_count`` rejected ones agree with each other and
-outnumber the accepted ones, it relocalises onto them. Only estimates of ``anchor_methods`` count
-for a start or a relocalisation (the others only update a track). Each rejection in a streak multiplies the
+outnumber the accepted ones, it relocalises onto them. Each rejection in a streak multiplies the
 state covariance used by the gate by ``reject_inflation``, capped at ``max_inflation``, and an
 accepted estimate resets it: a run of outliers can widen the gate by at most that cap, so it cannot
-widen it until the outliers get in.
+widen it until the outliers get in. Only estimates of ``anchor_methods`` start or relocalise the
+track, make or end a rejection streak and see the widened gate; the others only update a track
+through the plain gate (with geometric fixes as the only anchors, a run of consistently wrong APR
+estimates can neither widen the gate for itself nor move the track onto itself).
 
 A track whose position sigma grew past ``lost_sigma_m`` (state ``lost``: long without an accepted
 estimate) takes no lone estimate: like a start, it waits for ``init_count`` consistent ones and
@@ -60,7 +62,7 @@ METHODS = ("apr", "refined", "geometric")
 
 class TrackState(str, enum.Enum):
     """``initialising``: no track yet; ``tracking``: estimates are being accepted;
-    ``relocalising``: ``suspect_after`` or more estimates rejected in a row; ``lost``: the
+    ``relocalising``: ``suspect_after`` or more anchor estimates rejected in a row; ``lost``: the
     track's position sigma exceeds ``lost_sigma_m`` (it restarts from consistent estimates)."""
 
     INITIALISING = "initialising"
@@ -498,7 +500,9 @@ class TrackingFilter:
         self._predict()
         p = self.params
         R = self._now_cov(c, self.T[:3, :3])
-        P_eff = self.P * self._inflation
+        anchor = c.method in p.anchor_methods
+        # the rejection inflation widens the gate for anchor estimates only
+        P_eff = self.P * (self._inflation if anchor else 1.0)
         r = self._residual(c.z, self.T)
         S = P_eff + R
         d2 = float(r @ np.linalg.solve(S, r))
@@ -514,16 +518,19 @@ class TrackingFilter:
             IK = np.eye(self.dof) - K
             P = IK @ P_eff @ IK.T + K @ Rw @ K.T
             self.P = 0.5 * (P + P.T)
-            self._inflation = 1.0
-            self._streak = 0
-            self._recent.append((True, None))
+            if anchor:
+                self._inflation = 1.0
+                self._streak = 0
+                self._recent.append((True, None))
             self.counts["accepted"] += 1
             return "accepted"
         self.counts["rejected"] += 1
+        if not anchor:
+            return "rejected"
         self._streak += 1
         self._inflation = min(self._inflation * p.reject_inflation, p.max_inflation)
-        self._recent.append((False, c if c.method in p.anchor_methods else None))
-        rejected = [x for ok, x in self._recent if not ok and x is not None]
+        self._recent.append((False, c))
+        rejected = [x for ok, x in self._recent if not ok]
         accepted = sum(1 for ok, _ in self._recent if ok)
         group = self._consistent_group(rejected, p.reloc_count)
         if group is not None and len(group) > accepted:
