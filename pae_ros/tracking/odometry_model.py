@@ -14,8 +14,8 @@ odometry and returns the tracked frame's poses in an odom frame that starts at t
 Every error is in the horizontal plane: the wheels do not see height, roll or pitch, which the
 odometry passes through exactly (as a mount on a level base would give them).
 
-``scale=2`` doubles every term. ``teleports``: indices ``i`` whose increment from ``i - 1`` is not
-seen by the odometry at all (a kidnapped robot carried elsewhere).
+``scale=2`` doubles every term. ``teleports``: indices ``i`` whose horizontal move and turn from
+``i - 1`` the odometry does not see (a kidnapped robot carried elsewhere).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from .lie import make_pose, pose_from_pq, pose_inverse, so3_exp, so3_log
+from .lie import flatten_planar, make_pose, pose_from_pq, pose_inverse, so3_exp, so3_log
 
 #: default error terms at ``scale=1`` (see the module docstring)
 SCALE_ERROR = 0.02
@@ -76,7 +76,8 @@ def simulate_odometry(stamps, poses=None, positions=None, quaternions=None, scal
     out[0] = np.eye(4) if start is None else np.asarray(start, np.float64)
     for i in range(1, len(T_gt)):
         if i in skip:
-            out[i] = out[i - 1]
+            # the wheels miss the carry (x, y, heading); height, roll and pitch stay those of the frame
+            out[i] = flatten_planar(out[i - 1]) @ pose_inverse(flatten_planar(T_gt[i])) @ T_gt[i]
             continue
         D = pose_inverse(T_gt[i - 1]) @ T_gt[i]            # increment in the frame at i - 1
         u0 = T_gt[i - 1][:3, :3].T @ up                       # the vertical in the frame at i - 1

@@ -5,7 +5,8 @@ every test frame (APR/PAE for each; the geometric stage on every ``--geometric-e
 when the bundle has a map), simulates drifting odometry of the camera with
 :mod:`pae_ros.tracking.odometry_model` (camera = base: the optical camera turned to x forward,
 z up), stamps the frames at ``--speed`` m/s along the ground-truth path, and prints raw vs
-filtered rows per walk for three feeds: every estimate, geometric fixes only, APR/PAE only. The
+filtered rows per walk for three feeds: every estimate, geometric fixes only, APR/PAE only
+(``--kidnap``: the walks joined into one, the robot carried between them unseen). The
 estimates are cached next to ``--out`` so other filter settings replay in seconds.
 """
 from __future__ import annotations
@@ -57,6 +58,19 @@ def localize_walks(bundle: str, data: str, fmt: str, geometric_every: int, batch
     return walks
 
 
+def join_walks(walks: dict) -> dict:
+    """All walks as one stream (``kidnap:<a>+<b>...``): the robot is carried from the end of each
+    walk to the start of the next without the odometry seeing it (``teleports``)."""
+    names = list(walks)
+    offsets = np.cumsum([0] + [len(walks[n]["gt"]) for n in names])
+    joined = {"gt": np.concatenate([walks[n]["gt"] for n in names]),
+              "frame": np.concatenate([walks[n]["frame"] + o for n, o in zip(names, offsets)]),
+              "teleports": offsets[1:-1]}
+    for k in ("position", "quaternion", "covariance", "method", "in_scene"):
+        joined[k] = np.concatenate([walks[n][k] for n in names])
+    return {"kidnap:" + "+".join(names): joined}
+
+
 def run_feeds(walks: dict, speed: float, odom_scale: float, seed: int, params: TrackingParams,
               latency_frames: int) -> dict:
     """Raw vs filtered metrics per walk and feed (``all``, ``geometric``, ``apr``)."""
@@ -64,12 +78,14 @@ def run_feeds(walks: dict, speed: float, odom_scale: float, seed: int, params: T
     for seq, w in walks.items():
         gt = w["gt"]
         gt_base = gt @ OPTICAL_TO_BASE
-        path = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1))])
-        stamps = path / speed + 1e-3 * np.arange(len(gt))       # strictly increasing when standing
+        teleports = np.asarray(w.get("teleports", []), int)
+        step = np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1)
+        step[teleports - 1] = np.median(step)                  # a carried robot takes one step's time
+        stamps = np.concatenate([[0.0], np.cumsum(step)]) / speed + 1e-3 * np.arange(len(gt))
         # odom starts level on the ground under the first pose (as a robot's odom frame does), so
         # map -> odom is planar and the height and tilt of the camera stay in the odometry
         start = pose_inverse(flatten_planar(gt_base[0])) @ gt_base[0]
-        odom = simulate_odometry(stamps, gt_base, scale=odom_scale, seed=seed, start=start)
+        odom = simulate_odometry(stamps, gt_base, scale=odom_scale, seed=seed, start=start, teleports=teleports)
         methods = np.asarray(w["method"])
         feeds = {"all": np.ones(len(methods), bool), "geometric": methods == "geometric",
                  "apr": methods != "geometric"}
@@ -78,7 +94,8 @@ def run_feeds(walks: dict, speed: float, odom_scale: float, seed: int, params: T
             est = Estimates(w["frame"][keep], w["position"][keep], w["quaternion"][keep],
                             w["covariance"][keep], list(methods[keep]), w["in_scene"][keep])
             trace = replay(stamps, est, odom, params, T_cam_base=OPTICAL_TO_BASE, latency_frames=latency_frames)
-            report[seq][name] = replay_metrics(trace, est, odom, gt, T_cam_base=OPTICAL_TO_BASE)
+            report[seq][name] = replay_metrics(trace, est, odom, gt, T_cam_base=OPTICAL_TO_BASE,
+                                               kidnap_stamps=stamps[teleports])
     return report
 
 
@@ -93,7 +110,8 @@ def _row(seq, feed, m):
             f"| step max {g(f['map_odom_step']['largest_m'])} >0.5m {f['map_odom_step']['over_0.5m']} "
             f"| gross acc {m['gross_accepted']}/{m['gross_estimates']} good rej {m['good_rejected']}/"
             f"{m['good_estimates']} | track {m['tracking_share']:.2f} | cov1/2 "
-            f"{g(m['coverage_1sigma'])} {g(m['coverage_2sigma'])}")
+            f"{g(m['coverage_1sigma'])} {g(m['coverage_2sigma'])}"
+            + (f" | kidnap recovery s {m['kidnap_recovery_s']}" if m["kidnap_recovery_s"] else ""))
 
 
 def main(argv=None) -> int:
@@ -108,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-frames", type=int, default=0)
     ap.add_argument("--two-d", type=int, default=1)
+    ap.add_argument("--kidnap", action="store_true",
+                    help="join the walks into one stream, the robot carried between them unseen")
     ap.add_argument("--anchor-methods", default=",".join(METHODS),
                     help="comma-separated methods that may start or relocalise the track")
     args = ap.parse_args(argv)
@@ -122,6 +142,8 @@ def main(argv=None) -> int:
         walks = localize_walks(args.bundle, args.data, args.format, args.geometric_every)
         np.savez(cache, **{f"{s}/{k}": v for s, w in walks.items() for k, v in w.items()})
     params = TrackingParams(two_d_mode=bool(args.two_d), anchor_methods=tuple(args.anchor_methods.split(",")))
+    if args.kidnap:
+        walks = join_walks(walks)
     report = run_feeds(walks, args.speed, args.odom_scale, args.seed, params, args.latency_frames)
     Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     for seq, feeds in report.items():
