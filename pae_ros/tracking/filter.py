@@ -35,7 +35,7 @@ track, make or end a rejection streak and see the widened gate; the others only 
 through the plain gate (with geometric fixes as the only anchors, a run of consistently wrong APR
 estimates can neither widen the gate for itself nor move the track onto itself).
 
-A track whose position sigma grew past ``lost_sigma_m`` (state ``lost``: long without an accepted
+A track whose tracked-frame position sigma grew past ``lost_sigma_m`` (state ``lost``: long without an accepted
 estimate) takes no lone estimate: like a start, it waits for ``init_count`` consistent ones and
 restarts from them (a relocalisation), so a wide gate cannot let a single gross estimate in.
 
@@ -63,7 +63,8 @@ METHODS = ("apr", "refined", "geometric")
 class TrackState(str, enum.Enum):
     """``initialising``: no track yet; ``tracking``: estimates are being accepted;
     ``relocalising``: ``suspect_after`` or more anchor estimates rejected in a row; ``lost``: the
-    track's position sigma exceeds ``lost_sigma_m`` (it restarts from consistent estimates)."""
+    tracked frame's position sigma exceeds ``lost_sigma_m`` (it restarts from consistent
+    estimates)."""
 
     INITIALISING = "initialising"
     TRACKING = "tracking"
@@ -311,7 +312,8 @@ class TrackingFilter:
         if self.T is None:
             return TrackState.INITIALISING
         self._predict()
-        pos = self.P[:2, :2] if self.params.two_d_mode else self.P[:3, :3]
+        cov = self._pose_cov(self._newest_odom())
+        pos = cov[:2, :2] if self.params.two_d_mode else cov[:3, :3]
         if math.sqrt(max(float(np.max(np.linalg.eigvalsh(pos))), 0.0)) > self.params.lost_sigma_m:
             return TrackState.LOST
         if self._streak >= self.params.suspect_after:
@@ -326,13 +328,9 @@ class TrackingFilter:
             return TrackOutput(stamp, state, None, None, None, None, None, None,
                                last_mahalanobis=self.last_mahalanobis, counts=dict(self.counts))
         cov6 = self._embed_cov(self.P)
-        T_oc = self.history.newest()[1] if len(self.history) else np.eye(4)
+        T_oc = self._newest_odom()
         T_mc = self.T @ T_oc
-        # the tracked frame's error from the correction's: the inverse lever Jacobian
-        J = lever_jacobian(-(self.T[:3, :3] @ T_oc[:3, 3]))
-        pose_cov = J @ cov6 @ J.T
-        if self.params.two_d_mode:
-            pose_cov = self._embed_cov(pose_cov[np.ix_(self.idx, self.idx)])
+        pose_cov = self._pose_cov(T_oc)
         t_mo, q_mo = pose_to_pq(self.T)
         t_mc, q_mc = pose_to_pq(T_mc)
         return TrackOutput(stamp, state, t_mo, q_mo, cov6, t_mc, q_mc, pose_cov,
@@ -365,6 +363,17 @@ class TrackingFilter:
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _newest_odom(self) -> np.ndarray:
+        return self.history.newest()[1] if len(self.history) else np.eye(4)
+
+    def _pose_cov(self, T_oc: np.ndarray) -> np.ndarray:
+        """6x6 covariance of the tracked frame in map, ``T_mo * T_oc``: the correction's error moved
+        by the inverse lever Jacobian (a heading error of the correction swings the frame about the
+        odom origin). In planar mode z, roll and pitch rows are 0."""
+        J = lever_jacobian(-(self.T[:3, :3] @ T_oc[:3, 3]))
+        cov = J @ self._embed_cov(self.P) @ J.T
+        return self._embed_cov(self._sel(cov)) if self.params.two_d_mode else cov
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
