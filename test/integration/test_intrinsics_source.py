@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from geometric_scene import train_tiny_bundle  # noqa: E402
+from support.geometric_scene import train_tiny_bundle  # noqa: E402
 
 SIZE = 96
 

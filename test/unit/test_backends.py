@@ -274,6 +274,7 @@ def test_node_parameters_expose_backend_and_precision():
     assert specs["precision"].check("fp16") is None and specs["precision"].check("int8") is not None
 
 
+@pytest.mark.slow  # a bench subprocess
 def test_bench_gpu_runs_and_prints_skips_and_figures(tmp_path):
     """bench/bench_gpu.py end to end on a tiny untrained bundle: GPU backends absent here are
     printed as skipped, the CPU ones print well-formed figures with PASS / MISS targets."""
@@ -281,7 +282,7 @@ def test_bench_gpu_runs_and_prints_skips_and_figures(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from support import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--tiny", "--table", "100",
                            "--repeats", "10", "--warmup", "2", "--n-images", "3", "--batches", "1", "4",
@@ -313,7 +314,7 @@ def test_onnx_engine_with_symbolic_inner_sizes(tmp_path, monkeypatch):
     sized from a real run, so the engine starts and agrees with eager torch."""
     import importlib.util
 
-    from conftest import REPO
+    from support import REPO
     from pae_ros.pipeline import Localizer
 
     spec = importlib.util.spec_from_file_location("_pae_bench_common_sym", REPO / "bench" / "common.py")

@@ -21,8 +21,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ros_harness as H  # noqa: E402  (isolated ROS domain before any context exists)
-from ros_harness import probe  # noqa: E402,F401  (session fixture)
+from support import ros_harness as H  # noqa: E402  (isolated ROS domain before any context exists)
 
 from pae_ros import geometry as G  # noqa: E402
 
