@@ -417,15 +417,16 @@ def test_geometric_report_counts_every_frames_reason(loc, tmp_path):
 
 class _RaisingStage:
     """Stands in for the map-based geometric stage (the tiny scene has no sparse map): records the
-    shortlist rows it is given and raises ValueError, as the stage does on an image its map's
-    intrinsics cannot describe."""
+    shortlist rows it is given and raises ValueError, as the stage does on an image that is not
+    RGB uint8."""
 
     def __init__(self):
         self.rows: list[list[int]] = []
 
-    def __call__(self, rgb, rows, position, quaternion, sigma_position_m, sigma_orientation_rad):
+    def __call__(self, rgb, rows, position, quaternion, sigma_position_m, sigma_orientation_rad,
+                 intrinsics=None, scene=None):
         self.rows.append(list(rows))
-        raise ValueError("the map's intrinsics do not fit this image")
+        raise ValueError("not an RGB uint8 image")
 
 
 def test_eval_gives_a_bundle_without_table_descriptors_its_train_descriptors(tiny_bundle, splits, tmp_path):

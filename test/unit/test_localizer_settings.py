@@ -79,6 +79,11 @@ def test_ood_gate_from_header_argument_or_off():
     assert resolve({}, _cfg()).ood_gate is None
 
 
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"k": 0}, "k=0"), ({"steps": -1}, "steps=-1"), ({"lr": 0.0}, "lr=0.0"), ({"retrieval_k": 0}, "retrieval_k=0"),
+    ({"candidates": "nearest"}, "unknown candidates 'nearest'"), ({"geometric_k": 0}, "geometric_k must be >= 1"),
+    ({"threads": 0}, "threads must be >= 1"), ({"refine": "yes"}, "refine must be auto, true or false"),
+])
 def test_bad_arguments_are_named(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         resolve({}, _cfg(), **kwargs)
