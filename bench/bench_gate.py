@@ -2,8 +2,8 @@
 
 For each ``--pair BUNDLE DATA``: the bundle's own gate (``Localizer.localize_batch``, as the node
 and ``pae eval`` run it) on every test frame (in-scene frames lost) and on ``--per-kind`` images of
-each out-of-scene kind of :mod:`pae_ros.training.ood_images` (black, white, noise, flipped = upside
-down, rotated, another scene when several pairs are given) plus ``mirrored`` (left-right); then the
+each out-of-scene kind of :mod:`pae_ros.evaluation.ood_images` (black, white, noise, upside down,
+mirrored, rotated, another scene when several pairs are given); then the
 same with the gate's ``flip_match`` rule removed (the other thresholds unchanged).
 
     python bench/bench_gate.py --pair out/courtyard.pae data/courtyard --pair out/plaza.pae data/plaza
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from pae_ros.datasets import load_rgb, read_dataset
     from pae_ros.ood import FLIP_FEATURE
     from pae_ros.pipeline import Localizer
-    from pae_ros.training.ood_images import load_other_scene, out_of_scene_images, pick_evenly
+    from pae_ros.evaluation.ood_images import load_other_scene, out_of_scene_images, pick_evenly
 
     report = {}
     for n, (bundle, data) in enumerate(args.pair):
@@ -76,7 +76,6 @@ def main(argv=None) -> int:
         kinds: dict[str, list] = {}
         for kind, img in out_of_scene_images(src, args.per_kind, 0, other):
             kinds.setdefault(kind, []).append(img)
-        kinds["mirrored"] = [np.ascontiguousarray(im[:, ::-1]) for im in src]
         kinds["in_scene"] = [load_rgb(f.image_path) for f in test.frames]
         gate = loc.ood_gate
         rows = {"with_flip_test": gated_shares(loc, kinds)}

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "refined:nearest_snap refined:uniform_k published:nearest_snap refined:apr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the noise images")
     p.add_argument("--ood", action="store_true",
-                   help="gating report on out-of-scene images (black, white, noise, flipped, rotated test frames)")
+                   help="gating report on out-of-scene images (black, white, noise, upside-down, mirrored, rotated test frames)")
     p.add_argument("--ood-per-kind", type=int, default=16, help="out-of-scene images of each kind (default 16)")
     p.add_argument("--ood-scene", default=None,
                    help="another scene's dataset root: its test frames count as out-of-scene (implies --ood)")

@@ -4,12 +4,13 @@ Kinds (RGB uint8 (H, W, 3), the size of the test frames they are made from):
 
 * ``black``, ``white``: constant 0 / 255 images;
 * ``noise``: uniform random pixels (seeded);
-* ``flipped``: test frames flipped vertically (upside down);
+* ``upside_down``: test frames flipped vertically;
+* ``mirrored``: test frames flipped left-right;
 * ``rotated``: test frames rotated by 90 deg (the image becomes W x H);
 * ``other_scene``: frames of another scene folder, when one is given.
 
 None of these is a view of the scene a bundle was trained on, so a good out-of-scene gate rejects
-all of them (the flipped and rotated frames keep the scene's colours and textures: the hard ones).
+all of them (the upside-down, mirrored and rotated frames keep the scene's colours and textures: the hard ones).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("black", "white", "noise", "flipped", "rotated", "other_scene")
+KINDS = ("black", "white", "noise", "upside_down", "mirrored", "rotated", "other_scene")
 
 
 def pick_evenly(n_total: int, n: int) -> np.ndarray:
@@ -45,8 +46,10 @@ def out_of_scene_images(test_images: list[np.ndarray], per_kind: int = 16, seed:
             out += [(kind, np.full(shape, 255, np.uint8)) for _ in range(per_kind)]
         elif kind == "noise":
             out += [(kind, rng.integers(0, 256, size=shape, dtype=np.uint8)) for _ in range(per_kind)]
-        elif kind == "flipped":
+        elif kind == "upside_down":
             out += [(kind, np.ascontiguousarray(im[::-1])) for im in src]
+        elif kind == "mirrored":
+            out += [(kind, np.ascontiguousarray(im[:, ::-1])) for im in src]
         elif kind == "rotated":
             out += [(kind, np.ascontiguousarray(np.rot90(im))) for im in src]
         elif kind == "other_scene" and other_scene_images:

@@ -217,7 +217,7 @@ def test_gating_report_without_a_gate_says_so(report):
         assert 0.0 <= g["out_of_scene"]["gated_share"] <= 1.0
     else:
         assert g["out_of_scene"]["gated_share"] is None
-    assert set(g["kinds"]) == {"black", "white", "noise", "flipped", "rotated"}
+    assert set(g["kinds"]) == {"black", "white", "noise", "upside_down", "mirrored", "rotated"}
     assert all(v["frames"] == 3 for v in g["kinds"].values())
     assert g["in_scene"]["frames"] == 40 and 0 <= g["out_of_scene"]["auroc_confidence"] <= 1
 
@@ -249,9 +249,9 @@ def test_gating_report_counts_the_gate_when_estimates_carry_in_scene(loc, splits
     imgs = [load_rgb(f.image_path) for f in test.frames[:4]]
     g = Gated(loc)
     in_scene = g.localize_batch(imgs)
-    rep = gating_report(g, out_of_scene_images(imgs, per_kind=2, kinds=("black", "white", "flipped")), in_scene)
+    rep = gating_report(g, out_of_scene_images(imgs, per_kind=2, kinds=("black", "white", "upside_down")), in_scene)
     assert rep["gate_available"] is True and rep["gate"] == ["constant image"]
-    assert rep["kinds"]["black"]["gated_share"] == 1.0 and rep["kinds"]["flipped"]["gated_share"] == 0.0
+    assert rep["kinds"]["black"]["gated_share"] == 1.0 and rep["kinds"]["upside_down"]["gated_share"] == 0.0
     assert rep["out_of_scene"]["gated_share"] == pytest.approx(4 / 6) and rep["in_scene"]["gated_share"] == 0.0
 
 
@@ -264,15 +264,16 @@ def test_out_of_scene_images_are_what_they_say(splits):
     other = [np.full((10, 12, 3), 7, np.uint8)] * 5
     out = out_of_scene_images(src, per_kind=3, seed=0, other_scene_images=other)
     kinds = [k for k, _ in out]
-    assert {k: kinds.count(k) for k in set(kinds)} == {"black": 3, "white": 3, "noise": 3, "flipped": 3,
-                                                       "rotated": 3, "other_scene": 3}
+    assert {k: kinds.count(k) for k in set(kinds)} == {"black": 3, "white": 3, "noise": 3, "upside_down": 3,
+                                                       "mirrored": 3, "rotated": 3, "other_scene": 3}
     by = {}
     for k, im in out:
         assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3
         by.setdefault(k, []).append(im)
     assert all(im.max() == 0 for im in by["black"]) and all(im.min() == 255 for im in by["white"])
     assert by["noise"][0].std() > 50
-    np.testing.assert_array_equal(by["flipped"][0], src[0][::-1])
+    np.testing.assert_array_equal(by["upside_down"][0], src[0][::-1])
+    np.testing.assert_array_equal(by["mirrored"][0], src[0][:, ::-1])
     assert by["rotated"][0].shape == (src[0].shape[1], src[0].shape[0], 3)
     np.testing.assert_array_equal(by["rotated"][0], np.rot90(src[0]))
     assert by["other_scene"][0].shape == (10, 12, 3)
