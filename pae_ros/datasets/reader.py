@@ -96,7 +96,9 @@ def read_dataset(root: str | Path, fmt: str, split: str, scenes: list[str] | Non
                 intrinsics[d.name] = _default_fits(d, scene_frames[0].image_path, default_k, fmt)
             files[d.name] = d / INTRINSICS_FILE
         what = f"{Path(root).resolve()} ({fmt} {split})"
-    source = {s: "file" if files[s].is_file() else "default" for s, k in intrinsics.items() if k is not None}
+    # "file": intrinsics.json; "default": the format's camera (scaled); "none": unknown (no file, and the
+    # default cannot describe the images)
+    source = {s: ("none" if k is None else "file" if files[s].is_file() else "default") for s, k in intrinsics.items()}
     if check_images and on_error == "skip":
         frames = _decodable(frames, issues)
     issues.log_summary(what)

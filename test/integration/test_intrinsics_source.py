@@ -1,8 +1,8 @@
 """One source of truth for the cameras of the geometric stage.
 
-A 96x96 scene in 7Scenes layout is trained before its ``intrinsics.json`` exists (the bundle header
-then holds the format's 640x480 default, recorded as ``intrinsics_source: default``); the map stage
-refuses that camera with a message naming the file and its fields; with the file written, the map
+A 96x96 scene in 7Scenes layout is trained before its ``intrinsics.json`` exists (the format's
+640x480 default cannot describe square images, so the bundle header records the camera as unknown,
+``intrinsics_source: none``); the map stage refuses with a message naming the file and its fields; with the file written, the map
 is built with the right camera and ``pae eval`` publishes (and counts) geometric fixes, because the
 stage takes the map's camera, not the header's. A query camera that disagrees with the map's gives
 ``camera_mismatch``, logged once however many frames it refuses.
@@ -46,13 +46,23 @@ def late_intrinsics(tmp_path_factory):
     return root, out, (rc_before, err.getvalue()), cam
 
 
-def test_header_records_defaulted_intrinsics(late_intrinsics):
+def test_header_records_unknown_intrinsics(late_intrinsics):
     from pae_ros.bundle import load_bundle
 
     _, out, _, _ = late_intrinsics
     h = load_bundle(out).header
-    assert h["intrinsics_source"] == {"room": "default"}
-    assert (h["intrinsics"]["room"]["width"], h["intrinsics"]["room"]["height"]) == (640, 480)
+    assert h["intrinsics_source"] == {"room": "none"}
+    assert h["intrinsics"].get("room") is None
+
+
+def test_split_records_the_format_default_for_images_it_describes(tmp_path):
+    from pae_ros.datasets import read_dataset
+    from pae_ros.datasets.synthetic import write_room_dataset
+
+    write_room_dataset(tmp_path, "room", train_walks=1, test_walks=1, frames=3, width=64, height=48, seed=0)
+    (tmp_path / "room" / "intrinsics.json").unlink(missing_ok=True)
+    tr = read_dataset(tmp_path, "7scenes", "train")
+    assert tr.intrinsics_source == {"room": "default"} and tr.intrinsics["room"].width == 640
 
 
 def test_split_records_intrinsics_from_file(late_intrinsics):
@@ -69,7 +79,7 @@ def test_split_records_intrinsics_from_file(late_intrinsics):
 def test_map_stage_names_intrinsics_json_when_the_default_cannot_describe_the_images(late_intrinsics):
     root, _, (rc, err), _ = late_intrinsics
     assert rc == 2
-    assert "96x96" in err and "640x480" in err and "default" in err
+    assert "no camera intrinsics for scene 'room'" in err
     assert str(root / "data" / "room" / "intrinsics.json") in err
     assert all(f'"{k}"' in err for k in ("width", "height", "fx", "fy", "cx", "cy")), err
 
@@ -116,10 +126,10 @@ def test_query_camera_that_disagrees_with_the_map_is_refused_once(late_intrinsic
     assert any(e.method == "geometric" for e in same), [e.extras.get("geometric_reason") for e in same]
     assert all(e.extras["geometric_reason"] != "camera_mismatch" for e in same)
     wide = dataclasses.replace(cam, fx=0.6 * cam.fx, fy=0.6 * cam.fy)       # another field of view
-    header_cam = loc.bundle.header["intrinsics"]["room"]                     # 640x480: another aspect ratio
     from pae_ros.datasets import CameraIntrinsics
 
-    for bad in (wide, CameraIntrinsics.from_json(header_cam)):
+    default_cam = CameraIntrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)    # 7Scenes': another aspect ratio
+    for bad in (wide, default_cam):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="pae.geometric"):
             res = [loc.localize_geometric(im, p, intrinsics=bad) for im, p in zip(imgs, priors)]

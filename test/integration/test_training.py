@@ -846,9 +846,9 @@ def test_table_descriptors_of_a_fine_tuned_backbone_come_from_the_pretrained_one
     """Partial fine-tuning (the last backbone block trains): the APR's backbone is no longer the
     ImageNet one, so the table's descriptors come from a fresh pretrained describer, the same one
     the Localizer computes its query descriptors with."""
-    cfg = _cfg(model={"type": "posenet", "backbone": "efficientnet_lite0"},
-               apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 1},
-               pae={"epochs": 2}, decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
+    cfg = _fast_cfg(model={"type": "posenet", "backbone": "efficientnet_lite0"},
+                    apr={"epochs": 1, "freeze_backbone": True, "cache_features": True, "finetune_blocks": 1},
+                    pae={"epochs": 2}, decoder={"enabled": False}, calibration={"holdout_fraction": 0.0})
     out = tmp_path / "b.pae"
     train_all(cfg, train_split, out, tmp_path / "work", device="cpu", stages=("apr", "pae", "calibrate"),
               show_progress=False)

@@ -307,7 +307,7 @@ def test_camera_info_intrinsics_reach_the_geometric_stage(scene):
     img, _, prior, fix = scene.rows[1][scene.picks[0]]
     assert fix.method == "geometric"
     h, w = img.shape[:2]
-    mine = scene.loc.geometric.intrinsics
+    mine = scene.loc.geometric.map_camera(0)
     long_lens = CameraIntrinsics(w, h, 3 * mine.fx * w / mine.width, 3 * mine.fy * h / mine.height, w / 2, h / 2)
     offline = scene.loc.localize_geometric(img, prior, descriptor=prior.descriptor, intrinsics=long_lens)
     assert offline.method != "geometric" or np.linalg.norm(offline.position - fix.position) > 0.05

@@ -112,13 +112,14 @@ def test_foreign_bag_replayed_gives_base_poses_and_map_to_odom(tiny_dataset, loc
                               capture_output=True, text=True, timeout=120, cwd=str(H.REPO))
         assert play.returncode == 0, play.stderr
         assert "/tf_static [tf2_msgs/msg/TFMessage] 2 msgs, reliable, transient_local, depth 10" in play.stderr
-        H.wait_until(lambda: len(rec.estimates) >= 6 and len(poses.msgs()) == len(rec.estimates)
-                     and node.node.stats.frames_localized == len(rec.estimates), 60,
-                     what="a pose for every localized frame")
+        H.wait_until(lambda: len(rec.estimates) >= 6 and node.node.stats.frames_localized == len(rec.estimates)
+                     and poses.msgs(), 60, what="every frame localized and a pose received")
         t_cb, q_cb = _camera_to_base()
-        for msg, est in zip(poses.msgs(), rec.estimates):
-            t_want, _ = G.compose_poses(est.position, est.quaternion, t_cb, q_cb)
-            np.testing.assert_allclose(pose_from_msg(msg)[0], t_want, atol=1e-6)  # base_link, not the camera
+        # the pose topic keeps the last message only (depth 1), so a loaded machine may deliver fewer poses
+        # than frames: each that arrived is some frame's estimate moved by the mount (base_link, not camera)
+        wanted = np.array([G.compose_poses(e.position, e.quaternion, t_cb, q_cb)[0] for e in rec.estimates])
+        for msg in poses.msgs():
+            assert np.abs(wanted - pose_from_msg(msg)[0]).max(1).min() < 1e-6
         assert "base_tf_missing" not in node.node.stats.snapshot()["counters"]
         in_scene = [e for e in rec.estimates if e.in_scene]
         assert in_scene, "no in-scene estimate: nothing could move map -> odom"
