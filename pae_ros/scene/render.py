@@ -478,6 +478,7 @@ def _write_labels(stage: Path, params: RenderParams, walks: list[Walk], intr: Ca
 
 
 def _frame_counts(walks: list[Walk]) -> dict:
+    """Frames of the train and of the test walks."""
     return {"train": sum(len(w.positions) for w in walks if w.split == "train"),
             "test": sum(len(w.positions) for w in walks if w.split == "test")}
 
