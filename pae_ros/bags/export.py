@@ -543,10 +543,8 @@ def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, spli
     it = _messages(reader, [image_topic])
     bar = tqdm(total=n_images, desc=f"export {bag.name}", unit="img")
     while True:
-        try:
-            item = next(it, None)
-        except Exception as e:  # noqa: BLE001 - a damaged chunk / page mid-file
-            truncated = " ".join(str(e).split()) or type(e).__name__
+        item, truncated = _next_message(it)
+        if truncated is not None:
             st.drop("bag_truncated", drops)
             say(f"{bag}: reading stopped at a damaged part of the bag ({truncated}); "
                 f"keeping the {written} frames written before it")
@@ -567,43 +565,15 @@ def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, spli
             st.drop("undeserializable", drops)
             continue
         stamp = _stamp(msg)
-        frame = (opts.camera_frame or msg.header.frame_id or
-                 (opts.pose_frames[1] if opts.pose_frames else "")).lstrip("/")
-        if not frame:
-            raise ExportError(f"{bag}: images on {image_topic} have no header frame_id; give --camera-frame")
+        frame = _image_frame_id(msg, opts, bag, image_topic)
         first_stamp = stamp if first_stamp is None else first_stamp
-        try:
-            pos, quat = poser.pose(stamp, frame)
-        except TfError as e:
-            if e.reason in ("no_tf_path", "bad_static_tf"):
-                raise ExportError(str(e)) from None
-            st.drop(e.reason, drops)
+        kept = _keyframe(msg, stamp, frame, poser, motion, last_thumb, opts, bag, st, drops)
+        if kept is None:
             continue
-        if not motion.step(stamp, pos, quat):
-            st.drop("not_keyframe", drops)
-            continue
-        try:
-            rgb = msgs.decode_image(msg)
-        except image_codec.ImageDecodeError as e:
-            st.drop(f"undecodable.{e.reason}", drops)
-            continue
-        _check_size(bag, stamp, rgb, st)
-        rgb = st.undistorter(rgb)
-        sharp = keyframes.sharpness(rgb)
-        if sharp < opts.blur_threshold:
-            st.drop("blurred", drops)
-            continue
-        thumb = keyframes.thumbnail(rgb)
-        if last_thumb is not None and keyframes.thumb_difference(thumb, last_thumb) < opts.dup_threshold:
-            st.drop("near_duplicate", drops)
-            continue
+        pos, quat, rgb, sharp, last_thumb = kept
         seq = st.seqs.get(bag.name, *splitter.split(bag, (stamp - first_stamp) / 1e9))
-        write_7scenes_frame(tmp, seq["name"], seq["frames"], rgb, pos, quat)
-        seq["frames"] += 1
-        seq["first_stamp_ns"] = seq["first_stamp_ns"] or stamp
-        seq["last_stamp_ns"] = stamp
+        _write_frame(tmp, seq, stamp, rgb, pos, quat)
         motion.kept(stamp)
-        last_thumb = thumb
         st.sharpness.append(sharp)
         st.written += 1
         written += 1
@@ -616,6 +586,67 @@ def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, spli
             "static_edges": [tree.static_edge(e["child"]) for e in tree.edges() if e["static"]],
             "cameras": list(poser.cameras.values()), "pose_topic_frames": track_frames or None,
             "start_time_ns": int(reader.start_time), "duration_s": reader.duration / 1e9}
+
+
+def _next_message(it) -> tuple[tuple | None, str | None]:
+    """(the next message, or None at the end; None), or (None, why) when reading stopped at a
+    damaged part of the bag."""
+    try:
+        return next(it, None), None
+    except Exception as e:  # noqa: BLE001 - a damaged chunk / page mid-file
+        return None, " ".join(str(e).split()) or type(e).__name__
+
+
+def _image_frame_id(msg, opts: ExportOptions, bag: Path, image_topic: str) -> str:
+    """The camera frame of an image: ``--camera-frame``, else its header's, else the pose frames'
+    body; refuses an image without any."""
+    frame = (opts.camera_frame or msg.header.frame_id or
+             (opts.pose_frames[1] if opts.pose_frames else "")).lstrip("/")
+    if not frame:
+        raise ExportError(f"{bag}: images on {image_topic} have no header frame_id; give --camera-frame")
+    return frame
+
+
+def _keyframe(msg, stamp: int, frame: str, poser: Poser, motion: keyframes.MotionFilter, last_thumb,
+              opts: ExportOptions, bag: Path, st: _State, drops: dict):
+    """(camera centre m, quaternion wxyz camera-to-world, undistorted RGB, sharpness, thumbnail) of
+    an image message at ``stamp`` ns that is a keyframe, or None after counting why it is dropped:
+    no pose, too little motion, undecodable, blurred, or a near duplicate of ``last_thumb``."""
+    try:
+        pos, quat = poser.pose(stamp, frame)
+    except TfError as e:
+        if e.reason in ("no_tf_path", "bad_static_tf"):
+            raise ExportError(str(e)) from None
+        st.drop(e.reason, drops)
+        return None
+    if not motion.step(stamp, pos, quat):
+        st.drop("not_keyframe", drops)
+        return None
+    try:
+        rgb = msgs.decode_image(msg)
+    except image_codec.ImageDecodeError as e:
+        st.drop(f"undecodable.{e.reason}", drops)
+        return None
+    _check_size(bag, stamp, rgb, st)
+    rgb = st.undistorter(rgb)
+    sharp = keyframes.sharpness(rgb)
+    if sharp < opts.blur_threshold:
+        st.drop("blurred", drops)
+        return None
+    thumb = keyframes.thumbnail(rgb)
+    if last_thumb is not None and keyframes.thumb_difference(thumb, last_thumb) < opts.dup_threshold:
+        st.drop("near_duplicate", drops)
+        return None
+    return pos, quat, rgb, sharp, thumb
+
+
+def _write_frame(tmp: Path, seq: dict, stamp: int, rgb: np.ndarray, pos: np.ndarray, quat: np.ndarray) -> None:
+    """Write the next frame of sequence ``seq`` (image, camera-to-world pose m / wxyz) and note its
+    header stamp (ns) in the sequence."""
+    write_7scenes_frame(tmp, seq["name"], seq["frames"], rgb, pos, quat)
+    seq["frames"] += 1
+    seq["first_stamp_ns"] = seq["first_stamp_ns"] or stamp
+    seq["last_stamp_ns"] = stamp
 
 
 def _check_size(bag: Path, stamp: int, rgb: np.ndarray, st: _State) -> None:

@@ -154,11 +154,58 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     camera-to-world poses (N, 3) m / (N, 4) wxyz and their intrinsics (one for all, or per image;
     scaled to each image's size). ``bundle``: bind the map to it (id + pose-table digest); then
     ``positions`` must be the bundle's table, in its order."""
-    from ..datasets import load_rgb
-
     st = settings or MapSettings()
     P = np.asarray(positions, np.float64)
     Q = np.asarray(quaternions, np.float64)
+    n = len(P)
+    intr_list = _checked_intrinsics(images, P, Q, intrinsics, bundle)
+    first_of_scene = _first_image_of_each_scene(scene_idx, n)
+    timings = {}
+    t0 = time.perf_counter()
+    ext = FeatureExtractor(st.kind, st.max_keypoints)
+    feats, Ks, size = _extract_features(images, intr_list, ext, progress)
+    timings["features_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pairs = select_pairs(P, Q, scene_idx, st.min_pair_distance_m, st.max_pair_distance_m,
+                         st.max_pair_angle_deg, st.pairs_per_image)
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in feats])]).astype(np.int64)
+    uf, n_matches = _link_verified_matches(feats, offsets, Ks, P, Q, pairs, st, progress)
+    timings["matching_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    obs_xy = np.concatenate([f.xy for f in feats]) if n else np.zeros((0, 2), np.float32)
+    obs_desc = np.concatenate([f.desc for f in feats]) if n else np.zeros((0, ext.dim), np.uint8)
+    sel, track, img = _multi_view_observations(uf.roots(), offsets, n)
+    T = int(track.max()) + 1 if len(track) else 0
+    centres = P[img]
+    X, err, keep = _triangulate_tracks(track, T, img, obs_xy[sel].astype(np.float64), centres, Ks, Q,
+                                       st.max_reprojection_px)
+    good_track = _well_observed_tracks(track, T, keep, centres, X, st.min_ray_angle_deg)
+    cand, used, new_id, tl, point_err = _best_observations(track, T, img, err, keep & good_track[track])
+    o_img = img[cand].astype(np.int32)
+    timings["triangulation_s"] = time.perf_counter() - t0
+
+    meta = _map_meta(st, size, [intr_list[i] for i in first_of_scene], scene_idx, bundle, P, Q, {
+        "images": n, "pairs": int(len(pairs)), "verified_matches": n_matches, "points": int(len(used)),
+        "observations": int(len(cand)), "mean_track_length": float(tl.mean()) if len(tl) else 0.0, **timings})
+    smap = SparseMap(points=X[used].astype(np.float64), track_length=tl, point_error_px=point_err,
+                     obs_image=o_img, obs_xy=obs_xy[sel][cand].astype(np.float32),
+                     obs_desc=obs_desc[sel][cand], obs_point=new_id.astype(np.int32),
+                     image_offsets=np.searchsorted(o_img, np.arange(n + 1)).astype(np.int64), meta=meta)
+    t0 = time.perf_counter()
+    _ = smap.twin_distance  # stored with the map (repeated-structure test of the geometric stage)
+    meta["stats"]["twin_distance_s"] = time.perf_counter() - t0
+    smap.validate("built map")
+    log.info("sparse map: %d points, %d observations from %d images, %d pairs (%.1f s features, %.1f s matching)",
+             smap.n_points, len(cand), n, len(pairs), timings["features_s"], timings["matching_s"])
+    return smap
+
+
+def _checked_intrinsics(images: Sequence, P: np.ndarray, Q: np.ndarray, intrinsics, bundle
+                        ) -> list[CameraIntrinsics]:
+    """One camera per image, after refusing mismatched inputs: one pose (P (N, 3) m, Q (N, 4) wxyz)
+    per image, the bundle's own train pose table when ``bundle`` is given, no missing intrinsics."""
     n = len(P)
     if len(images) != n or Q.shape != (n, 4) or P.shape != (n, 3):
         raise ValueError(f"build_map needs one pose per image: {len(images)} images, positions {P.shape}, "
@@ -169,12 +216,16 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     intr_list = list(intrinsics) if isinstance(intrinsics, (list, tuple)) else [intrinsics] * n
     if any(i is None for i in intr_list):
         raise ValueError("build_map needs camera intrinsics for every image (intrinsics.json of the scene)")
-    # the map's camera of each scene (meta["intrinsics"][scene index]): its first image's
-    sid = np.zeros(n, np.int64) if scene_idx is None else np.asarray(scene_idx, np.int64)
-    first_of_scene = [int(np.argmax(sid == s)) if (sid == s).any() else 0 for s in range(int(sid.max()) + 1 if n else 0)]
-    timings = {}
-    t0 = time.perf_counter()
-    ext = FeatureExtractor(st.kind, st.max_keypoints)
+    return intr_list
+
+
+def _extract_features(images: Sequence, intr_list: list[CameraIntrinsics], ext: FeatureExtractor,
+                      progress: Callable[[str], None] | None) -> tuple[list[Features], np.ndarray, tuple | None]:
+    """Local features of every image, the (N, 3, 3) camera matrices scaled to the image size (px),
+    and that size (width, height), the same for all images (None without images)."""
+    from ..datasets import load_rgb
+
+    n = len(intr_list)
     feats: list[Features] = []
     Ks = np.zeros((n, 3, 3))
     size = None
@@ -188,12 +239,15 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
         feats.append(ext(rgb))
         if progress and (i + 1) % 100 == 0:
             progress(f"features {i + 1}/{n}")
-    timings["features_s"] = time.perf_counter() - t0
+    return feats, Ks, size
 
-    t0 = time.perf_counter()
-    pairs = select_pairs(P, Q, scene_idx, st.min_pair_distance_m, st.max_pair_distance_m,
-                         st.max_pair_angle_deg, st.pairs_per_image)
-    offsets = np.concatenate([[0], np.cumsum([len(f) for f in feats])]).astype(np.int64)
+
+def _link_verified_matches(feats: list[Features], offsets: np.ndarray, Ks: np.ndarray, P: np.ndarray,
+                           Q: np.ndarray, pairs: np.ndarray, st: MapSettings,
+                           progress: Callable[[str], None] | None) -> tuple[_UnionFind, int]:
+    """Ratio-test matches of each image pair kept when within ``st.epipolar_px`` (Sampson, px) of
+    the epipolar geometry of the known camera-to-world poses, joined in a union-find over all
+    keypoints (keypoint ``k`` of image ``i`` is ``offsets[i] + k``); returns it and the match count."""
     mdesc = [matching_descriptors(f.desc, st.kind) for f in feats]
     uf = _UnionFind(int(offsets[-1]))
     n_matches = 0
@@ -208,29 +262,37 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
         n_matches += int(ok.sum())
         if progress and (k + 1) % 500 == 0:
             progress(f"pairs {k + 1}/{len(pairs)}")
-    timings["matching_s"] = time.perf_counter() - t0
+    return uf, n_matches
 
-    t0 = time.perf_counter()
-    root = uf.roots()
+
+def _multi_view_observations(root: np.ndarray, offsets: np.ndarray, n: int
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints on tracks of >= 2 keypoints: their indices into all keypoints (M,), their track
+    numbered 0..T-1 (M,), and their image (M,)."""
     obs_img = np.repeat(np.arange(n), np.diff(offsets))
-    obs_xy = np.concatenate([f.xy for f in feats]) if n else np.zeros((0, 2), np.float32)
-    obs_desc = np.concatenate([f.desc for f in feats]) if n else np.zeros((0, ext.dim), np.uint8)
     _, track, counts = np.unique(root, return_inverse=True, return_counts=True)
     multi = counts[track] >= 2
     sel = np.nonzero(multi)[0]
     _, track = np.unique(track[sel], return_inverse=True)
-    T = int(track.max()) + 1 if len(track) else 0
-    img = obs_img[sel]
-    xy = obs_xy[sel].astype(np.float64)
+    return sel, track, obs_img[sel]
+
+
+def _triangulate_tracks(track: np.ndarray, T: int, img: np.ndarray, xy: np.ndarray, centres: np.ndarray,
+                        Ks: np.ndarray, Q: np.ndarray, max_reprojection_px: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World points (T, 3) m of the tracks from the rays of their observations (pixels ``xy``
+    (M, 2) of image ``img``, camera centres (M, 3) m, orientations Q wxyz camera-to-world);
+    observations reprojecting more than ``max_reprojection_px`` away, or behind their camera, are
+    dropped and the points re-triangulated. Returns the points, each observation's reprojection
+    error (M,) px (inf behind the camera), and the kept observations (M,) bool."""
     R_wc = quat_to_rotmat(Q)                                                 # (N, 3, 3)
     Kinv = np.linalg.inv(Ks)
     rays = np.einsum("mij,mj->mi", Kinv[img], np.c_[xy, np.ones(len(xy))])
     dirs = np.einsum("mij,mj->mi", R_wc[img], rays)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    centres = P[img]
-    keep = np.ones(len(sel), bool)
+    keep = np.ones(len(track), bool)
     X = np.zeros((T, 3))
-    err = np.zeros(len(sel))
+    err = np.zeros(len(track))
     for _ in range(2):  # triangulate, drop observations with large reprojection error, re-triangulate
         tk = track[keep]
         X = triangulate_rays(tk, centres[keep], dirs[keep], T) if T else X
@@ -240,8 +302,14 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             err = np.linalg.norm(uv[:, :2] / uv[:, 2:3] - xy, axis=1)
         err = np.where(z > 1e-6, err, np.inf)
-        keep = keep & (err < st.max_reprojection_px)
-    # per track: >= 2 distinct images among kept observations, ray angle
+        keep = keep & (err < max_reprojection_px)
+    return X, err, keep
+
+
+def _well_observed_tracks(track: np.ndarray, T: int, keep: np.ndarray, centres: np.ndarray, X: np.ndarray,
+                          min_ray_angle_deg: float) -> np.ndarray:
+    """(T,) bool: tracks with >= 2 kept observations whose rays to the point (from the camera
+    centres, m) span at least ``min_ray_angle_deg`` degrees."""
     views = np.zeros(T, np.int64)
     np.add.at(views, track[keep], 1)
     first = np.full(T, -1, np.int64)
@@ -252,9 +320,15 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     cosang = np.einsum("mi,mi->m", ray_to_cam, ray_to_cam[np.maximum(first[track], 0)])
     min_cos = np.ones(T)
     np.minimum.at(min_cos, track[keep], cosang[keep])
-    # one observation per (track, image): the smallest reprojection error
-    good_track = (views >= 2) & (min_cos <= np.cos(np.radians(st.min_ray_angle_deg)))
-    cand = np.nonzero(keep & good_track[track])[0]
+    return (views >= 2) & (min_cos <= np.cos(np.radians(min_ray_angle_deg)))
+
+
+def _best_observations(track: np.ndarray, T: int, img: np.ndarray, err: np.ndarray, usable: np.ndarray):
+    """The map's observations among the ``usable`` ones: per (track, image) the one of smallest
+    reprojection error ``err`` (px), on tracks still seen from >= 2 images. Returns their indices
+    (sorted by image), the tracks used (P,), each observation's point index into them, the track
+    lengths (P,) int32 and the points' mean reprojection errors (P,) float32 px."""
+    cand = np.nonzero(usable)[0]
     order = np.lexsort((err[cand], img[cand], track[cand]))
     cand = cand[order]
     first_of = np.ones(len(cand), bool)
@@ -268,16 +342,25 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
     np.add.at(sum_err, new_id, err[cand])
     tl = np.bincount(new_id, minlength=len(used)).astype(np.int32)
     order = np.argsort(img[cand], kind="stable")
-    cand, new_id = cand[order], new_id[order]
-    o_img = img[cand].astype(np.int32)
-    timings["triangulation_s"] = time.perf_counter() - t0
+    return cand[order], used, new_id[order], tl, (sum_err / np.maximum(tl, 1)).astype(np.float32)
 
+
+def _first_image_of_each_scene(scene_idx: np.ndarray | None, n: int) -> list[int]:
+    """Per scene index 0..max, the index of its first image (0 for a scene without images): the
+    map's camera of each scene (``meta["intrinsics"][scene]``) is that image's."""
+    sid = np.zeros(n, np.int64) if scene_idx is None else np.asarray(scene_idx, np.int64)
+    return [int(np.argmax(sid == s)) if (sid == s).any() else 0
+            for s in range(int(sid.max()) + 1 if n else 0)]
+
+
+def _map_meta(st: MapSettings, size: tuple | None, scene_cameras: list[CameraIntrinsics], scene_idx, bundle,
+              P: np.ndarray, Q: np.ndarray, stats: dict) -> dict:
+    """The map's ``meta``: settings, image size (width, height) px, the camera of each scene scaled
+    to that size, ``stats``, and what binds it to its pose table (P (N, 3) m, Q (N, 4) wxyz)."""
+    n = len(P)
     meta = {"kind": st.kind, "image_size": list(size or (0, 0)), "settings": asdict(st),
-            "intrinsics": [scale_intrinsics(intr_list[i], *(size or (intr_list[i].width, intr_list[i].height))).to_json()
-                           for i in first_of_scene],
-            "stats": {"images": n, "pairs": int(len(pairs)), "verified_matches": n_matches,
-                      "points": int(len(used)), "observations": int(len(cand)),
-                      "mean_track_length": float(tl.mean()) if len(tl) else 0.0, **timings}}
+            "intrinsics": [scale_intrinsics(c, *(size or (c.width, c.height))).to_json() for c in scene_cameras],
+            "stats": stats}
     if scene_idx is not None:
         meta["n_scenes"] = int(np.max(scene_idx)) + 1 if n else 0
     if bundle is not None:
@@ -285,15 +368,4 @@ def build_map(images: Sequence, positions: np.ndarray, quaternions: np.ndarray,
         meta["table_digest"] = table_digest(bundle.table_positions, bundle.table_quaternions)
     else:
         meta["table_digest"] = table_digest(P, Q)
-    smap = SparseMap(points=X[used].astype(np.float64), track_length=tl,
-                     point_error_px=(sum_err / np.maximum(tl, 1)).astype(np.float32),
-                     obs_image=o_img, obs_xy=obs_xy[sel][cand].astype(np.float32),
-                     obs_desc=obs_desc[sel][cand], obs_point=new_id.astype(np.int32),
-                     image_offsets=np.searchsorted(o_img, np.arange(n + 1)).astype(np.int64), meta=meta)
-    t0 = time.perf_counter()
-    _ = smap.twin_distance  # stored with the map (repeated-structure test of the geometric stage)
-    meta["stats"]["twin_distance_s"] = time.perf_counter() - t0
-    smap.validate("built map")
-    log.info("sparse map: %d points, %d observations from %d images, %d pairs (%.1f s features, %.1f s matching)",
-             smap.n_points, len(cand), n, len(pairs), timings["features_s"], timings["matching_s"])
-    return smap
+    return meta

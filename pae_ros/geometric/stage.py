@@ -190,53 +190,28 @@ class GeometricStage:
         h, w = rgb.shape[:2]
         cam, why = self.query_camera(w, h, intrinsics, scene)
         if cam is None:
-            if why not in self._logged:
-                self._logged.add(why)
-                log.warning("geometric stage: no fix while %s (reason camera_mismatch)", why)
-            res = self._fail("camera_mismatch", timings={"total_s": time.perf_counter() - t_start})
-            res.detail = why
-            return res
+            return self._camera_mismatch(why, t_start)
         K = cam.K
         feats = self.extractor(rgb)
         tm["features_s"] = time.perf_counter() - t_start
 
         t0 = time.perf_counter()
-        idx = [int(i) for i in dict.fromkeys(int(i) for i in np.ravel(shortlist))]
-        bad = [i for i in idx if not 0 <= i < self.map.n_images]
-        if bad:
-            raise ValueError(f"shortlist indices {bad[:5]} are outside the map's {self.map.n_images} train images")
-        if len(feats) == 0:
+        idx = self._shortlist_indices(shortlist)
+        if len(feats) == 0 or not idx:
             tm["matching_s"] = tm["pnp_s"] = 0.0
             tm["total_s"] = time.perf_counter() - t_start
-            return self._fail("no_features", timings=tm)
-        if not idx:
-            tm["matching_s"] = tm["pnp_s"] = 0.0
-            tm["total_s"] = time.perf_counter() - t_start
-            return self._fail("empty_shortlist", timings=tm)
-        qd = matching_descriptors(feats.desc, self.map.kind)
-        qi_all, pid_all = [], []
-        for i in idx:
-            _, desc, pid = self.map.image_observations(i)
-            if not len(desc):
-                continue
-            qi, ti = match(qd, matching_descriptors(desc, self.map.kind), self.map.kind, s.ratio)
-            qi_all.append(qi)
-            pid_all.append(pid[ti])
-        if qi_all:
-            pairs = np.unique(np.stack([np.concatenate(qi_all), np.concatenate(pid_all).astype(np.int64)], 1), axis=0)
-        else:
-            pairs = np.zeros((0, 2), np.int64)
+            return self._fail("no_features" if len(feats) == 0 else "empty_shortlist", timings=tm)
+        pairs = self._match_shortlist(feats.desc, idx)
         tm["matching_s"] = time.perf_counter() - t0
         n_match = len(pairs)
 
         t0 = time.perf_counter()
-        sol = None
-        if n_match >= max(4, s.min_inliers // 2):
-            sol = solve_pnp(feats.xy[pairs[:, 0]], self.map.points[pairs[:, 1]], K, s.reprojection_px,
-                            s.ransac_iterations)
+        enough = n_match >= max(4, s.min_inliers // 2)
+        sol = solve_pnp(feats.xy[pairs[:, 0]], self.map.points[pairs[:, 1]], K, s.reprojection_px,
+                        s.ransac_iterations) if enough else None
         tm["pnp_s"] = time.perf_counter() - t0
         tm["total_s"] = time.perf_counter() - t_start
-        if n_match < max(4, s.min_inliers // 2):
+        if not enough:
             return self._fail("too_few_matches", n_match, timings=tm)
         if sol is None:
             return self._fail("pnp_failed", n_match, timings=tm)
@@ -259,27 +234,15 @@ class GeometricStage:
             return rejected("low_inlier_ratio")
         if s.ambiguity_ratio is not None:
             t1 = time.perf_counter()
-            rest = ~sol.inliers
-            if rest.sum() >= max(4, int(s.ambiguity_ratio * n_in)):
-                sol2 = solve_pnp(feats.xy[pairs[rest, 0]], self.map.points[pairs[rest, 1]], K, s.reprojection_px,
-                                 max(200, s.ransac_iterations // 4))
-                if sol2 is not None:
-                    n2 = int(len(np.unique(pairs[rest][sol2.inliers, 0])))
-                    d2 = float(np.linalg.norm(sol2.position - sol.position))
+            n2, d2 = self._second_hypothesis(feats.xy, pairs, sol, n_in, K)
             tm["pnp_s"] += time.perf_counter() - t1
             tm["total_s"] = time.perf_counter() - t_start
             if n2 >= s.ambiguity_ratio * n_in and d2 > s.ambiguity_min_m:
                 return rejected("ambiguous")
         if n_distinct is not None and n_distinct < s.min_distinct_inliers:
             return rejected("repetitive")
-        if prior_position is not None and prior_sigma_m is not None and np.isfinite(prior_sigma_m):
-            d = float(np.linalg.norm(sol.position - np.asarray(prior_position, np.float64)))
-            if d > max(s.prior_gate_sigmas * float(prior_sigma_m), s.prior_gate_floor_m):
-                return rejected("far_from_prior")
-        if prior_quaternion is not None and prior_sigma_rad is not None and np.isfinite(prior_sigma_rad):
-            a = float(orientation_error_rad(sol.quaternion[None], np.asarray(prior_quaternion, np.float64)[None])[0])
-            if a > max(s.prior_gate_sigmas * float(prior_sigma_rad), s.prior_gate_floor_rad):
-                return rejected("far_from_prior")
+        if self._far_from_prior(sol, prior_position, prior_quaternion, prior_sigma_m, prior_sigma_rad):
+            return rejected("far_from_prior")
         if not np.isfinite(sol.covariance).all():
             return rejected("bad_covariance")
         sp, sr = self.covariance_scale
@@ -288,6 +251,70 @@ class GeometricStage:
         sig_p, sig_r = isotropic_sigmas(cov)
         return GeometricResult(True, sol.position, sol.quaternion, cov, n_in, ratio, n_match, "accepted",
                                sol.rms_px, n2, d2, sig_p, sig_r, tm, pts, n_distinct)
+
+    def _camera_mismatch(self, why: str, t_start: float) -> GeometricResult:
+        """The ``camera_mismatch`` result naming ``why``; each distinct ``why`` is logged once."""
+        if why not in self._logged:
+            self._logged.add(why)
+            log.warning("geometric stage: no fix while %s (reason camera_mismatch)", why)
+        res = self._fail("camera_mismatch", timings={"total_s": time.perf_counter() - t_start})
+        res.detail = why
+        return res
+
+    def _shortlist_indices(self, shortlist) -> list[int]:
+        """The shortlist's train image indices in order, duplicates dropped; refuses one outside the map."""
+        idx = [int(i) for i in dict.fromkeys(int(i) for i in np.ravel(shortlist))]
+        bad = [i for i in idx if not 0 <= i < self.map.n_images]
+        if bad:
+            raise ValueError(f"shortlist indices {bad[:5]} are outside the map's {self.map.n_images} train images")
+        return idx
+
+    def _match_shortlist(self, query_desc: np.ndarray, idx: list[int]) -> np.ndarray:
+        """(K, 2) int64 unique (query keypoint, map point) matches of the query descriptors against the
+        observations of the train images ``idx`` (ratio test), sorted."""
+        kind = self.map.kind
+        qd = matching_descriptors(query_desc, kind)
+        qi_all, pid_all = [], []
+        for i in idx:
+            _, desc, pid = self.map.image_observations(i)
+            if not len(desc):
+                continue
+            qi, ti = match(qd, matching_descriptors(desc, kind), kind, self.settings.ratio)
+            qi_all.append(qi)
+            pid_all.append(pid[ti])
+        if not qi_all:
+            return np.zeros((0, 2), np.int64)
+        return np.unique(np.stack([np.concatenate(qi_all), np.concatenate(pid_all).astype(np.int64)], 1), axis=0)
+
+    def _second_hypothesis(self, query_xy: np.ndarray, pairs: np.ndarray, sol, n_in: int,
+                           K: np.ndarray) -> tuple[int, float]:
+        """PnP on the matches the fix ``sol`` left out (query pixels, map points in m, camera matrix K):
+        (its inliers, counted once per query keypoint, and its camera's distance in m from the fix),
+        or (0, nan) when too few matches are left or it finds no pose."""
+        s = self.settings
+        rest = ~sol.inliers
+        if rest.sum() < max(4, int(s.ambiguity_ratio * n_in)):
+            return 0, float("nan")
+        sol2 = solve_pnp(query_xy[pairs[rest, 0]], self.map.points[pairs[rest, 1]], K, s.reprojection_px,
+                         max(200, s.ransac_iterations // 4))
+        if sol2 is None:
+            return 0, float("nan")
+        return int(len(np.unique(pairs[rest][sol2.inliers, 0]))), float(np.linalg.norm(sol2.position - sol.position))
+
+    def _far_from_prior(self, sol, prior_position, prior_quaternion, prior_sigma_m, prior_sigma_rad) -> bool:
+        """Whether the fix is outside the prior gate: ``prior_gate_sigmas`` prior sigmas (m, rad) or the
+        floor, whichever is larger, in position (m) or orientation (rad); a prior without a finite
+        sigma is not gated."""
+        s = self.settings
+        if prior_position is not None and prior_sigma_m is not None and np.isfinite(prior_sigma_m):
+            d = float(np.linalg.norm(sol.position - np.asarray(prior_position, np.float64)))
+            if d > max(s.prior_gate_sigmas * float(prior_sigma_m), s.prior_gate_floor_m):
+                return True
+        if prior_quaternion is not None and prior_sigma_rad is not None and np.isfinite(prior_sigma_rad):
+            a = float(orientation_error_rad(sol.quaternion[None], np.asarray(prior_quaternion, np.float64)[None])[0])
+            if a > max(s.prior_gate_sigmas * float(prior_sigma_rad), s.prior_gate_floor_rad):
+                return True
+        return False
 
     @property
     def info(self) -> dict:

@@ -380,6 +380,49 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     reused without rendering. Raises FileExistsError if ``<out_dir>/<scene_name>`` exists but
     was not written by this renderer (unless ``force``).
     """
+    params = _render_params(seed, train_frames, test_frames, train_seqs, test_seqs, size, fov_deg, fmt,
+                            scene_name, step, shadows, scene)
+    build, walker = scene_builders(scene)
+    out_dir = Path(out_dir)
+    scene_dir = out_dir / params.scene
+    if _reusable(scene_dir, params, force):
+        return scene_dir
+
+    t0 = time.perf_counter()
+    walks = walker(params.seed, params.train_seqs, params.test_seqs, params.train_frames,
+                   params.test_frames, params.step)
+    coverage = coverage_summary(walks)
+    log.info("%s: %s", scene, format_coverage(coverage))
+    staging_root = out_dir / _STAGING
+    stage = staging_root / params.scene
+    if stage.exists():
+        shutil.rmtree(stage)                       # an interrupted earlier render
+    stage.mkdir(parents=True)
+    jobs = [(w.name, i, w.positions[i].tolist(), w.quaternions[i].tolist())
+            for w in walks for i in range(len(w.positions))]
+    with tempfile.TemporaryDirectory(prefix="pae_scene_assets_") as tmp:
+        layout = build(params.seed, tmp)
+        _render_jobs(jobs, layout, params, stage, max(1, int(workers)), progress)
+
+    intr = intrinsics_for(params.width, params.height, fov_deg)
+    _write_labels(stage, params, walks, intr, coverage)
+    _write_manifest(stage, params, walks, intr, coverage, t0)
+    if scene_dir.exists():
+        shutil.rmtree(scene_dir)
+    os.replace(stage, scene_dir)
+    try:
+        staging_root.rmdir()
+    except OSError:
+        pass
+    return scene_dir
+
+
+def _render_params(seed: int, train_frames: int | None, test_frames: int | None, train_seqs: int | None,
+                   test_seqs: int | None, size: tuple[int, int], fov_deg: float, fmt: str,
+                   scene_name: str | None, step: float | None, shadows: bool, scene: str) -> RenderParams:
+    """The render's parameters, a None taking the built-in ``scene``'s default (frames and walks,
+    ``step`` m); ``size`` (width, height) px, ``fov_deg`` degrees. Refuses an unknown format or
+    scene, and a folder name that is empty, hidden or has a ``/``."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     if scene not in SCENES:
@@ -394,60 +437,62 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     if not scene_name or "/" in scene_name or scene_name.startswith("."):
         raise ValueError(f"bad scene name {scene_name!r}")
     width, height = (int(v) for v in size)
-    params = RenderParams(seed=int(seed), train_seqs=int(train_seqs), test_seqs=int(test_seqs),
-                          train_frames=int(train_frames), test_frames=int(test_frames), width=width,
-                          height=height, fov_deg=float(fov_deg), step=float(step), fmt=fmt, scene=scene_name,
-                          shadows=bool(shadows), builtin=scene)
-    build, walker = scene_builders(scene)
-    out_dir = Path(out_dir)
-    scene_dir = out_dir / scene_name
+    return RenderParams(seed=int(seed), train_seqs=int(train_seqs), test_seqs=int(test_seqs),
+                        train_frames=int(train_frames), test_frames=int(test_frames), width=width,
+                        height=height, fov_deg=float(fov_deg), step=float(step), fmt=fmt, scene=scene_name,
+                        shadows=bool(shadows), builtin=scene)
+
+
+def _reusable(scene_dir: Path, params: RenderParams, force: bool) -> bool:
+    """Whether ``scene_dir`` holds a complete render with the same parameters (then reused, unless
+    ``force``); raises FileExistsError when it exists without this renderer's manifest."""
     if scene_dir.exists():
         if not force and _is_complete(scene_dir, params):
             log.info("reusing %s (same parameters, render_manifest.json)", scene_dir)
             print(f"reusing {scene_dir} (rendered earlier with the same parameters; --force re-renders)")
-            return scene_dir
+            return True
         if read_manifest(scene_dir) is None and not force:
             raise FileExistsError(f"{scene_dir} exists and was not written by the scene renderer "
                                   f"(no {MANIFEST}); remove it or pass force=True / --force")
+    return False
 
-    t0 = time.perf_counter()
-    walks = walker(params.seed, params.train_seqs, params.test_seqs, params.train_frames,
-                   params.test_frames, params.step)
-    coverage = coverage_summary(walks)
-    log.info("%s: %s", scene, format_coverage(coverage))
-    staging_root = out_dir / _STAGING
-    stage = staging_root / scene_name
-    if stage.exists():
-        shutil.rmtree(stage)                       # an interrupted earlier render
-    stage.mkdir(parents=True)
-    jobs = [(w.name, i, w.positions[i].tolist(), w.quaternions[i].tolist())
-            for w in walks for i in range(len(w.positions))]
-    with tempfile.TemporaryDirectory(prefix="pae_scene_assets_") as tmp:
-        layout = build(params.seed, tmp)
-        _render_jobs(jobs, layout, params, stage, max(1, int(workers)), progress)
 
-    intr = intrinsics_for(width, height, fov_deg)
+def _write_labels(stage: Path, params: RenderParams, walks: list[Walk], intr: CameraIntrinsics,
+                  coverage: dict) -> None:
+    """The rendered scene's intrinsics, train/test split files of its format (Cambridge: with the
+    camera-to-world poses, metres, wxyz) and, for a scene other than the courtyard, ``scene_info.json``."""
     write_intrinsics(stage, intr)
     train = [w for w in walks if w.split == "train"]
     test = [w for w in walks if w.split == "test"]
-    if fmt == "7scenes":
+    if params.fmt == "7scenes":
         write_7scenes_splits(stage, [w.name for w in train], [w.name for w in test])
     else:
         for split, ws in (("train", train), ("test", test)):
-            write_cambridge(stage, split, [(_frame_paths(fmt, w, i)[0], w.positions[i], w.quaternions[i])
+            write_cambridge(stage, split, [(_frame_paths(params.fmt, w, i)[0], w.positions[i], w.quaternions[i])
                                            for w in ws for i in range(len(w.positions))])
-    if scene != DEFAULT_SCENE:      # no scene_info.json for the courtyard: its folder's files stay fixed
-        info = {"scene": scene, "seed": params.seed, **_scene_description(scene),
-                "frames": {"train": sum(len(w.positions) for w in train),
-                           "test": sum(len(w.positions) for w in test)},
-                "step_m": params.step, "size": [width, height], "fov_deg": params.fov_deg,
-                "coverage": coverage}
+    if params.builtin != DEFAULT_SCENE:      # no scene_info.json for the courtyard: its folder's files stay fixed
+        info = {"scene": params.builtin, "seed": params.seed, **_scene_description(params.builtin),
+                "frames": _frame_counts(walks), "step_m": params.step, "size": [params.width, params.height],
+                "fov_deg": params.fov_deg, "coverage": coverage}
         (stage / SCENE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _frame_counts(walks: list[Walk]) -> dict:
+    """Frames of the train and of the test walks."""
+    return {"train": sum(len(w.positions) for w in walks if w.split == "train"),
+            "test": sum(len(w.positions) for w in walks if w.split == "test")}
+
+
+def _write_manifest(stage: Path, params: RenderParams, walks: list[Walk], intr: CameraIntrinsics,
+                    coverage: dict, t0: float) -> None:
+    """``render_manifest.json`` (parameters, checksum of the files, coverage, seconds since the
+    ``time.perf_counter()`` value ``t0``), written last and atomically: a render folder without it
+    is incomplete."""
     digest, n_files = _checksum(stage)
     manifest = {
         "generator": "pae_ros.scene.render_scene",
         "params": params.manifest_key(),
-        "frames": {"train": sum(len(w.positions) for w in train), "test": sum(len(w.positions) for w in test)},
+        "frames": _frame_counts(walks),
         "sequences": {w.name: w.split for w in walks},
         "intrinsics": intr.to_json(),
         "files": n_files,
@@ -460,14 +505,6 @@ def render_scene(out_dir: str | Path = "data/demo_scene", seed: int = 0, train_f
     tmp_m = stage / (MANIFEST + ".tmp")
     tmp_m.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp_m, stage / MANIFEST)
-    if scene_dir.exists():
-        shutil.rmtree(scene_dir)
-    os.replace(stage, scene_dir)
-    try:
-        staging_root.rmdir()
-    except OSError:
-        pass
-    return scene_dir
 
 
 def _scene_description(scene: str) -> dict:

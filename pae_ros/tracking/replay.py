@@ -174,46 +174,15 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     base_p, _, _ = _to_base(estimates, X)
     base_p = np.asarray(base_p, np.float64).reshape(-1, 3)
     est_err = np.linalg.norm(base_p - gt_pos[estimates.frame], axis=1)
-
-    # raw: per frame the last usable estimate
-    raw = np.full((n, 3), np.nan)
-    raw_mo = np.full((n, 4, 4), np.nan)
-    for j, f in enumerate(estimates.frame):
-        if estimates.in_scene[j] and np.all(np.isfinite(base_p[j])):
-            raw[f] = base_p[j]
-            T = pose_from_pq(estimates.positions[j], estimates.quaternions[j]) @ X
-            raw_mo[f] = T @ pose_inverse(odometry[f])
+    raw, raw_mo = _raw_output(estimates, base_p, X, odometry, n)
     raw_err = np.linalg.norm(raw - gt_pos, axis=1)
+    raw_mo = raw_mo[np.flatnonzero(np.isfinite(raw_mo[:, 0, 0]))]
 
     pub_pos = np.einsum("nij,nj->ni", trace.published, np.c_[odometry[:, :3, 3], np.ones(n)])[:, :3]
     fil_pos = np.einsum("nij,nj->ni", trace.filtered, np.c_[odometry[:, :3, 3], np.ones(n)])[:, :3]
     pub_err = np.linalg.norm(pub_pos - gt_pos, axis=1)
     fil_err = np.linalg.norm(fil_pos - gt_pos, axis=1)
-
-    def steps(T_seq, jumped):
-        d = np.linalg.norm(np.diff(T_seq[:, :3, 3], axis=0), axis=1)
-        keep = np.isfinite(d) & ~jumped[1:]
-        d = d[keep]
-        return {"largest_m": float(d.max()) if len(d) else None,
-                "p99_m": float(np.percentile(d, 99)) if len(d) else None,
-                f"over_{step_m:g}m": int(np.sum(d > step_m))}
-
-    def raw_steps():
-        ok = np.flatnonzero(np.isfinite(raw_mo[:, 0, 0]))
-        seq = raw_mo[ok]
-        return steps(seq, np.zeros(len(seq), bool))
-
-    planar = trace.pose_cov.shape[0] and np.all(np.nan_to_num(trace.pose_cov[:, 2, 2], nan=0.0) == 0.0)
-    idx = [0, 1] if planar else [0, 1, 2]
-    dof = len(idx)
-    k1, k2 = chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)
-    d2 = np.full(n, np.nan)
-    for i in range(n):
-        if np.isfinite(fil_err[i]):
-            e = (fil_pos[i] - gt_pos[i])[idx]
-            S = trace.pose_cov[i][np.ix_(idx, idx)]
-            d2[i] = float(e @ np.linalg.solve(S, e))
-    have = np.isfinite(d2)
+    coverage_1sigma, coverage_2sigma = _sigma_coverage(trace.pose_cov, fil_pos, gt_pos, fil_err)
 
     accepted = np.array([o == "accepted" for o in trace.outcomes], bool)
     rejected = np.array([o == "rejected" for o in trace.outcomes], bool)
@@ -222,17 +191,68 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     return {
         "frames": n,
         "frames_with_output": int(np.sum(np.isfinite(pub_err))),
-        "raw": {"ate_m": _stats(raw_err), "rpe_1m": _stats(_rpe(raw, gt_pos, rpe_m)), "map_odom_step": raw_steps()},
+        "raw": {"ate_m": _stats(raw_err), "rpe_1m": _stats(_rpe(raw, gt_pos, rpe_m)),
+                "map_odom_step": _correction_steps(raw_mo, np.zeros(len(raw_mo), bool), step_m)},
         "filtered": {"ate_m": _stats(pub_err), "ate_unslewed_m": _stats(fil_err),
                      "rpe_1m": _stats(_rpe(pub_pos, gt_pos, rpe_m)),
-                     "map_odom_step": steps(trace.published, trace.jumped)},
+                     "map_odom_step": _correction_steps(trace.published, trace.jumped, step_m)},
         "gross_accepted": int(np.sum(accepted & (est_err > gross_m))),
         "gross_estimates": int(np.sum(est_err > gross_m)),
         "good_rejected": int(np.sum(rejected & (est_err < good_m))),
         "good_estimates": int(np.sum(est_err < good_m)),
         "tracking_share": float(np.sum(dt * tracking) / max(np.sum(dt), 1e-12)),
-        "coverage_1sigma": float(np.mean(d2[have] <= k1)) if have.any() else None,
-        "coverage_2sigma": float(np.mean(d2[have] <= k2)) if have.any() else None,
+        "coverage_1sigma": coverage_1sigma,
+        "coverage_2sigma": coverage_2sigma,
         "kidnap_recovery_s": [_recovery(stamps, pub_err, float(k)) for k in kidnap_stamps],
         "counts": trace.counts,
     }
+
+
+def _raw_output(estimates: Estimates, base_p: np.ndarray, X: np.ndarray, odometry: np.ndarray, n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """What the node publishes without the filter, per frame (``n`` frames): the position (n, 3) m
+    in map of the tracked frame from the frame's last usable estimate (``base_p`` (M, 3) m: the
+    estimates moved to the tracked frame ``T_mc * X``), and the map-to-odom correction it
+    implies (n, 4, 4); NaN for a frame without one."""
+    raw = np.full((n, 3), np.nan)
+    raw_mo = np.full((n, 4, 4), np.nan)
+    for j, f in enumerate(estimates.frame):
+        if estimates.in_scene[j] and np.all(np.isfinite(base_p[j])):
+            raw[f] = base_p[j]
+            T = pose_from_pq(estimates.positions[j], estimates.quaternions[j]) @ X
+            raw_mo[f] = T @ pose_inverse(odometry[f])
+    return raw, raw_mo
+
+
+def _correction_steps(T_seq: np.ndarray, jumped: np.ndarray, step_m: float) -> dict:
+    """Steps (m) between consecutive map-to-odom corrections (K, 4, 4), outside jumps (``jumped``
+    (K,) bool marks a step into a frame as a jump) and frames without one: largest, p99, and
+    how many exceed ``step_m``."""
+    d = np.linalg.norm(np.diff(T_seq[:, :3, 3], axis=0), axis=1)
+    keep = np.isfinite(d) & ~jumped[1:]
+    d = d[keep]
+    return {"largest_m": float(d.max()) if len(d) else None,
+            "p99_m": float(np.percentile(d, 99)) if len(d) else None,
+            f"over_{step_m:g}m": int(np.sum(d > step_m))}
+
+
+def _sigma_coverage(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray, fil_err: np.ndarray
+                    ) -> tuple[float | None, float | None]:
+    """Shares of frames whose filtered position error (m, map frame) lies inside the 1 and 2 sigma
+    chi-square ellipses of the position covariance (planar when every z variance is 0: x, y only);
+    None without any frame with output."""
+    n = len(fil_pos)
+    planar = pose_cov.shape[0] and np.all(np.nan_to_num(pose_cov[:, 2, 2], nan=0.0) == 0.0)
+    idx = [0, 1] if planar else [0, 1, 2]
+    dof = len(idx)
+    k1, k2 = chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)
+    d2 = np.full(n, np.nan)
+    for i in range(n):
+        if np.isfinite(fil_err[i]):
+            e = (fil_pos[i] - gt_pos[i])[idx]
+            S = pose_cov[i][np.ix_(idx, idx)]
+            d2[i] = float(e @ np.linalg.solve(S, e))
+    have = np.isfinite(d2)
+    if not have.any():
+        return None, None
+    return float(np.mean(d2[have] <= k1)), float(np.mean(d2[have] <= k2))
