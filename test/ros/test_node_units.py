@@ -376,6 +376,20 @@ def _mount():
     return np.array([0.3, 0.0, 1.2]), G.rotmat_to_quat(R_pitch @ R_level)
 
 
+def _set_up_with_mount(node):
+    """Set ``node`` up around a :class:`_PoseLocalizer` with stubbed outputs and the :func:`_mount`
+    on /tf_static; returns (the localizer, the output stubs by name, (mount translation m, quaternion wxyz))."""
+    from tf2_msgs.msg import TFMessage
+
+    fake = _PoseLocalizer()
+    node.setup(fake)
+    stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+    t_bc, q_bc = _mount()
+    node.tf._on_static(TFMessage(transforms=[cv.transform_stamped(cv.stamp_from_ns(0), "base_link",
+                                                                  "camera_optical", t_bc, q_bc)]))
+    return fake, stubs, (t_bc, q_bc)
+
+
 def test_camera_to_base_with_a_known_mount_and_its_covariance():
     """T_map_base = T_map_cam * T_cam_base recovers the base pose; the covariance carried to the
     base matches a Monte Carlo propagation of the camera's (world-frame rotation errors move the
@@ -525,13 +539,8 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
     ctx, node = _in_process_node({"tf_mode": "map_odom", "tf_wait": 0.5, "transform_tolerance": 0.1,
                                   "tf_publish_rate": 0.0})
     try:
-        fake = _PoseLocalizer()
-        node.setup(fake)
-        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+        fake, stubs, (t_bc, q_bc) = _set_up_with_mount(node)
         tf_stub = stubs["pub_tf"]
-        t_bc, q_bc = _mount()
-        node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
-                                                            t_bc, q_bc)]))
         t_img, lat = 100.013, 0.3
         stamps = [k * S // 50 for k in range(int(round((t_img - 2) * 50)), int(round((t_img + lat) * 50)) + 1)]
         rng = np.random.default_rng(0)
@@ -673,13 +682,8 @@ def test_two_d_mode_flattens_map_to_odom_and_the_base_pose():
 
     ctx, node = _in_process_node({"tf_mode": "map_odom", "two_d_mode": True, "tf_wait": 0.0})
     try:
-        fake = _PoseLocalizer()
-        node.setup(fake)
-        stubs = _stub_outputs(node, ("pub_pose", "pub_pose_cov", "pub_apr", "pub_tf"))
+        fake, stubs, (t_bc, q_bc) = _set_up_with_mount(node)
         tf_stub = stubs["pub_tf"]
-        t_bc, q_bc = _mount()
-        node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "base_link", "camera_optical",
-                                                            t_bc, q_bc)]))
         node.tf._on_static(TFMessage(transforms=[transform_stamped(stamp_from_ns(0), "odom", "base_link",
                                                             [1.0, 0, 0], [1.0, 0, 0, 0])]))
         tilt = G.quat_multiply(np.array([np.cos(0.3), 0, 0, np.sin(0.3)]),      # yaw 0.6 rad
