@@ -195,3 +195,28 @@ def test_robot_needs_intrinsics(tmp_path, capsys):
                           "--out", str(tmp_path / "bag")]) == 1
     assert "needs intrinsics" in capsys.readouterr().err
     assert not (tmp_path / "bag").exists()
+
+
+def test_bench_export_roundtrip_prints_its_figures(tiny_dataset):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_export_roundtrip.py"), "--case",
+                           str(tiny_dataset / "room"), "sqlite3", "--border", "2"],
+                          capture_output=True, text=True, timeout=110, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr
+    # bench/ is not a package: its line parser is loaded under a private name
+    spec = importlib.util.spec_from_file_location("_pae_bench_common_rt", REPO / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    rows = {r["name"]: r for r in common.parse_lines(proc.stdout)}
+    assert set(rows) == {"export_roundtrip_position", "export_roundtrip_rotation", "export_roundtrip_intrinsics",
+                         "export_roundtrip_image"}
+    assert rows["export_roundtrip_position"]["value"] <= POS_TOL_M * 1e3
+    assert "PASS" in rows["export_roundtrip_position"]["details"]
+    assert rows["export_roundtrip_rotation"]["value"] <= ROT_TOL_DEG
+    assert rows["export_roundtrip_intrinsics"]["value"] == 0
+    assert rows["export_roundtrip_position"]["params"]["frames"] == "160"
