@@ -12,6 +12,9 @@ topic                              type                           contents
 ``/ground_truth/pose``             ``geometry_msgs/msg/PoseStamped``  camera-to-world pose, frame ``map``
 =================================  =============================  ==================================
 
+``pae bag make --robot`` writes a robot's recording instead (distorted JPEG images, ``/tf``,
+``/tf_static``): see :mod:`pae_ros.bags.robot_bag`.
+
 ``camera_optical`` is an OpenCV/REP 103 optical frame (x right, y down, z forward); the ground
 truth pose is the pose of that frame in ``map`` (position = camera centre, metres).
 """

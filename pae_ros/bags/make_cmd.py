@@ -11,6 +11,12 @@ Per frame, all with the same header stamp and bag log time ``t_i = start + i / r
 * ``/ground_truth/pose`` ``geometry_msgs/PoseStamped`` in frame ``map``: the camera-to-world
   pose (position = camera centre, metres).
 
+With ``--robot`` the bag is what a robot records instead (:mod:`pae_ros.bags.robot_bag`): each
+walk one stretch of time, distorted JPEG images with a ``plumb_bob`` camera_info, ``/tf``
+``map -> odom -> base_link`` at ``--odom-hz`` (optionally drifting odometry, ``--odom-drift``),
+``/tf_static`` ``base_link -> camera_link -> camera_optical`` and the same ground truth; ``pae bag
+export --pose-frames map:camera_optical`` turns it back into the dataset.
+
 Offered QoS of every topic: reliable, volatile, keep_last 10. The bag is written next to
 ``--out`` and moved there when complete; an existing bag is replaced only with ``--force``.
 ``metadata.yaml`` ``custom_data`` records the source (``pae_ros.source``) and each scene's first
@@ -35,6 +41,17 @@ def _seconds(text: str) -> Decimal:
     return value
 
 
+def _coefficients(text: str) -> tuple[float, ...]:
+    """Five comma-separated plumb_bob coefficients."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected k1,k2,p1,p2,k3, got {text!r}") from None
+    if len(values) != 5:
+        raise argparse.ArgumentTypeError(f"expected 5 coefficients k1,k2,p1,p2,k3, got {len(values)}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root: a scene folder, a folder of scenes, or a label CSV")
     parser.add_argument("--format", required=True, choices=("7scenes", "cambridge", "csv"), dest="fmt",
@@ -54,6 +71,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(1700000000 = 2023-11-14T22:13:20Z: fixed so that bags are reproducible)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="write only the first N frames")
     parser.add_argument("--force", action="store_true", help="replace an existing bag at --out")
+    robot = parser.add_argument_group("robot recording (--robot)")
+    robot.add_argument("--robot", action="store_true",
+                       help="write what a robot records: walks as stretches of time, distorted JPEG images, "
+                            "plumb_bob camera_info, /tf map -> odom -> base_link, /tf_static mount, ground truth")
+    robot.add_argument("--odom-hz", type=float, default=None,
+                       help="/tf rate in Hz, more than twice --rate (default: 37, unlike the camera's)")
+    robot.add_argument("--odom-drift", type=float, default=0.0, metavar="SCALE",
+                       help="odometry drift scale (1: 2 %% scale error, 0.2 deg/m heading, plus noise); map -> odom "
+                            "then corrects it so that map -> base_link stays exact (0: no drift)")
+    robot.add_argument("--odom-seed", type=int, default=0, help="seed of the drift model (walk i uses seed + i)")
+    robot.add_argument("--walk-gap", type=float, default=None, metavar="SEC",
+                       help="seconds between the last image of a walk and the first of the next (default: 1)")
+    robot.add_argument("--distortion", type=_coefficients, default=None, metavar="k1,k2,p1,p2,k3",
+                       help="plumb_bob coefficients of the lens, e.g. --distortion=-0.1,0.02,0,0,0 "
+                            "(default: a mild barrel lens, -0.12,0.04,0.0005,-0.0004,0)")
+
+
+def _scaled(scene: str, k, w: int, h: int, warned_scale: set[str]) -> tuple[float, float, float, float]:
+    """``(fx, fy, cx, cy)`` of intrinsics ``k`` scaled to a ``w`` x ``h`` image (pixels), noted once per scene."""
+    sx, sy = w / k.width, h / k.height
+    if (k.width, k.height) != (w, h) and scene not in warned_scale:
+        warned_scale.add(scene)
+        print(f"pae bag make: note: {scene}: intrinsics are for {k.width}x{k.height}, "
+              f"images are {w}x{h}; camera_info scaled to the image size", file=sys.stderr)
+    return k.fx * sx, k.fy * sy, k.cx * sx, k.cy * sy
 
 
 def _frame_messages(frame, t_ns: int, k, compressed: bool, jpeg_quality: int, warned_scale: set[str]):
@@ -65,12 +107,7 @@ def _frame_messages(frame, t_ns: int, k, compressed: bool, jpeg_quality: int, wa
     rgb = datasets.load_rgb(frame.image_path)
     h, w = rgb.shape[:2]
     if k is not None:
-        sx, sy = w / k.width, h / k.height
-        if (k.width, k.height) != (w, h) and frame.scene not in warned_scale:
-            warned_scale.add(frame.scene)
-            print(f"pae bag make: note: {frame.scene}: intrinsics are for {k.width}x{k.height}, "
-                  f"images are {w}x{h}; camera_info scaled to the image size", file=sys.stderr)
-        info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h, k.fx * sx, k.fy * sy, k.cx * sx, k.cy * sy)
+        info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h, *_scaled(frame.scene, k, w, h, warned_scale))
     else:
         info = msgs.camera_info_msg(t_ns, CAMERA_FRAME, w, h)
     if compressed:
@@ -119,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
               "(uncalibrated); add <scene>/intrinsics.json to fix", file=sys.stderr)
 
     start_ns = int(Decimal(args.start_time) * 1_000_000_000)  # exact for any decimal SEC
+    if args.robot:
+        return _run_robot(args, out, split, frames, scenes, start_ns)
     period_ns = 1e9 / args.rate
     image_topic = COMPRESSED_TOPIC if args.compressed else IMAGE_TOPIC
     image_type = msgs.COMPRESSED_TYPE if args.compressed else msgs.IMAGE_TYPE
@@ -151,6 +190,57 @@ def run(args: argparse.Namespace) -> int:
     duration = (len(frames) - 1) / args.rate
     print(f"wrote {out} ({args.storage}): {len(frames)} frames of {', '.join(scenes)} at {args.rate:g} Hz "
           f"({duration:.1f} s), topics {image_topic}, {CAMERA_INFO_TOPIC}, {GT_TOPIC}")
+    return 0
+
+
+def _run_robot(args: argparse.Namespace, out, split, frames: list, scenes: list[str], start_ns: int) -> int:
+    """``--robot``: the recording of :mod:`pae_ros.bags.robot_bag`."""
+    from pathlib import Path
+
+    from .. import datasets
+    from ..progress import tqdm
+    from . import COMPRESSED_TOPIC
+    from .io import BagError, atomic_bag
+    from .robot_bag import (DEFAULT_DISTORTION, ODOM_HZ, TF_STATIC_TOPIC, TF_TOPIC, WALK_GAP_S, RobotOptions,
+                            write_robot_frames)
+
+    missing = [s for s in scenes if split.intrinsics.get(s) is None]
+    if missing:
+        print(f"pae bag make: error: --robot needs intrinsics to distort the images; none for "
+              f"{', '.join(missing)} (add <scene>/intrinsics.json)", file=sys.stderr)
+        return 1
+    opts = RobotOptions(rate=args.rate, odom_hz=ODOM_HZ if args.odom_hz is None else args.odom_hz,
+                        walk_gap_s=WALK_GAP_S if args.walk_gap is None else args.walk_gap,
+                        distortion=args.distortion or DEFAULT_DISTORTION, odom_drift=args.odom_drift,
+                        seed=args.odom_seed, jpeg_quality=args.jpeg_quality, start_ns=start_ns)
+    try:
+        opts.check()
+    except ValueError as exc:
+        print(f"pae bag make: error: {exc}", file=sys.stderr)
+        return 2
+    warned: set[str] = set()
+
+    def pinhole(frame, rgb):
+        return _scaled(frame.scene, split.intrinsics[frame.scene], rgb.shape[1], rgb.shape[0], warned)
+
+    try:
+        with atomic_bag(out, args.storage, force=args.force) as bag, \
+                tqdm(total=len(frames), desc="pae bag make", unit="frame", disable=None) as bar:
+            summary = write_robot_frames(bag, frames, pinhole, opts, progress=bar)
+            bag.set_custom_data("pae_ros.source", json.dumps({
+                "data": str(Path(args.data).resolve()), "format": args.fmt, "split": args.split,
+                "scenes": scenes, "frames": len(frames), "rate_hz": args.rate, "image_topic": COMPRESSED_TOPIC,
+                "layout": "robot", "odom_hz": opts.odom_hz, "odom_drift": opts.odom_drift,
+                "odom_seed": opts.seed, "distortion": list(opts.distortion), "walks": summary["walks"]}))
+            bag.set_custom_data("pae_ros.scene_ranges", json.dumps(summary["scene_ranges"]))
+    except (BagError, datasets.DatasetError, OSError, ValueError) as exc:
+        print(f"pae bag make: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({args.storage}): robot recording of {len(frames)} frames in {len(summary['walks'])} "
+          f"walk(s) of {', '.join(scenes)} at {args.rate:g} Hz, {TF_TOPIC} at {opts.odom_hz:g} Hz"
+          f"{f' (odometry drift x{opts.odom_drift:g})' if opts.odom_drift else ''}, {TF_STATIC_TOPIC}, "
+          f"topics {COMPRESSED_TOPIC}, /camera/camera_info (plumb_bob D={list(opts.distortion)}), "
+          f"/ground_truth/pose")
     return 0
 
 

@@ -21,6 +21,7 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 POSE_TYPE = "geometry_msgs/msg/PoseStamped"
 POSE_COV_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
 POSE_TYPES = (POSE_TYPE, POSE_COV_TYPE)
+TF_TYPE = "tf2_msgs/msg/TFMessage"
 
 #: ``format`` of CompressedImage as image_transport's compressed publisher writes it
 JPEG_FORMAT = "rgb8; jpeg compressed bgr8"
@@ -82,12 +83,12 @@ def compressed_image_msg(jpeg: bytes, t_ns: int, frame_id: str):
 
 
 def camera_info_msg(t_ns: int, frame_id: str, width: int, height: int,
-                    fx: float = 0.0, fy: float = 0.0, cx: float = 0.0, cy: float = 0.0):
-    """``sensor_msgs/CameraInfo`` of an undistorted pinhole camera (pixels).
+                    fx: float = 0.0, fy: float = 0.0, cx: float = 0.0, cy: float = 0.0, d=None):
+    """``sensor_msgs/CameraInfo`` of a pinhole camera (pixels), ``plumb_bob`` distortion.
 
-    ``K = [fx 0 cx; 0 fy cy; 0 0 1]``, ``R = I``, ``P = [K | 0]``, ``plumb_bob`` with
-    ``D = [0, 0, 0, 0, 0]``. With ``fx = 0`` (unknown intrinsics) K, R and P are all zeros,
-    the ROS convention for an uncalibrated camera.
+    ``K = [fx 0 cx; 0 fy cy; 0 0 1]``, ``R = I``, ``P = [K | 0]`` (the rectified camera is the
+    undistorted pinhole K), ``D = d`` (k1, k2, p1, p2, k3; default all zeros). With ``fx = 0``
+    (unknown intrinsics) K, R and P are all zeros, the ROS convention for an uncalibrated camera.
     """
     if fx > 0 and fy > 0:
         k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
@@ -95,9 +96,12 @@ def camera_info_msg(t_ns: int, frame_id: str, width: int, height: int,
         p = np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
     else:
         k, r, p = np.zeros(9), np.zeros(9), np.zeros(12)
+    dist = np.zeros(5) if d is None else np.asarray(d, dtype=np.float64).reshape(-1)
+    if dist.shape != (5,) or not np.all(np.isfinite(dist)):
+        raise ValueError(f"plumb_bob distortion needs 5 finite coefficients, got {dist.tolist()}")
     roi = _t("sensor_msgs/msg/RegionOfInterest")(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
     return _t(CAMERA_INFO_TYPE)(header=header(t_ns, frame_id), height=int(height), width=int(width),
-                                distortion_model="plumb_bob", d=np.zeros(5), k=k, r=r, p=p,
+                                distortion_model="plumb_bob", d=dist, k=k, r=r, p=p,
                                 binning_x=0, binning_y=0, roi=roi)
 
 
@@ -115,6 +119,23 @@ def decode_image(msg, max_dim: int = image_codec.DEFAULT_MAX_DIM, max_pixels: in
         return image_codec.decode_compressed(msg.format, msg.data, max_dim, max_pixels, max_aspect)
     return image_codec.decode_image(msg.height, msg.width, msg.encoding, msg.step, msg.is_bigendian,
                                     msg.data, max_dim, max_pixels, max_aspect)
+
+
+# --------------------------------------------------------------------------- TF
+def transform_msg(parent: str, child: str, translation, quaternion_wxyz, t_ns: int):
+    """``geometry_msgs/TransformStamped``: the pose of ``child`` in ``parent`` (m, unit wxyz) at ``t_ns``."""
+    p = np.asarray(translation, dtype=np.float64).reshape(3)
+    x, y, z, w = wxyz_to_ros(quaternion_wxyz)
+    tr = _t("geometry_msgs/msg/Transform")(
+        translation=_t("geometry_msgs/msg/Vector3")(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+        rotation=_t("geometry_msgs/msg/Quaternion")(x=x, y=y, z=z, w=w))
+    return _t("geometry_msgs/msg/TransformStamped")(header=header(t_ns, parent), child_frame_id=child,
+                                                    transform=tr)
+
+
+def tf_msg(transforms: Sequence) -> object:
+    """``tf2_msgs/TFMessage`` of :func:`transform_msg` results (``/tf`` and ``/tf_static``)."""
+    return _t(TF_TYPE)(transforms=list(transforms))
 
 
 # --------------------------------------------------------------------------- poses
