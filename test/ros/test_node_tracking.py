@@ -192,6 +192,24 @@ def test_filtered_poses_equal_an_offline_replay(run):
         np.testing.assert_allclose(np.asarray(m.pose.covariance).reshape(6, 6), cov, atol=1e-6)
 
 
+def test_a_late_geometric_fix_is_fused_at_its_own_stamp(run):
+    """A geometric fix arriving after newer images is fused with the odometry of its own image: the
+    true pose at an older stamp is accepted, the same pose given the newest stamp (the robot has
+    driven on ~0.7 m since) is rejected."""
+    from pae_ros.ros import conversions as cv
+
+    node = run["node"].node
+    counts = node.tracking.filter.counts
+    k_old = N_FRAMES - 15
+    fix = _estimate(*G.compose_poses(*T_MO, *_odom_camera(k_old)), method="geometric")
+    accepted, rejected = counts["accepted"], counts["rejected"]
+    for k in (k_old, N_FRAMES - 1):
+        s = run["stamps"][k]
+        node.output.publish_fix((cv.stamp_from_ns(s), s, CAM), fix)
+    assert (counts["accepted"], counts["rejected"]) == (accepted + 1, rejected + 1)
+    assert node.stats.snapshot()["counters"]["geometric_published"] == 2
+
+
 def test_initialpose_moves_the_track_and_relocalize_restarts_it(run, probe):
     """(c) A PoseWithCovarianceStamped on /initialpose (here ``<ns>/initialpose``) in map sets the
     track: the next filtered pose is the given one and map -> odom jumps (counted); one in another
@@ -209,6 +227,10 @@ def test_initialpose_moves_the_track_and_relocalize_restarts_it(run, probe):
     t_new = np.array([5.0, 4.0, 0.5])
     q_new = G.quat_multiply(np.array([np.cos(0.6), 0.0, 0.0, np.sin(0.6)]), Q_OPTICAL)
     cov = np.diag([0.04, 0.04, 0.0, 0.0, 0.0, 0.01])  # as RViz sends it: no z / roll / pitch variance
+    own = cv.pose_with_covariance(cv.header(cv.stamp_from_ns(123), "map"), t_new, q_new, cov)
+    node.reloc._armed = True
+    assert node.reloc.offer(own, t_new, True)  # the node's own /initialpose: not a pose for its filter
+    assert node.tracking.set_initial_pose(own) == "own"
     wrong = cv.pose_with_covariance(cv.header(cv.stamp_from_ns(0), "elsewhere"), t_new, q_new, cov)
     pub.publish(wrong)
     H.wait_until(lambda: node.stats.snapshot()["counters"].get("tracking_initialpose_dropped.wrong_frame") == 1, 10,
@@ -327,3 +349,22 @@ def test_map_odom_without_a_chain_uses_the_random_walk_until_odometry_comes(prob
         np.testing.assert_allclose(t_mo, T_MO[0], atol=1e-6)
     finally:
         node.close()
+
+
+def test_tracking_parameters_are_checked_and_auto_anchors_follow_the_geometric_stage():
+    """``tracking_anchor_methods``: auto, or a list of known methods (anything else is one clear
+    error); auto means geometric fixes only when there is a geometric stage."""
+    from pae_ros.ros.params import SPECS, check_value
+    from pae_ros.ros.tracking_output import tracking_params
+
+    assert check_value("tracking_anchor_methods", "geometric, refined") is None
+    msg = check_value("tracking_anchor_methods", "apr,lidar")
+    assert "tracking_anchor_methods" in msg and "apr, refined, geometric" in msg
+    assert check_value("tracking_anchor_methods", " , ") is not None
+    assert "(0, 1)" in check_value("tracking_gate_probability", 1.0)
+    assert check_value("tracking_init_count", 1) is not None and check_value("tracking_max_step_m", 0.0) is not None
+    params = {name: spec.default for name, spec in SPECS.items()}
+    assert tracking_params(params, True, True).anchor_methods == ("geometric",)
+    assert tracking_params(params, True, False).anchor_methods == ("apr", "refined", "geometric")
+    assert tracking_params(dict(params, tracking_anchor_methods="refined"), True, True).anchor_methods == ("refined",)
+    assert not tracking_params(dict(params, two_d_mode=True), False, False).two_d_mode  # camera tilt is not planar
