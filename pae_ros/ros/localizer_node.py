@@ -4,6 +4,7 @@ Topics, parameters, QoS, TF and diagnostics are documented in ``docs/ROS.md``. H
 (configure loads the bundle and creates outputs and services, activate subscribes and starts the
 workers) and the image / camera_info input. The parts live in :mod:`pae_ros.ros.loading`,
 :mod:`~pae_ros.ros.tf_listener`, :mod:`~pae_ros.ros.pose_output`, :mod:`~pae_ros.ros.services`,
+:mod:`~pae_ros.ros.tracking_output` (the tracking filter, parameter ``tracking``),
 :mod:`~pae_ros.ros.inference_worker` and :mod:`~pae_ros.ros.geometric_worker`.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pae_ros.ros.params import NODE_NAME, ConfigError, check_command_line, decla
 from pae_ros.ros.pose_output import PoseOutput
 from pae_ros.ros.services import Relocalization
 from pae_ros.ros.tf_listener import TfListener
+from pae_ros.ros.tracking_output import TrackingOutput
 
 
 class LocalizerNode(LifecycleNode):
@@ -60,6 +62,7 @@ class LocalizerNode(LifecycleNode):
         self.stats: NodeStats | None = None
         self.tf: TfListener | None = None
         self.output: PoseOutput | None = None
+        self.tracking: TrackingOutput | None = None
         self.reloc: Relocalization | None = None
         self.camera: CameraInfoWatch | None = None
         self.worker: InferenceWorker | None = None
@@ -147,6 +150,13 @@ class LocalizerNode(LifecycleNode):
         self.reloc.create()
         self.output = PoseOutput(self, self.params, self.tf, self.reloc, self.stats, self._log_throttled)
         self.output.create()
+        self.tracking = None
+        if self.params["tracking"]:
+            has_geo = self.params["geometric"] != "off" and self.localizer.geometric is not None
+            self.tracking = TrackingOutput(self, self.params, self.tf, self.output.tf_out, self.reloc, self.stats,
+                                           self._log_throttled, has_geo)
+            self.tracking.create()
+        self.output.tracking = self.tracking
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", qos.OUTPUT_QOS)
         if self.params["publish_reconstruction"] and not self.localizer.info.get("decoder", False):
             self.get_logger().warning("publish_reconstruction is true but the bundle has no decoder: "
@@ -237,6 +247,10 @@ class LocalizerNode(LifecycleNode):
         """Destroy publishers and services, drop the model."""
         if self.localizer is None:
             return
+        if self.tracking is not None:
+            self.tracking.destroy()
+            self.tracking = None
+        self.output.tracking = None
         self.output.destroy()
         self.reloc.destroy()
         if self.pub_diag is not None:
@@ -345,6 +359,8 @@ class LocalizerNode(LifecycleNode):
             info = self.info
             if self.geo is not None:
                 info = dict(self.info, last_fix_stamp=self.output.last_fix_stamp, **self.geo.diagnostics())
+            if self.tracking is not None:
+                info = dict(info, **self.tracking.diagnostics())
             self.pub_diag.publish(diagnostic_array(self.get_clock().now().to_msg(), self.get_fully_qualified_name(),
                                                    snap, info, missing, warnings=warnings or None))
         except Exception as e:

@@ -95,6 +95,26 @@ def _geometric(v):
     return None  # a path: its existence and contents are checked when the bundle is loaded
 
 
+#: estimate methods the tracking filter knows (pae_ros.tracking.METHODS, without importing it here)
+TRACKING_METHODS = ("apr", "refined", "geometric")
+
+
+def parse_anchor_methods(v: str) -> tuple[str, ...] | None:
+    """``tracking_anchor_methods``: None for ``auto``, else the listed methods (order kept)."""
+    if v.strip() == "auto":
+        return None
+    return tuple(m.strip() for m in v.split(",") if m.strip())
+
+
+def _anchor_methods(v):
+    got = parse_anchor_methods(v)
+    if got is None:
+        return None
+    if not got or any(m not in TRACKING_METHODS for m in got):
+        return f"must be auto or a comma-separated list of {', '.join(TRACKING_METHODS)}"
+    return None
+
+
 def _nonneg(unit):
     return lambda v: None if v >= 0 else f"must be >= 0 ({unit})"
 
@@ -202,6 +222,26 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "OpenCV threads of the geometric stage (cv2.setNumThreads, process-wide: also bounds the node's "
               "other OpenCV calls); 1 = one core at most; 0 = OpenCV's default", ">= 0",
               lambda v: None if v >= 0 else "must be >= 0 (0 = OpenCV's default)", int_range=(0, 256)),
+    ParamSpec("tracking", True,
+              "tracking filter (pae_ros.tracking): fuses every estimate with odometry (map_odom) or a random-walk "
+              "model (no odometry chain) into pae/filtered_pose and, in tf_mode map_odom, the published map -> odom "
+              "(slew-limited, outliers gated); false = map -> odom from each confident estimate directly"),
+    ParamSpec("tracking_anchor_methods", "auto",
+              "estimate methods that may start or relocalise the track: auto (geometric when the localizer has "
+              "a geometric stage, else all), or a comma-separated list of apr, refined, geometric",
+              "auto | list of apr, refined, geometric", _anchor_methods),
+    ParamSpec("tracking_gate_probability", 0.999,
+              "chi-square probability of the tracking filter's Mahalanobis gate (outliers beyond it are rejected)",
+              "0 < value < 1", lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
+    ParamSpec("tracking_init_count", 3,
+              "mutually consistent estimates the tracking filter needs to start or restart", ">= 2",
+              lambda v: None if v >= 2 else "must be >= 2", int_range=(2, 1000)),
+    ParamSpec("tracking_max_step_m", 0.2,
+              "largest step (m) of the published map -> odom per estimate (slew limit; jumps only at a start, "
+              "relocalisation or /initialpose)", "> 0", lambda v: None if v > 0 else "must be > 0 (metres)"),
+    ParamSpec("tracking_max_step_rad", 0.05,
+              "largest rotation step (rad) of the published map -> odom per estimate", "> 0",
+              lambda v: None if v > 0 else "must be > 0 (radians)"),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", "> 0",
               lambda v: None if 0.0 < v <= 3600.0 else "must be > 0 (seconds)"),
 )

@@ -8,6 +8,11 @@ T_map_camera * T_camera_base`` with ``T_camera_base`` looked up at the image sta
 (``camera``; ``auto`` falls back to it, with a warning, until the mount is seen). TF moves only for
 confident, in-scene estimates. Geometric fixes (:meth:`PoseOutput.publish_fix`) publish the pose
 topics stamped with their own image and TF with ``newer_only``. Positions metres, quaternions wxyz.
+
+With the tracking filter (:attr:`PoseOutput.tracking`, a
+:class:`pae_ros.ros.tracking_output.TrackingOutput`) every estimate also goes to the filter with
+``odom -> camera`` at its image stamp, and in ``tf_mode: map_odom`` the published ``map -> odom``
+is the filter's, not the estimate's; ``pae/pose*`` stay per-frame measurements.
 """
 from __future__ import annotations
 
@@ -49,6 +54,8 @@ class PoseOutput:
         #: image stamp (s) of the last geometric fix published
         self.last_fix_stamp = "none"
         self.pub_pose = self.pub_pose_cov = self.pub_apr = self.pub_recon = None
+        #: the tracking filter's outputs (parameter ``tracking``), or None
+        self.tracking = None
 
     # ---- lifecycle ------------------------------------------------------------------------
     def create(self) -> None:
@@ -76,7 +83,9 @@ class PoseOutput:
         s_ns = cv.stamp_ns(stamp)
         hdr = cv.header(stamp, self.map_frame)
         out = self.output_pose(s_ns, camera_frame, est)
-        if confident and self.tf_mode != "none":
+        if self._tracked_tf():
+            self._feed_tracking(s_ns, camera_frame, est, confident)
+        elif confident and self.tf_mode != "none":
             self.publish_tf(s_ns, camera_frame, est)
         if out is not None:
             t_out, q_out, cov_out = out
@@ -93,6 +102,26 @@ class PoseOutput:
             img = reconstruct()
             if img is not None:
                 self.pub_recon.publish(cv.rgb_to_image(cv.header(stamp, camera_frame), img))
+        if self.tracking is not None and not self._tracked_tf():
+            self.tracking.feed(s_ns, camera_frame, est, confident, None)
+
+    def _tracked_tf(self) -> bool:
+        """The filter owns map -> odom (tracking on, tf_mode map_odom)."""
+        return self.tracking is not None and self.tf_mode == "map_odom"
+
+    def _feed_tracking(self, s_ns: int, camera_frame: str, est, use: bool, fix: bool = False) -> None:
+        """``est`` and ``odom -> camera`` at its stamp to the filter (map_odom)."""
+        odom, missing = None, False
+        if camera_frame:
+            try:
+                odom = self.lookup_odom(s_ns, camera_frame)
+            except TfLookupError as e:
+                missing = e.reason == "unconnected"
+        else:
+            self.stats.missing_tf()
+            self.log("noframe", "image header has no frame_id and camera_frame is empty: no odometry for the "
+                                "tracking filter")
+        self.tracking.feed(s_ns, camera_frame, est, use, odom, chain_missing=missing, fix=fix)
 
     def publish_fix(self, context, est) -> None:
         """An accepted geometric fix (geometric thread): ``pae/pose`` and ``pae/pose_with_covariance``
@@ -115,7 +144,13 @@ class PoseOutput:
         self.pub_pose_cov.publish(cv.pose_with_covariance(hdr, t_out, q_out, cov_out))
         self.stats.count("geometric_published")
         self.last_fix_stamp = f"{s_ns / 1e9:.9f}"
-        if self.tf_mode != "none" and est.confidence >= self.gate and est.in_scene:
+        confident = est.confidence >= self.gate and est.in_scene
+        if self.tracking is not None:
+            if self._tracked_tf():
+                self._feed_tracking(s_ns, camera_frame, est, confident, fix=True)
+            else:
+                self.tracking.feed(s_ns, camera_frame, est, confident, None, fix=True)
+        if self.tf_mode != "none" and confident and not self._tracked_tf():
             if not self.publish_tf(s_ns, camera_frame, est, newer_only=True):
                 self.stats.count("geometric_tf_refused")
 
@@ -175,13 +210,22 @@ class PoseOutput:
         if self.tf_mode == "map_camera":
             return self.tf_out.camera(s_ns, camera_frame, est.position, est.quaternion, newer_only=newer_only)
         try:
-            t_oc, q_oc = self.listener.buffer.wait_for(self.odom_frame, camera_frame, s_ns, self.tf_wait)
-        except TfLookupError as e:
-            self._odom_missing(e, camera_frame)
+            t_oc, q_oc = self.lookup_odom(s_ns, camera_frame)
+        except TfLookupError:
             return False
-        self.tf_chain_missing = False
         t_mo, q_mo = map_to_odom(est.position, est.quaternion, t_oc, q_oc)
         return self.tf_out.set_correction(s_ns, t_mo, q_mo, newer_only=newer_only)
+
+    def lookup_odom(self, s_ns: int, camera_frame: str):
+        """``odom -> camera`` (t, q) at ``s_ns``, waiting up to ``tf_wait``; a failure is counted,
+        logged and raised (:class:`TfLookupError`)."""
+        try:
+            got = self.listener.buffer.wait_for(self.odom_frame, camera_frame, s_ns, self.tf_wait)
+        except TfLookupError as e:
+            self._odom_missing(e, camera_frame)
+            raise
+        self.tf_chain_missing = False
+        return got
 
     def _odom_missing(self, e: TfLookupError, camera_frame: str) -> None:
         if e.reason == "too_old":

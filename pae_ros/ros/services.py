@@ -10,10 +10,15 @@
   confident pose always is): a kidnapped robot's AMCL is re-seeded.
 * ``~/set_enabled``: ``data: false`` pauses localization (images are ignored and counted as
   ``count.paused``; the last map -> odom keeps being re-published), ``true`` resumes.
+
+Other parts (the tracking filter, :mod:`pae_ros.ros.tracking_output`) hook into both services
+through :attr:`Relocalization.on_relocalize` and :attr:`Relocalization.on_set_enabled`, and
+recognise the node's own ``/initialpose`` messages with :meth:`Relocalization.is_own`.
 """
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -38,6 +43,11 @@ class Relocalization:
         self.published = 0
         self._pub = None
         self._services = []
+        #: called (no argument) after ~/relocalize was accepted, and with the new flag after ~/set_enabled
+        self.on_relocalize: list = []
+        self.on_set_enabled: list = []
+        #: (stamp ns, position) of the last messages published on the initial-pose topic
+        self._sent: deque = deque(maxlen=16)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def create(self) -> None:
@@ -63,6 +73,8 @@ class Relocalization:
             return response
         with self._lock:
             self._armed = True
+        for hook in self.on_relocalize:
+            hook()
         response.success = True
         response.message = (f"armed: the next pose with confidence >= {self.min_confidence:g} in scene "
                             f"is published on {self.node.resolve_topic_name(self.topic)}")
@@ -71,6 +83,8 @@ class Relocalization:
 
     def _on_set_enabled(self, request, response):
         self.enabled = bool(request.data)
+        for hook in self.on_set_enabled:
+            hook(self.enabled)
         response.success = True
         response.message = "localization resumed" if self.enabled else "localization paused"
         self.node.get_logger().info(response.message)
@@ -92,6 +106,13 @@ class Relocalization:
                 return False
             self._armed = False
             self._last_position = p
+            self._sent.append((int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec), p.copy()))
         self._pub.publish(msg)
         self.published += 1
         return True
+
+    def is_own(self, stamp_ns: int, position) -> bool:
+        """Whether a message on the initial-pose topic (stamp ns, position m) is one this node sent."""
+        p = np.asarray(position, np.float64)
+        with self._lock:
+            return any(s == stamp_ns and np.array_equal(q, p) for s, q in self._sent)

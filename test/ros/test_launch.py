@@ -202,7 +202,7 @@ def test_running_node_declares_every_yaml_parameter(launched, probe):
     req = GetParameters.Request(names=list(params))
     values = dict(zip(params, (parameter_value_to_python(v) for v in
                                _call(probe, GetParameters, f"/{NODE_NAME}/get_parameters", req).values)))
-    overridden = {"bundle", "device", "diagnostics_period"}  # set with -p by the launch-style command
+    overridden = {"bundle", "device", "diagnostics_period", "tracking"}  # set with -p by the launch-style command
     for k, v in params.items():
         if k not in overridden:
             assert values[k] == v, f"{k}: node has {values[k]!r}, YAML {v!r}"

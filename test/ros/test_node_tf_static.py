@@ -105,7 +105,8 @@ def test_foreign_bag_replayed_gives_base_poses_and_map_to_odom(tiny_dataset, loc
     tfs = probe.collect("/tf", TFMessage, TF_QOS)
     rec = H.RecordingLocalizer(localizer)
     node = H.InProcessNode(ns, {"image_topic": "/cam0/image_raw", "compressed": True, "confidence_gate": 0.0,
-                          "image_qos": "reliable", "tf_publish_rate": 0.0, "tf_wait": 0.5}, rec)
+                          "image_qos": "reliable", "tf_publish_rate": 0.0, "tf_wait": 0.5,
+                                "tracking": False}, rec)  # map -> odom per in-scene estimate
     try:
         play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--wait-subscribers",
                                "/cam0/image_raw/compressed:1", "--wait-timeout", "60"],

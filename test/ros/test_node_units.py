@@ -537,7 +537,7 @@ def test_moving_robot_map_to_odom_at_the_image_stamp():
             np.array([np.cos(w * t / 2), 0.0, 0.0, np.sin(w * t / 2)])
 
     ctx, node = _in_process_node({"tf_mode": "map_odom", "tf_wait": 0.5, "transform_tolerance": 0.1,
-                                  "tf_publish_rate": 0.0})
+                                  "tf_publish_rate": 0.0, "tracking": False})  # map -> odom per estimate
     try:
         fake, stubs, (t_bc, q_bc) = _set_up_with_mount(node)
         tf_stub = stubs["pub_tf"]
@@ -680,7 +680,7 @@ def test_two_d_mode_flattens_map_to_odom_and_the_base_pose():
     from pae_ros.ros.conversions import stamp_from_ns, transform_from_msg, transform_stamped
     from pae_ros.ros.frames import yaw_of
 
-    ctx, node = _in_process_node({"tf_mode": "map_odom", "two_d_mode": True, "tf_wait": 0.0})
+    ctx, node = _in_process_node({"tf_mode": "map_odom", "two_d_mode": True, "tf_wait": 0.0, "tracking": False})
     try:
         fake, stubs, (t_bc, q_bc) = _set_up_with_mount(node)
         tf_stub = stubs["pub_tf"]

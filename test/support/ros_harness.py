@@ -122,11 +122,12 @@ _launched: dict[str, NodeProcess] = {}
 
 def launched_node(bundle: Path) -> NodeProcess:
     """The session's node started like ``launch/localize.launch.py`` (params file + ``bundle`` /
-    ``device`` overrides + image remap to ``/test/cam``), restarted if it is not running."""
+    ``device`` / ``tracking:=false`` overrides + image remap to ``/test/cam``), restarted if it is not running."""
     key = str(bundle)
     node = _launched.get(key)
     if node is None or not node.alive():
-        node = NodeProcess(node_command(bundle, {"device": "cpu", "diagnostics_period": 0.5},
+        # tracking off: the TF tests compare map -> odom with single estimates (the filter has its own tests)
+        node = NodeProcess(node_command(bundle, {"device": "cpu", "diagnostics_period": 0.5, "tracking": False},
                                         [("/camera/image_raw", LAUNCHED_IMAGE_TOPIC)]))
         _launched[key] = node
     return node
