@@ -86,6 +86,7 @@ class ExportOptions:
     dup_threshold: float = 0.5
     holdout: list[str] = field(default_factory=list)
     undistort: bool = True
+    sequence_gap: float = 1.0               # a longer pause between images starts a new sequence (0: off)
     max_frames: int | None = None
 
 
@@ -396,14 +397,15 @@ def _parse_holdout(specs: list[str], bags: list[Path]) -> tuple[set[str], list[t
 
 
 class _Sequences:
-    """Sequence folders: one per (bag, time block); held-out blocks go to the test split."""
+    """Sequence folders: one per (bag, time block, stretch between pauses); held-out blocks go to
+    the test split."""
 
     def __init__(self) -> None:
         self.seqs: list[dict] = []
         self._current: dict | None = None
 
-    def get(self, bag: str, test: bool, block: int, block_s: tuple | None) -> dict:
-        key = (bag, block)
+    def get(self, bag: str, test: bool, block: int, block_s: tuple | None, stretch: int = 0) -> dict:
+        key = (bag, block, stretch)
         if self._current is None or self._current["key"] != key:
             self._current = {"key": key, "name": f"seq-{len(self.seqs) + 1:02d}", "bag": bag,
                              "block_s": block_s, "split": "test" if test else "train", "frames": 0,
@@ -426,7 +428,7 @@ def export_bags(bags: list[Path | str], out: Path | str, opts: ExportOptions, fo
     if (opts.pose_frames is None) == (opts.pose_topic is None):
         raise ExportError("give exactly one pose source: --pose-frames PARENT:CHILD or --pose-topic TOPIC")
     for name in ("max_tf_gap", "t_max_diff", "min_dist", "min_angle_deg", "min_dt", "blur_threshold",
-                 "dup_threshold"):
+                 "dup_threshold", "sequence_gap"):
         if not getattr(opts, name) >= 0:
             raise ExportError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opts, name)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -537,7 +539,8 @@ def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, spli
     poser = Poser(opts, tree, track, track_frames, bag, say)
     motion = keyframes.MotionFilter(opts.min_dist, opts.min_angle_deg, opts.min_dt)
     drops: dict[str, int] = {}
-    last_thumb = first_stamp = truncated = None
+    last_thumb = first_stamp = prev_stamp = truncated = None
+    stretch = 0  # pauses longer than opts.sequence_gap seen so far in this bag (every image counts)
     n_images = reader.topics[image_topic].msgcount
     seen = written = 0
     it = _messages(reader, [image_topic])
@@ -567,11 +570,14 @@ def _export_bag(reader, bag: Path, tmp: Path, opts: ExportOptions, statics, spli
         stamp = _stamp(msg)
         frame = _image_frame_id(msg, opts, bag, image_topic)
         first_stamp = stamp if first_stamp is None else first_stamp
+        if opts.sequence_gap > 0 and prev_stamp is not None and stamp - prev_stamp > _ns(opts.sequence_gap):
+            stretch += 1
+        prev_stamp = stamp
         kept = _keyframe(msg, stamp, frame, poser, motion, last_thumb, opts, bag, st, drops)
         if kept is None:
             continue
         pos, quat, rgb, sharp, last_thumb = kept
-        seq = st.seqs.get(bag.name, *splitter.split(bag, (stamp - first_stamp) / 1e9))
+        seq = st.seqs.get(bag.name, *splitter.split(bag, (stamp - first_stamp) / 1e9), stretch)
         _write_frame(tmp, seq, stamp, rgb, pos, quat)
         motion.kept(stamp)
         st.sharpness.append(sharp)

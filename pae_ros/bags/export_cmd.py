@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="test split: a whole bag (its folder / file name), or a time block in seconds from each "
                           "bag's first image; repeat for several. Default: the last bag, or with one bag its "
                           "last 20 %% of time")
+    sel.add_argument("--sequence-gap", type=float, default=1.0, metavar="S",
+                     help="a pause of more than this many seconds between two images of a bag starts a new "
+                          "sequence (a new walk: training holds out whole walks for calibration; 0: off)")
     sel.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N exported frames")
 
 
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         t_max_diff=args.t_max_diff, t_offset=args.t_offset, interpolate=args.interpolate, min_dist=args.min_dist,
         min_angle_deg=args.min_angle_deg, min_dt=args.min_dt, blur_threshold=args.blur_threshold,
         dup_threshold=args.dup_threshold, holdout=list(args.holdout), undistort=not args.keep_distortion,
-        max_frames=args.max_frames)
+        sequence_gap=args.sequence_gap, max_frames=args.max_frames)
     try:
         export_bags(args.bags, args.out, opts, force=args.force)
     except ExportError as e:

@@ -51,7 +51,7 @@ DEFAULT_DISTORTION = (-0.12, 0.04, 0.0005, -0.0004, 0.0)
 #: odometry TF rate, Hz
 ODOM_HZ = 37.0
 #: seconds between the last image of a walk and the first of the next
-WALK_GAP_S = 1.0
+WALK_GAP_S = 2.0
 #: TF samples written before the first and after the last image of a walk
 MARGIN_SAMPLES = 2
 

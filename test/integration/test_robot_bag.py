@@ -73,6 +73,10 @@ def test_robot_recording_exports_back_to_the_dataset(tiny_dataset, tmp_path, sto
     report = json.loads((out / "export.json").read_text())
     assert report["intrinsics"]["undistorted"] is True
     assert report["counts"]["dropped"] == {}
+    # each walk of the recording (the pauses between them) is its own sequence, as in the dataset
+    walks = {s: len(set(datasets.read_dataset(tiny_dataset, "7scenes", s).sequences)) for s in ("train", "test")}
+    got_walks = {s: sum(1 for q in report["sequences"] if q["split"] == s) for s in ("train", "test")}
+    assert got_walks == walks and walks["train"] > 1
 
     # undistorting gives back the rendered image: exported images are closer to it than the recorded ones
     truth_test = datasets.read_dataset(tiny_dataset, "7scenes", "test").frames
