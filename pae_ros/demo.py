@@ -244,7 +244,7 @@ def run(args) -> int:
     t0 = _step(2, n, f"training APR -> PAE -> decoder -> calibration ({preset} preset)")
     _train(args, load_config(None, preset, {"seed": args.seed}), train, out, bundle_path)
     _done(t0, str(bundle_path))
-    if not getattr(args, "no_map", False):
+    if not args.no_map:
         _map(bundle_path, train)
 
     t0 = _step(3, n, "offline evaluation on the test walk (pae eval)")

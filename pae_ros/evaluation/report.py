@@ -146,10 +146,6 @@ def _split_poses(split: DatasetSplit, scenes: list[str], source: str) -> tuple[P
                    np.array([scenes.index(f.scene) for f in keep]), source), keep
 
 
-def _method_of(e) -> str:
-    m = getattr(e, "method", None)
-    return str(m) if m else ("refined" if e.refined else "apr")
-
 
 def _none_if_inf(v: np.ndarray) -> list:
     return [float(x) if np.isfinite(x) else None for x in v]
@@ -237,7 +233,7 @@ def _run_test_frames(loc: Localizer, frames: list, describe, batch: int, show_pr
         t_apr += time.perf_counter() - t0
         apr_outs.append(out)
         t0 = time.perf_counter()
-        d = getattr(out, "descriptors", None)  # a Localizer whose APR pass also describes the image
+        d = out.descriptors  # set when the APR pass also describes the image (a frozen backbone)
         descs.append(np.asarray(d, np.float32) if d is not None else describe(imgs, b))
         t_desc += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -307,7 +303,7 @@ def _row_table(est: dict, info: dict, loc: Localizer, retrieval_k: int) -> tuple
 def _published_section(loc: Localizer, est: dict, published: list, gt_p, gt_q) -> tuple[dict, np.ndarray]:
     """What the node publishes: frames per method, what the header declared, errors per method;
     and the (N,) method of each frame."""
-    methods = Counter(_method_of(e) for e in published)
+    methods = Counter(e.method for e in published)
     declared = loc.bundle.header.get("published")
     pub = {"declared": declared, "methods": dict(methods), "method": methods.most_common(1)[0][0],
            "default_without_header": "refined" if loc.refine_enabled else "apr"}
@@ -315,13 +311,11 @@ def _published_section(loc: Localizer, est: dict, published: list, gt_p, gt_q) -
     if same in est and same != "published":
         d = np.linalg.norm(est["published"][0] - est[same][0], axis=1)
         pub["max_position_difference_to_row_m"] = {same: float(np.nanmax(d)) if np.isfinite(d).any() else None}
-    per_method = np.array([_method_of(e) for e in published])
+    per_method = np.array([e.method for e in published])
     pe_pub = position_error(est["published"][0], gt_p)
     oe_pub = orientation_error_deg(est["published"][1], gt_q)
     pub["by_method"] = {m: summarize_errors(pe_pub[per_method == m], oe_pub[per_method == m]) for m in methods}
-    in_scene = [getattr(e, "in_scene", None) for e in published]
-    pub["in_scene_share"] = (float(np.mean([bool(v) for v in in_scene])) if all(v is not None for v in in_scene)
-                             else None)
+    pub["in_scene_share"] = float(np.mean([e.in_scene for e in published])) if published else None
     return pub, per_method
 
 

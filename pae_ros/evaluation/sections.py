@@ -23,16 +23,15 @@ def geometric_reason(est) -> str:
     reason (:data:`pae_ros.geometric.stage.REASONS`), ``unusable image`` (the stage raised on the
     image), else why the stage never saw the frame (``out of scene``, ``non-finite prior``,
     ``not attempted``)."""
-    if getattr(est, "method", None) == "geometric":
+    if est.method == "geometric":
         return "accepted"
-    extras = getattr(est, "extras", None) or {}
-    reason = extras.get("geometric_reason")
+    reason = est.extras.get("geometric_reason")
     if reason is not None:
         # "unusable image: <the error>" carries a per-frame message: counted under its kind
         return str(reason).split(":", 1)[0]
-    if getattr(est, "in_scene", True) is False:
+    if not est.in_scene:
         return "out of scene"
-    if getattr(est, "finite", True) is False:
+    if not est.finite:
         return "non-finite prior"
     return "not attempted"
 

@@ -392,19 +392,21 @@ def test_two_scene_report_keeps_each_scene_to_its_own_train_poses(two_scene_bund
 def test_geometric_report_counts_every_frames_reason(loc, tmp_path):
     """Every frame is counted under its reason: the fix, the stage's fallback, an image the stage
     raised on ("unusable image", whatever its message), and frames the stage never saw."""
-    from types import SimpleNamespace
-
     from pae_ros.evaluation.sections import geometric_report
+    from pae_ros.pipeline import Estimate
 
-    assert geometric_report(loc, [SimpleNamespace(extras={})] * 3, np.ones(3), np.array(["refined"] * 3)) is None
-    pub = [SimpleNamespace(method="geometric", extras={"geometric_accepted": True, "geometric_reason": "accepted",
-                                                       "geometric_total_s": 0.2}),
-           SimpleNamespace(method="refined", extras={"geometric_accepted": False, "geometric_reason": "too_few_inliers",
-                                                     "geometric_total_s": 0.1}),
-           SimpleNamespace(method="refined", extras={"geometric_reason": "unusable image: aspect 4:3 vs 16:9"}),
-           SimpleNamespace(method="refined", extras={"geometric_reason": "unusable image: 2 x 2 pixels"}),
-           SimpleNamespace(method="apr", in_scene=False, extras={}),
-           SimpleNamespace(method="refined", extras={})]
+    def est(method="refined", extras=None, in_scene=True):
+        return Estimate(np.zeros(3), np.array([1.0, 0, 0, 0]), np.zeros(3), np.array([1.0, 0, 0, 0]), 0.5, 1.0, 0.1,
+                        np.eye(6), "room", method == "refined", extras=extras or {}, method=method, in_scene=in_scene)
+
+    assert geometric_report(loc, [est()] * 3, np.ones(3), np.array(["refined"] * 3)) is None
+    pub = [est("geometric", {"geometric_accepted": True, "geometric_reason": "accepted", "geometric_total_s": 0.2}),
+           est("refined", {"geometric_accepted": False, "geometric_reason": "too_few_inliers",
+                           "geometric_total_s": 0.1}),
+           est("refined", {"geometric_reason": "unusable image: aspect 4:3 vs 16:9"}),
+           est("refined", {"geometric_reason": "unusable image: 2 x 2 pixels"}),
+           est("apr", in_scene=False),
+           est("refined")]
     methods = np.array([e.method for e in pub])
     g = geometric_report(loc, pub, np.array([0.01, 1.0, 2.0, 2.0, 3.0, 2.0]), methods)
     assert g["frames"] == 6 and g["attempted"] == 4
