@@ -129,3 +129,12 @@ def test_help(script):
                           timeout=60, cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
+
+
+def test_bench_bundle_pair_of_a_bundle_with_itself_finds_no_difference(tiny_bundle, tiny_dataset):
+    rows = run_bench("bench_bundle_pair.py", "--a", str(tiny_bundle), str(tiny_dataset), "--b", str(tiny_bundle),
+                     str(tiny_dataset), timeout=300)
+    pairs = by_name(rows, "bundle_pair")
+    assert {(r["params"]["row"], r["params"]["unit"]) for r in pairs} == \
+        {(row, unit) for row in ("apr", "refined", "published") for unit in ("m", "deg")}
+    assert all(r["value"] == 0.0 and "contains zero" in r["details"] for r in pairs)
