@@ -263,9 +263,10 @@ def _stretch_samples(stretch: list, smp_ns: list[int], walk_start: int) -> tuple
     bounds = [(a[1][-1] + b[1][0]) / 2 for a, b in zip(stretch[:-1], stretch[1:])]
     seg = np.searchsorted(np.asarray(bounds), smp, side="right") if bounds else np.zeros(len(smp), int)
     G = np.zeros((len(smp), 4, 4))
+    X_inv = pose_inverse(base_to_optical())
     for s, (walk, img_ns) in enumerate(stretch):
         idx = np.flatnonzero(seg == s)
-        T_img = np.stack([geometry.pose_to_matrix(f.position, f.quaternion) for f in walk]) @ pose_inverse(base_to_optical())
+        T_img = np.stack([geometry.pose_to_matrix(f.position, f.quaternion) for f in walk]) @ X_inv
         G[idx] = walk_samples(rel(img_ns), T_img, rel(smp[idx]))
     teleports = [int(np.flatnonzero(seg == s)[0]) for s in range(1, len(stretch))]
     return G, teleports

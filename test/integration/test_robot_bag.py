@@ -15,9 +15,9 @@ import pytest
 from pae_ros import datasets, geometry
 from pae_ros.bags import CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, io, make_cmd, msgs
 from pae_ros.bags import export_cmd
-from pae_ros.tracking.lie import interpolate_pose
 from pae_ros.bags.robot_bag import (DEFAULT_DISTORTION, TF_STATIC_TOPIC, TF_TOPIC, base_to_optical,
                                     distort_image, distortion_maps, pose_errors)
+from pae_ros.tracking.lie import interpolate_pose
 
 pytestmark = pytest.mark.timeout(120)
 
