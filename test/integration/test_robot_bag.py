@@ -269,3 +269,44 @@ def test_robot_kidnap_jumps_map_odom_not_odometry(tiny_dataset, tmp_path, capsys
 
     assert _make(tiny_dataset, "test", tmp_path / "bad", "--kidnap", "1") == 1  # one walk: nowhere to go
     assert "no next walk" in capsys.readouterr().err
+
+
+def test_robot_kidnap_with_drift_keeps_the_ground_truth(tiny_dataset, tmp_path):
+    """With drifting odometry the carry still leaves map -> base_link on the ground truth: the
+    recording exports back to the kept frames within the round-trip tolerance."""
+    bag = tmp_path / "kidnap"
+    assert _make(tiny_dataset, "train", bag, "--kidnap", "1.5", "--kidnap", "3", "--odom-drift", "1") == 0
+    with io.BagReader(bag) as r:
+        kidnaps = json.loads(r.custom_data["pae_ros.kidnaps"])
+        source = json.loads(r.custom_data["pae_ros.source"])
+    start = 1_700_000_000 * 10**9
+    # walk 0 keeps 15 images (0 .. 1.4 s); walk 1 starts at 1.5 s, keeps 15 (to 2.9 s); walk 2 from 3 s
+    assert kidnaps == [start + 15 * 10**8, start + 30 * 10**8]
+    assert [w["frames"] for w in source["walks"]] == [15, 15, 40]
+    by_topic = _read(bag)
+    frames = datasets.read_dataset(tiny_dataset, "7scenes", "train").frames
+    seqs = list(dict.fromkeys(f.sequence for f in frames))
+    kept = ([f for f in frames if f.sequence == seqs[0]][:15] + [f for f in frames if f.sequence == seqs[1]][:15]
+            + [f for f in frames if f.sequence == seqs[2]])
+    tf = by_topic[TF_TOPIC]
+    stamps = np.array([t for t, _ in tf])
+    M = np.stack([_matrix(m.transforms[0]) for _, m in tf])
+    O = np.stack([_matrix(m.transforms[1]) for _, m in tf])
+    X = base_to_optical()
+    gts = by_topic[GT_TOPIC]
+    assert len(gts) == len(kept)
+    for (t_img, _), f in zip(gts, kept):
+        k = int(np.searchsorted(stamps, t_img, side="right"))
+        a = (t_img - stamps[k - 1]) / (stamps[k] - stamps[k - 1])
+        T = interpolate_pose(M[k - 1], M[k], a) @ interpolate_pose(O[k - 1], O[k], a) @ X
+        assert np.linalg.norm(T[:3, 3] - f.position) < POS_TOL_M
+
+
+def test_robot_kidnap_refusals(tiny_dataset, tmp_path, capsys):
+    # 4.05 s: after walk 0's last image (3.9 s), before walk 1's first (5.9 s)
+    assert _make(tiny_dataset, "train", tmp_path / "gap", "--kidnap", "4.05") == 1
+    assert "is not inside a walk" in capsys.readouterr().err
+    assert make_cmd.main(["--data", str(tiny_dataset), "--format", "7scenes", "--split", "train",
+                          "--out", str(tmp_path / "plain"), "--kidnap", "1"]) == 2
+    assert "--kidnap needs --robot" in capsys.readouterr().err
+    assert not (tmp_path / "gap").exists() and not (tmp_path / "plain").exists()
