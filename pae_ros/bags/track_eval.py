@@ -15,7 +15,8 @@ import json
 import numpy as np
 
 from .. import geometry
-from ..tracking.track_metrics import correction_steps, recovery_s, sigma_coverage, stream_metrics
+from ..tracking.track_metrics import (correction_steps, recovery_s, sigma_coverage, stream_metrics,
+                                      unusable_covariances)
 
 KIDNAPS_KEY = "pae_ros.kidnaps"
 
@@ -114,12 +115,15 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     metres), ``kidnap_recovery_s`` (per kidnap, seconds until the error stays under 1 m for 5 s;
     None: never); raw also ``gross_estimates`` (error > ``gross_m``); filtered also ``share``
     (of ground-truth frames with a filtered pose) and ``coverage_1sigma`` / ``coverage_2sigma``
-    (chi-square radii, 3 dof; 2 when planar); ``map_odom_step``: largest and p99 step (m) between
+    (chi-square radii, 3 dof; 2 when planar; frames whose covariance is not positive definite are
+    left out and counted in ``coverage_dropped_unusable_covariance``); ``map_odom_step``: largest and p99 step (m) between
     consecutive ``map -> odom`` and the count over ``step_m`` (None without any).
     """
+    if not gt:
+        raise ValueError("tracking rows need ground truth frames")
     ts = sorted(gt)
     n = len(ts)
-    stamps = (np.asarray(ts, np.int64) - ts[0]) / 1e9 if n else np.zeros(0)
+    stamps = (np.asarray(ts, np.int64) - ts[0]) / 1e9
     gt_T = np.stack([geometry.pose_to_matrix(*gt[t][:2]) for t in ts]).reshape(n, 4, 4)
     gt_pos = gt_T[:, :3, 3]
     X = np.eye(4) if T_cam_base is None else np.asarray(T_cam_base, np.float64)
@@ -135,7 +139,7 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     raw_err = np.linalg.norm(raw_pos - gt_pos, axis=1)
     fil_err = np.linalg.norm(fil_pos - gt_fil, axis=1)
     cov1, cov2 = sigma_coverage(fil_cov, fil_pos, gt_fil, fil_err)
-    kid_s = [(int(k) - ts[0]) / 1e9 for k in kidnaps_ns] if n else []
+    kid_s = [(int(k) - ts[0]) / 1e9 for k in kidnaps_ns]
     steps = None
     if map_odom:
         M = np.stack([T for _, T in map_odom])
@@ -146,8 +150,9 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
                 f"gross_estimates_over_{gross_m:g}m": int(np.sum(raw_err > gross_m)),
                 "kidnap_recovery_s": [recovery_s(stamps, raw_err, k) for k in kid_s]},
         "filtered": {**stream_metrics(fil_pos, gt_fil, rpe_m), "frames": int(np.sum(have)),
-                     "share": float(np.mean(have)) if n else None,
+                     "share": float(np.mean(have)),
                      "coverage_1sigma": cov1, "coverage_2sigma": cov2, "planar": planar,
+                     "coverage_dropped_unusable_covariance": unusable_covariances(fil_cov, fil_err),
                      "kidnap_recovery_s": [recovery_s(stamps, fil_err, k) for k in kid_s]},
         "map_odom_step": steps,
         "kidnaps_ns": [int(k) for k in kidnaps_ns],

@@ -74,7 +74,8 @@ def sigma_coverage(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray
                     ) -> tuple[float | None, float | None]:
     """Shares of frames whose filtered position error (m, map frame) lies inside the 1 and 2 sigma
     chi-square ellipses of the position covariance (planar when every z variance is 0: x, y only);
-    None without any frame with output."""
+    a frame whose position covariance is not finite and positive definite does not count (see
+    :func:`unusable_covariances`). None without any frame that counts."""
     n = len(fil_pos)
     planar = pose_cov.shape[0] and np.all(np.nan_to_num(pose_cov[:, 2, 2], nan=0.0) == 0.0)
     idx = [0, 1] if planar else [0, 1, 2]
@@ -82,11 +83,24 @@ def sigma_coverage(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray
     k1, k2 = chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)
     d2 = np.full(n, np.nan)
     for i in range(n):
-        if np.isfinite(fil_err[i]):
+        S = pose_cov[i][np.ix_(idx, idx)]
+        if np.isfinite(fil_err[i]) and _positive_definite(S):
             e = (fil_pos[i] - gt_pos[i])[idx]
-            S = pose_cov[i][np.ix_(idx, idx)]
             d2[i] = float(e @ np.linalg.solve(S, e))
     have = np.isfinite(d2)
     if not have.any():
         return None, None
     return float(np.mean(d2[have] <= k1)), float(np.mean(d2[have] <= k2))
+
+
+def _positive_definite(S: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(S)) and np.all(np.linalg.eigvalsh(0.5 * (S + S.T)) > 0))
+
+
+def unusable_covariances(pose_cov: np.ndarray, fil_err: np.ndarray) -> int:
+    """Frames with a filtered position (finite ``fil_err``) whose position covariance (the
+    block :func:`sigma_coverage` uses) is not finite and positive definite: left out of coverage."""
+    planar = pose_cov.shape[0] and np.all(np.nan_to_num(pose_cov[:, 2, 2], nan=0.0) == 0.0)
+    idx = [0, 1] if planar else [0, 1, 2]
+    return int(sum(1 for i in range(len(fil_err))
+                   if np.isfinite(fil_err[i]) and not _positive_definite(pose_cov[i][np.ix_(idx, idx)])))

@@ -84,3 +84,20 @@ def test_metric_building_blocks():
     err = np.where((t >= 2) & (t < 3.5), 2.0, 0.1)
     assert recovery_s(t, err, 2.0) == pytest.approx(1.5)
     assert recovery_s(t, np.full(len(t), 2.0), 2.0) is None
+
+
+def test_unusable_covariances_are_left_out_and_counted():
+    ns = [1_700_000_000_000_000_000 + i * 100_000_000 for i in range(4)]
+    good = np.diag([0.04, 0.04, 0.04, 0.01, 0.01, 0.01])
+    bad = good.copy()
+    bad[0, 0] = 0.0                                             # singular position block
+    gt = {t: (np.array([i, 0.0, 0.0]), ID) for i, t in enumerate(ns)}
+    off = np.array([0.0, 0.3, 0.0])                              # d^2 = 2.25: inside 1 sigma (3 dof)
+    fil = {ns[0]: (gt[ns[0]][0] + off, ID, good), ns[1]: (gt[ns[1]][0] + off, ID, bad),
+           ns[2]: (gt[ns[2]][0] + 4 * off, ID, good)}            # d^2 = 36: outside both
+    rep = tracking_report(gt, {}, fil, [])["filtered"]
+    assert rep["coverage_dropped_unusable_covariance"] == 1
+    assert rep["coverage_1sigma"] == pytest.approx(0.5) and rep["coverage_2sigma"] == pytest.approx(0.5)
+    assert rep["share"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="ground truth"):
+        tracking_report({}, {}, {}, [])
