@@ -116,8 +116,9 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     None: never); raw also ``gross_estimates`` (error > ``gross_m``); filtered also ``share``
     (of ground-truth frames with a filtered pose) and ``coverage_1sigma`` / ``coverage_2sigma``
     (chi-square radii, 3 dof; 2 when planar; frames whose covariance is not positive definite are
-    left out and counted in ``coverage_dropped_unusable_covariance``); ``map_odom_step``: largest and p99 step (m) between
-    consecutive ``map -> odom`` and the count over ``step_m`` (None without any).
+    left out and counted in ``coverage_dropped_unusable_covariance``); ``map_odom_step``: largest
+    and p99 step (m) between consecutive ``map -> odom`` and the count over ``step_m`` (None
+    without any).
     """
     if not gt:
         raise ValueError("tracking rows need ground truth frames")
