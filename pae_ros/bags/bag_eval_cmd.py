@@ -23,6 +23,11 @@ could be evaluated.
 (refined or the APR, later geometric fixes too; without the key, refined when refinement is on).
 The report's ``published`` entry says which row holds that topic; ``--estimate-name published``
 names the row after it (``pae demo`` does); the default is ``refined``.
+
+When BAG has the tracking filter's ``--filtered-topic`` (``/pae/filtered_pose``), the report's
+``tracking`` entry and the printed ``tracking`` rows compare it with ``--estimate-topic`` (raw)
+over the ground-truth frames (:mod:`pae_ros.bags.track_eval`), ``filtered.tum`` is written and
+the top-down plots draw it too.
 """
 from __future__ import annotations
 
@@ -45,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (report.json, *.tum, *.png)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write the JSON report here")
     parser.add_argument("--scene", default=None, help="report every frame under this scene name")
+    track = parser.add_argument_group("tracking rows (when BAG has --filtered-topic)")
+    track.add_argument("--filtered-topic", default="/pae/filtered_pose",
+                       help="the tracking filter's PoseWithCovarianceStamped (raw vs filtered rows when recorded)")
+    track.add_argument("--filtered-frame", default="auto", choices=("auto", "base", "camera"),
+                       help="frame of the filtered pose: base (--base-frame; ground truth moved there by the "
+                            "/tf_static mount), camera, or auto: base when the bags hold that mount")
+    track.add_argument("--base-frame", default="base_link", help="the robot frame of the filtered pose")
+    track.add_argument("--camera-frame", default="camera_optical", help="the ground truth's frame")
+    track.add_argument("--map-frame", default="map", help="map frame of map -> odom on /tf")
+    track.add_argument("--odom-frame", default="odom", help="odom frame of map -> odom on /tf")
     parser.add_argument("--plot-axes", default="auto", choices=("auto", "xy", "xz", "yz"),
                         help="world axes of the top-down plot (auto: the two of largest ground truth spread)")
 
@@ -164,6 +179,38 @@ def _read_inputs(args) -> tuple[dict, dict, dict, dict]:
     return gt, est, dups, ({} if args.scene else scene_ranges(gt_bag))
 
 
+def _tracking(args, gt: dict, est: dict) -> tuple[dict | None, dict]:
+    """Raw (``--estimate-topic``) vs filtered (``--filtered-topic``) rows of
+    :mod:`pae_ros.bags.track_eval`, and the filtered poses; ``(None, {})`` when BAG has no
+    filtered topic. :class:`~pae_ros.bags.io.BagError` when ``--filtered-frame base`` finds no mount."""
+    import numpy as np
+
+    from ..tracking.lie import pose_inverse
+    from .io import BagError
+    from .robot_bag import TF_STATIC_TOPIC, TF_TOPIC
+    from .track_eval import kidnap_stamps, read_pose_covariances, read_transforms, static_chain, tracking_report
+
+    filtered = read_pose_covariances(args.bag, args.filtered_topic) if args.filtered_topic else {}
+    if not filtered:
+        return None, {}
+    gt_bag = args.gt_bag or args.bag
+    T_cam_base = None
+    if args.filtered_frame != "camera":
+        T_base_cam = static_chain(dict.fromkeys([args.bag, gt_bag]), TF_STATIC_TOPIC, args.base_frame,
+                                  args.camera_frame)
+        if T_base_cam is None and args.filtered_frame == "base":
+            raise BagError(f"--filtered-frame base: no {TF_STATIC_TOPIC} chain {args.base_frame} -> "
+                           f"{args.camera_frame} in the bags")
+        T_cam_base = None if T_base_cam is None else pose_inverse(T_base_cam)
+    map_odom = read_transforms(args.bag, TF_TOPIC, args.map_frame, args.odom_frame)
+    rep = tracking_report(gt, est.get(args.estimate_name, {}), filtered, map_odom, kidnap_stamps(gt_bag),
+                          T_cam_base)
+    rep["filtered_frame"] = args.camera_frame if T_cam_base is None else args.base_frame
+    rep["T_cam_base"] = None if T_cam_base is None else np.round(T_cam_base, 9).tolist()
+    rep["topics"] = {"raw": args.estimate_topic, "filtered": args.filtered_topic, "map_odom": TF_TOPIC}
+    return rep, filtered
+
+
 def _print_matching(scenes: dict, methods: list[str], matching: dict, dups: dict) -> None:
     from .. import metrics
 
@@ -176,7 +223,7 @@ def _print_matching(scenes: dict, methods: list[str], matching: dict, dups: dict
 
 
 def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: dict, scenes: dict,
-                 scene_of: Callable[[int], str]) -> dict[str, str]:
+                 scene_of: Callable[[int], str], filtered: dict | None = None) -> dict[str, str]:
     """TUM trajectories, error CDFs and top-down plots into ``out``; returns their paths by key."""
     from pathlib import Path
 
@@ -187,7 +234,8 @@ def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: 
     from .msgs import write_tum
 
     files: dict[str, str] = {}
-    for name, poses in [("gt", gt)] + [(m, est[m]) for m in methods]:
+    filtered = filtered or {}
+    for name, poses in [("gt", gt)] + [(m, est[m]) for m in methods] + ([("filtered", filtered)] if filtered else []):
         ts = sorted(poses)
         path = out / f"{name}.tum"
         write_tum(path, ts, [poses[t][0] for t in ts] or np.zeros((0, 3)), [poses[t][1] for t in ts] or np.zeros((0, 4)))
@@ -207,6 +255,8 @@ def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: 
         for m in ("apr", args.estimate_name):
             if m in est:
                 traj[m] = np.array([est[m][t][0] for t in stamps if t in est[m]]).reshape(-1, 3)
+        if filtered:
+            traj["filtered"] = np.array([filtered[t][0] for t in stamps if t in filtered]).reshape(-1, 3)
         metrics.plot_topdown(traj, path, title=ttl, axes=_topdown_axes(args.plot_axes, gt_xyz))
 
     gt_stamps = sorted(gt)
@@ -255,9 +305,18 @@ def run(args: argparse.Namespace) -> int:
     if not any(c["matched"] for c in matching.values()):
         print("pae bag eval: error: no estimate matched a ground truth stamp", file=sys.stderr)
         return 1
+    try:
+        tracking, filtered = _tracking(args, gt, est)
+    except BagError as exc:
+        print(f"pae bag eval: error: {exc}", file=sys.stderr)
+        return 1
+    if tracking is not None:
+        from .track_eval import format_rows
+
+        print(format_rows(tracking))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = _write_files(args, out, gt, est, methods, per_frame, scenes, scene_of)
+    files = _write_files(args, out, gt, est, methods, per_frame, scenes, scene_of, filtered)
     topics = {args.estimate_name: args.estimate_topic, "apr": args.apr_topic}
     report = {
         "scenes": scenes,
@@ -274,12 +333,15 @@ def run(args: argparse.Namespace) -> int:
         "units": {"position": "m", "orientation": "deg", "stamp": "ns since epoch"},
         "files": files,
     }
+    if tracking is not None:
+        report["tracking"] = tracking
     text = json.dumps(report, indent=2) + "\n"
     (out / "report.json").write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text)
-    print(f"wrote {out}/report.json, gt.tum, {', '.join(f'{m}.tum' for m in methods)}, error_cdf.png, "
+    tums = [f"{m}.tum" for m in methods + (["filtered"] if filtered else [])]
+    print(f"wrote {out}/report.json, gt.tum, {', '.join(tums)}, error_cdf.png, "
           "trajectory_topdown.png")
     return 0
 

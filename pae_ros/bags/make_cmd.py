@@ -15,7 +15,9 @@ With ``--robot`` the bag is what a robot records instead (:mod:`pae_ros.bags.rob
 walk one stretch of time, distorted JPEG images with a ``plumb_bob`` camera_info, ``/tf``
 ``map -> odom -> base_link`` at ``--odom-hz`` (optionally drifting odometry, ``--odom-drift``),
 ``/tf_static`` ``base_link -> camera_link -> camera_optical`` and the same ground truth; ``pae bag
-export --pose-frames map:camera_optical`` turns it back into the dataset.
+export --pose-frames map:camera_optical`` turns it back into the dataset. ``--kidnap SEC``: the
+robot is carried to the next walk's start, unseen by the odometry; custom data
+``pae_ros.kidnaps`` lists the first image stamp (ns) after each carry.
 
 Offered QoS of every topic: reliable, volatile, keep_last 10. The bag is written next to
 ``--out`` and moved there when complete; an existing bag is replaced only with ``--force``.
@@ -83,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     robot.add_argument("--odom-seed", type=int, default=0, help="seed of the drift model (walk i uses seed + i)")
     robot.add_argument("--walk-gap", type=float, default=None, metavar="SEC",
                        help="seconds between the last image of a walk and the first of the next (default: 1)")
+    robot.add_argument("--kidnap", type=_seconds, action="append", default=None, metavar="SEC",
+                       help="seconds into the recording (repeatable): the robot is carried to the next walk's start "
+                            "unseen by the odometry; the stamps go to custom data pae_ros.kidnaps")
     robot.add_argument("--distortion", type=_coefficients, default=None, metavar="k1,k2,p1,p2,k3",
                        help="plumb_bob coefficients of the lens, e.g. --distortion=-0.1,0.02,0,0,0 "
                             "(default: a mild barrel lens, -0.12,0.04,0.0005,-0.0004,0)")
@@ -156,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
               "(uncalibrated); add <scene>/intrinsics.json to fix", file=sys.stderr)
 
     start_ns = int(Decimal(args.start_time) * 1_000_000_000)  # exact for any decimal SEC
+    if args.kidnap and not args.robot:
+        print("pae bag make: error: --kidnap needs --robot (odometry to miss the carry)", file=sys.stderr)
+        return 2
     if args.robot:
         return _run_robot(args, out, split, frames, scenes, start_ns)
     period_ns = 1e9 / args.rate
@@ -212,7 +220,8 @@ def _run_robot(args: argparse.Namespace, out, split, frames: list, scenes: list[
     opts = RobotOptions(rate=args.rate, odom_hz=ODOM_HZ if args.odom_hz is None else args.odom_hz,
                         walk_gap_s=WALK_GAP_S if args.walk_gap is None else args.walk_gap,
                         distortion=args.distortion or DEFAULT_DISTORTION, odom_drift=args.odom_drift,
-                        seed=args.odom_seed, jpeg_quality=args.jpeg_quality, start_ns=start_ns)
+                        seed=args.odom_seed, jpeg_quality=args.jpeg_quality, start_ns=start_ns,
+                        kidnap_ns=[start_ns + int(k * 1_000_000_000) for k in args.kidnap or ()])
     try:
         opts.check()
     except ValueError as exc:
@@ -233,6 +242,8 @@ def _run_robot(args: argparse.Namespace, out, split, frames: list, scenes: list[
                 "layout": "robot", "odom_hz": opts.odom_hz, "odom_drift": opts.odom_drift,
                 "odom_seed": opts.seed, "distortion": list(opts.distortion), "walks": summary["walks"]}))
             bag.set_custom_data("pae_ros.scene_ranges", json.dumps(summary["scene_ranges"]))
+            if summary["kidnaps"]:
+                bag.set_custom_data("pae_ros.kidnaps", json.dumps(summary["kidnaps"]))
     except (BagError, datasets.DatasetError, OSError, ValueError) as exc:
         print(f"pae bag make: error: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,11 @@ the Unix epoch; every message's bag log time is its header stamp.
   odometry starts where the robot starts); with ``odom_drift`` the ``odom -> base_link`` samples
   drift (:func:`pae_ros.tracking.odometry_model.simulate_odometry`, scaled; turns about ``map``'s
   z axis) and ``map -> odom`` is the correction that keeps ``map -> base_link`` exact.
+* ``kidnap_ns`` (stamps, ns): at each, the rest of the walk under way is dropped and the next
+  walk starts at that image slot without a gap: the robot is carried to the next walk's start.
+  The odometry does not see the carry (``odom -> base_link`` continues smoothly, the move and
+  turn of the carry missing); ``map -> odom`` absorbs the jump, so ``map -> base_link`` stays the
+  ground truth. The stamps that took effect (the first image after each carry) are returned.
 * ``/tf_static``: ``base_link -> camera_link`` (:data:`MOUNT`: 0.2 m forward, 0.5 m up, pitched
   10 degrees down) and ``camera_link -> camera_optical`` (REP 103 optical rotation).
 * ``/ground_truth/pose`` ``geometry_msgs/PoseStamped``: the camera-to-world pose of
@@ -68,6 +73,7 @@ class RobotOptions:
     seed: int = 0
     jpeg_quality: int = 95
     start_ns: int = 1_700_000_000_000_000_000
+    kidnap_ns: Sequence[int] = ()
 
     def check(self) -> None:
         """ValueError naming the first setting that cannot give an exact recording."""
@@ -179,20 +185,22 @@ def walk_samples(t_img: np.ndarray, T_img: np.ndarray, t_samples: np.ndarray) ->
     return out
 
 
-def odometry_split(t_samples: np.ndarray, T_base: np.ndarray, drift: float, seed: int
+def odometry_split(t_samples: np.ndarray, T_base: np.ndarray, drift: float, seed: int, teleports=()
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``(T_map_odom, T_odom_base)`` (m, 4, 4 each) whose products are ``T_base`` exactly.
 
     Odometry starts at the planar part of the first pose; ``drift = 0``: ``map -> odom`` constant;
     ``drift > 0``: ``odom -> base_link`` from the seeded drift model at that scale and ``map -> odom``
-    the per-sample correction.
+    the per-sample correction. ``teleports``: sample indices whose carry from the previous sample
+    the odometry misses (``map -> odom`` jumps there instead).
     """
     from ..tracking.odometry_model import simulate_odometry
 
     M0 = flatten_planar(T_base[0])
-    if drift == 0:
+    if drift == 0 and not len(teleports):
         return np.repeat(M0[None], len(T_base), axis=0), np.einsum("ij,njk->nik", pose_inverse(M0), T_base)
-    O = simulate_odometry(t_samples, poses=T_base, scale=drift, seed=seed, start=pose_inverse(M0) @ T_base[0])
+    O = simulate_odometry(t_samples, poses=T_base, scale=drift, seed=seed, start=pose_inverse(M0) @ T_base[0],
+                          teleports=teleports)
     M = np.stack([T_base[k] @ pose_inverse(O[k]) for k in range(len(O))])
     return M, O
 
@@ -209,12 +217,68 @@ def _walks(frames: list) -> list[list]:
     return walks
 
 
+def _stretches(walks: list[list], start_ns: int, period_ns: float, gap_ns: int, kidnap_ns
+               ) -> tuple[list[list[tuple[list, list[int]]]], list[int]]:
+    """Walks laid out in time: stretches of continuous recording, each a list of segments
+    ``(frames, image stamps ns)``, a kidnap between two segments of a stretch; and the stamps
+    (ns) of the first image after each kidnap. ValueError for a kidnap outside a walk's images
+    (after its first) or in the last walk."""
+    pending = sorted(int(k) for k in kidnap_ns)
+    stretches, done, cur = [], [], []
+    t = start_ns
+    wi = 0
+    while wi < len(walks):
+        walk = walks[wi]
+        img_ns = [t + int(round(i * period_ns)) for i in range(len(walk))]
+        if pending and pending[0] <= img_ns[0]:
+            raise ValueError(f"kidnap at {(pending[0] - start_ns) / 1e9:.3f} s is not inside a walk "
+                             f"(after its first image): walk {wi} starts at {(img_ns[0] - start_ns) / 1e9:.3f} s")
+        cut = next((i for i, ns in enumerate(img_ns) if pending and ns >= pending[0]), None)
+        if cut is None:
+            cur.append((walk, img_ns))
+            stretches.append(cur)
+            cur = []
+            t = img_ns[-1] + gap_ns
+        else:
+            if wi + 1 == len(walks):
+                raise ValueError(f"kidnap at {(pending[0] - start_ns) / 1e9:.3f} s falls in the last walk: "
+                                 "there is no next walk to carry the robot to")
+            cur.append((walk[:cut], img_ns[:cut]))
+            done.append(img_ns[cut])
+            pending.pop(0)
+            t = img_ns[cut]
+        wi += 1
+    if pending:
+        raise ValueError(f"kidnap at {(pending[0] - start_ns) / 1e9:.3f} s is after the last image")
+    return stretches, done
+
+
+def _stretch_samples(stretch: list, smp_ns: list[int], walk_start: int) -> tuple[np.ndarray, list[int]]:
+    """``base_link`` samples (m, 4, 4) of a stretch: each segment's samples from
+    :func:`walk_samples` over its own images, a sample belonging to the segment whose time span
+    (split halfway between two segments' images) holds it; and the indices of the first sample of
+    each segment after the first (the kidnaps)."""
+    rel = lambda ns: (np.asarray(ns, np.int64) - walk_start) / 1e9  # noqa: E731 - s from the stretch's start
+    smp = np.asarray(smp_ns, np.int64)
+    bounds = [(a[1][-1] + b[1][0]) / 2 for a, b in zip(stretch[:-1], stretch[1:])]
+    seg = np.searchsorted(np.asarray(bounds), smp, side="right") if bounds else np.zeros(len(smp), int)
+    G = np.zeros((len(smp), 4, 4))
+    X_inv = pose_inverse(base_to_optical())
+    for s, (walk, img_ns) in enumerate(stretch):
+        idx = np.flatnonzero(seg == s)
+        T_img = np.stack([geometry.pose_to_matrix(f.position, f.quaternion) for f in walk]) @ X_inv
+        G[idx] = walk_samples(rel(img_ns), T_img, rel(smp[idx]))
+    teleports = [int(np.flatnonzero(seg == s)[0]) for s in range(1, len(stretch))]
+    return G, teleports
+
+
 def write_robot_frames(bag, frames: list, pinhole: Callable, opts: RobotOptions, progress=None) -> dict:
     """Write ``frames`` (dataset frames, split order) into the open :class:`~.io.BagWriter` ``bag``.
 
     ``pinhole(frame, rgb) -> (fx, fy, cx, cy)`` gives the frame's pinhole intrinsics at the
     image's size (pixels). Returns ``{"scene_ranges": {scene: [first, last] image ns},
-    "walks": [{scene, sequence, frames, first_ns, last_ns, tf_samples}], "images": n}``.
+    "walks": [{scene, sequence, frames, first_ns, last_ns, tf_samples}], "images": n,
+    "kidnaps": [first image ns after each kidnap]}`` (``tf_samples``: of the walk's whole stretch).
     """
     from .. import datasets
     from . import CAMERA_FRAME, CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, MAP_FRAME, msgs
@@ -231,8 +295,6 @@ def write_robot_frames(bag, frames: list, pinhole: Callable, opts: RobotOptions,
     period_ns = 1e9 / opts.rate
     odom_ns = 1e9 / opts.odom_hz
     gap_ns = int(round(opts.walk_gap_s * 1e9))
-    X = base_to_optical()
-    X_inv = pose_inverse(X)
     mount_t, mount_q = MOUNT
     t_static = opts.start_ns - int(round(MARGIN_SAMPLES * odom_ns)) - 1
     bag.write_msg(TF_STATIC_TOPIC, t_static, msgs.tf_msg([
@@ -242,17 +304,16 @@ def write_robot_frames(bag, frames: list, pinhole: Callable, opts: RobotOptions,
     scene_ranges: dict[str, list[int]] = {}
     walks_out = []
     maps_cache: dict[tuple, tuple] = {}
-    walk_start = opts.start_ns
-    for w_index, walk in enumerate(_walks(frames)):
-        n = len(walk)
-        img_ns = [walk_start + int(round(i * period_ns)) for i in range(n)]
-        T_cam = np.stack([geometry.pose_to_matrix(f.position, f.quaternion) for f in walk])
-        T_base = T_cam @ X_inv
+    stretches, kidnaps = _stretches(_walks(frames), opts.start_ns, period_ns, gap_ns, opts.kidnap_ns)
+    for w_index, stretch in enumerate(stretches):
+        walk_start = stretch[0][1][0]
+        img_ns = [t for _, ts in stretch for t in ts]
+        walk = [f for fs, _ in stretch for f in fs]
         k_last = int(np.ceil((img_ns[-1] - walk_start) / odom_ns)) + MARGIN_SAMPLES
         smp_ns = [walk_start + int(round(k * odom_ns)) for k in range(-MARGIN_SAMPLES, k_last + 1)]
         rel = lambda ns: (np.asarray(ns, np.int64) - walk_start) / 1e9  # noqa: E731 - s from the walk's start
-        G = walk_samples(rel(img_ns), T_base, rel(smp_ns))
-        M, O = odometry_split(rel(smp_ns), G, opts.odom_drift, opts.seed + w_index)
+        G, teleports = _stretch_samples(stretch, smp_ns, walk_start)
+        M, O = odometry_split(rel(smp_ns), G, opts.odom_drift, opts.seed + w_index, teleports)
         events = sorted([(t, 0, k) for k, t in enumerate(smp_ns)] + [(t, 1, i) for i, t in enumerate(img_ns)])
         for t_ns, kind, idx in events:
             if kind == 0:
@@ -278,10 +339,11 @@ def write_robot_frames(bag, frames: list, pinhole: Callable, opts: RobotOptions,
             rng[1] = t_ns
             if progress is not None:
                 progress.update(1)
-        walks_out.append({"scene": walk[0].scene, "sequence": walk[0].sequence, "frames": n,
-                          "first_ns": img_ns[0], "last_ns": img_ns[-1], "tf_samples": len(smp_ns)})
-        walk_start = img_ns[-1] + gap_ns
-    return {"scene_ranges": scene_ranges, "walks": walks_out, "images": len(frames)}
+        for fs, ts in stretch:
+            walks_out.append({"scene": fs[0].scene, "sequence": fs[0].sequence, "frames": len(fs),
+                              "first_ns": ts[0], "last_ns": ts[-1], "tf_samples": len(smp_ns)})
+    images = sum(len(fs) for stretch in stretches for fs, _ in stretch)
+    return {"scene_ranges": scene_ranges, "walks": walks_out, "images": images, "kidnaps": kidnaps}
 
 
 # --------------------------------------------------------------------------- round trip

@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .filter import TrackingFilter, TrackingParams, TrackState
-from .lie import chi2_ppf, lever_jacobian, pose_from_pq, pose_inverse, pose_to_pq
+from .lie import lever_jacobian, pose_from_pq, pose_inverse, pose_to_pq
+from .track_metrics import correction_steps, position_stats, recovery_s, sigma_coverage, stream_metrics
 
 #: the base-frame axes (x forward, y left, z up) seen from an OpenCV optical camera (x right,
 #: y down, z forward): ``T_cam_base`` for "camera = base" with a level camera
 OPTICAL_TO_BASE = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0],
                             [0.0, 0.0, 0.0, 1.0]])
-
-#: chi-square probabilities of 1 and 2 sigma (a normal's mass within 1 and 2 standard deviations)
-ONE_SIGMA = 0.6826894921370859
-TWO_SIGMA = 0.9544997361036416
 
 
 @dataclass
@@ -118,47 +115,13 @@ def _to_base(est: Estimates, X: np.ndarray):
     return P, Q, C
 
 
-def _stats(x: np.ndarray) -> dict:
-    x = np.asarray(x, np.float64)
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return {"n": 0, "median": None, "p90": None, "p99": None, "max": None}
-    return {"n": int(len(x)), "median": float(np.median(x)), "p90": float(np.percentile(x, 90)),
-            "p99": float(np.percentile(x, 99)), "max": float(np.max(x))}
-
-
-def _rpe(pos: np.ndarray, gt: np.ndarray, dist_m: float) -> np.ndarray:
-    """Relative position error (m) over ``dist_m`` metres of ground-truth path: for each frame i
-    and the first j with path(i, j) >= dist_m, ``|(p_j - p_i) - (g_j - g_i)|``."""
-    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(gt, axis=0), axis=1))])
-    j = np.searchsorted(s, s + dist_m)
-    ok = j < len(s)
-    i = np.flatnonzero(ok)
-    j = j[ok]
-    return np.linalg.norm((pos[j] - pos[i]) - (gt[j] - gt[i]), axis=1)
-
-
-def _recovery(stamps, err, kidnap: float, under_m: float = 1.0, hold_s: float = 5.0) -> float | None:
-    """Seconds from ``kidnap`` to the first stamp after which the error stays under ``under_m`` for
-    ``hold_s`` seconds (frames without output count as over); None when it never does."""
-    after = np.flatnonzero(stamps >= kidnap)
-    for a in after:
-        window = (stamps >= stamps[a]) & (stamps <= stamps[a] + hold_s)
-        if stamps[-1] < stamps[a] + hold_s:
-            return None
-        e = err[window]
-        if np.all(np.isfinite(e) & (e < under_m)):
-            return float(stamps[a] - kidnap)
-    return None
-
-
 def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarray, gt_poses: np.ndarray,
                    T_cam_base: np.ndarray | None = None, kidnap_stamps=(), gross_m: float = 2.0,
                    good_m: float = 0.5, step_m: float = 0.5, rpe_m: float = 1.0) -> dict:
     """Raw vs filtered metrics of a replay. ``gt_poses`` (N, 4, 4): the camera in map.
 
     Position errors are map-frame, without alignment (m). ``ate``: median / p90 / p99 / max over
-    frames with an output; ``rpe_1m``: :func:`_rpe`; ``map_odom_step``: per-frame step of the
+    frames with an output; ``rpe_1m``: :func:`.track_metrics.rpe`; ``map_odom_step``: per-frame step of the
     (published) correction, largest and p99 outside jumps, steps > ``step_m`` outside jumps;
     ``gross_accepted`` / ``good_rejected``: estimates more than ``gross_m`` from the truth that the
     filter accepted, and within ``good_m`` that it rejected; ``tracking_share``: share of time in
@@ -175,14 +138,13 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     base_p = np.asarray(base_p, np.float64).reshape(-1, 3)
     est_err = np.linalg.norm(base_p - gt_pos[estimates.frame], axis=1)
     raw, raw_mo = _raw_output(estimates, base_p, X, odometry, n)
-    raw_err = np.linalg.norm(raw - gt_pos, axis=1)
     raw_mo = raw_mo[np.flatnonzero(np.isfinite(raw_mo[:, 0, 0]))]
 
     pub_pos = np.einsum("nij,nj->ni", trace.published, np.c_[odometry[:, :3, 3], np.ones(n)])[:, :3]
     fil_pos = np.einsum("nij,nj->ni", trace.filtered, np.c_[odometry[:, :3, 3], np.ones(n)])[:, :3]
     pub_err = np.linalg.norm(pub_pos - gt_pos, axis=1)
     fil_err = np.linalg.norm(fil_pos - gt_pos, axis=1)
-    coverage_1sigma, coverage_2sigma = _sigma_coverage(trace.pose_cov, fil_pos, gt_pos, fil_err)
+    coverage_1sigma, coverage_2sigma = sigma_coverage(trace.pose_cov, fil_pos, gt_pos, fil_err)
 
     accepted = np.array([o == "accepted" for o in trace.outcomes], bool)
     rejected = np.array([o == "rejected" for o in trace.outcomes], bool)
@@ -191,11 +153,10 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     return {
         "frames": n,
         "frames_with_output": int(np.sum(np.isfinite(pub_err))),
-        "raw": {"ate_m": _stats(raw_err), "rpe_1m": _stats(_rpe(raw, gt_pos, rpe_m)),
-                "map_odom_step": _correction_steps(raw_mo, np.zeros(len(raw_mo), bool), step_m)},
-        "filtered": {"ate_m": _stats(pub_err), "ate_unslewed_m": _stats(fil_err),
-                     "rpe_1m": _stats(_rpe(pub_pos, gt_pos, rpe_m)),
-                     "map_odom_step": _correction_steps(trace.published, trace.jumped, step_m)},
+        "raw": {**stream_metrics(raw, gt_pos, rpe_m),
+                "map_odom_step": correction_steps(raw_mo, np.zeros(len(raw_mo), bool), step_m)},
+        "filtered": {**stream_metrics(pub_pos, gt_pos, rpe_m), "ate_unslewed_m": position_stats(fil_err),
+                     "map_odom_step": correction_steps(trace.published, trace.jumped, step_m)},
         "gross_accepted": int(np.sum(accepted & (est_err > gross_m))),
         "gross_estimates": int(np.sum(est_err > gross_m)),
         "good_rejected": int(np.sum(rejected & (est_err < good_m))),
@@ -203,7 +164,7 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
         "tracking_share": float(np.sum(dt * tracking) / max(np.sum(dt), 1e-12)),
         "coverage_1sigma": coverage_1sigma,
         "coverage_2sigma": coverage_2sigma,
-        "kidnap_recovery_s": [_recovery(stamps, pub_err, float(k)) for k in kidnap_stamps],
+        "kidnap_recovery_s": [recovery_s(stamps, pub_err, float(k)) for k in kidnap_stamps],
         "counts": trace.counts,
     }
 
@@ -222,37 +183,3 @@ def _raw_output(estimates: Estimates, base_p: np.ndarray, X: np.ndarray, odometr
             T = pose_from_pq(estimates.positions[j], estimates.quaternions[j]) @ X
             raw_mo[f] = T @ pose_inverse(odometry[f])
     return raw, raw_mo
-
-
-def _correction_steps(T_seq: np.ndarray, jumped: np.ndarray, step_m: float) -> dict:
-    """Steps (m) between consecutive map-to-odom corrections (K, 4, 4), outside jumps (``jumped``
-    (K,) bool marks a step into a frame as a jump) and frames without one: largest, p99, and
-    how many exceed ``step_m``."""
-    d = np.linalg.norm(np.diff(T_seq[:, :3, 3], axis=0), axis=1)
-    keep = np.isfinite(d) & ~jumped[1:]
-    d = d[keep]
-    return {"largest_m": float(d.max()) if len(d) else None,
-            "p99_m": float(np.percentile(d, 99)) if len(d) else None,
-            f"over_{step_m:g}m": int(np.sum(d > step_m))}
-
-
-def _sigma_coverage(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray, fil_err: np.ndarray
-                    ) -> tuple[float | None, float | None]:
-    """Shares of frames whose filtered position error (m, map frame) lies inside the 1 and 2 sigma
-    chi-square ellipses of the position covariance (planar when every z variance is 0: x, y only);
-    None without any frame with output."""
-    n = len(fil_pos)
-    planar = pose_cov.shape[0] and np.all(np.nan_to_num(pose_cov[:, 2, 2], nan=0.0) == 0.0)
-    idx = [0, 1] if planar else [0, 1, 2]
-    dof = len(idx)
-    k1, k2 = chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)
-    d2 = np.full(n, np.nan)
-    for i in range(n):
-        if np.isfinite(fil_err[i]):
-            e = (fil_pos[i] - gt_pos[i])[idx]
-            S = pose_cov[i][np.ix_(idx, idx)]
-            d2[i] = float(e @ np.linalg.solve(S, e))
-    have = np.isfinite(d2)
-    if not have.any():
-        return None, None
-    return float(np.mean(d2[have] <= k1)), float(np.mean(d2[have] <= k2))

@@ -17,6 +17,7 @@ from pae_ros.bags import CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, io, make
 from pae_ros.bags import export_cmd
 from pae_ros.bags.robot_bag import (DEFAULT_DISTORTION, TF_STATIC_TOPIC, TF_TOPIC, base_to_optical,
                                     distort_image, distortion_maps, pose_errors)
+from pae_ros.tracking.lie import interpolate_pose
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -224,3 +225,88 @@ def test_bench_export_roundtrip_prints_its_figures(tiny_dataset):
     assert rows["export_roundtrip_rotation"]["value"] <= ROT_TOL_DEG
     assert rows["export_roundtrip_intrinsics"]["value"] == 0
     assert rows["export_roundtrip_position"]["params"]["frames"] == "160"
+
+
+def test_robot_kidnap_jumps_map_odom_not_odometry(tiny_dataset, tmp_path, capsys):
+    """--kidnap 2: walk 0 ends after 2 s (20 images at 10 Hz), walk 1 starts at the next image
+    slot; odom -> base_link moves no more than a usual step there, map -> odom jumps, and
+    map -> base_link -> camera_optical stays the ground truth at every image."""
+    bag = tmp_path / "kidnap"
+    assert _make(tiny_dataset, "train", bag, "--kidnap", "2", "--odom-hz", "37") == 0
+    with io.BagReader(bag) as r:
+        kidnaps = json.loads(r.custom_data["pae_ros.kidnaps"])
+    start = 1_700_000_000 * 10**9
+    assert kidnaps == [start + 2 * 10**9]
+    by_topic = _read(bag)
+    frames = datasets.read_dataset(tiny_dataset, "7scenes", "train").frames
+    walk0 = [f for f in frames if f.sequence == frames[0].sequence]
+    gts = by_topic[GT_TOPIC]
+    assert len(gts) == len(frames) - (len(walk0) - 20)
+    _, p20, _ = msgs.pose_from_msg(gts[20][1])
+    assert gts[20][0] == kidnaps[0] and np.allclose(p20, frames[len(walk0)].position)
+    assert gts[20][0] - gts[19][0] == 10**8  # no gap: one image period
+
+    tf = by_topic[TF_TOPIC]
+    stamps = np.array([t for t, _ in tf])
+    M = np.stack([_matrix(m.transforms[0]) for _, m in tf])
+    O = np.stack([_matrix(m.transforms[1]) for _, m in tf])
+    odo_step = np.linalg.norm(np.diff(O[:, :3, 3], axis=0), axis=1)
+    mo_step = np.linalg.norm(np.diff(M[:, :3, 3], axis=0), axis=1)
+    first = stamps < kidnaps[0] + 3 * 10**9  # the stretch of walks 0 and 1 only
+    first[np.flatnonzero(np.diff(stamps) > 5 * 10**8)[0] + 1:] = False
+    assert np.count_nonzero(mo_step[first[1:]] > 1e-9) == 1  # without drift only the kidnap moves map -> odom
+    jump = int(np.flatnonzero(mo_step[first[1:]] > 1e-9)[0])
+    assert stamps[jump] < kidnaps[0] <= stamps[jump + 1] + 10**8
+    assert mo_step[jump] > 0.05 and odo_step[jump] <= odo_step[first[1:]].max()
+    assert odo_step[jump] < mo_step[jump] / 5
+    X = base_to_optical()
+    for t_img, gt in gts[:len(walk0)]:  # interpolated as tf2 does, across the kidnap too
+        k = int(np.searchsorted(stamps, t_img, side="right"))
+        a = (t_img - stamps[k - 1]) / (stamps[k] - stamps[k - 1])
+        T = interpolate_pose(M[k - 1], M[k], a) @ interpolate_pose(O[k - 1], O[k], a) @ X
+        _, p, _ = msgs.pose_from_msg(gt)
+        assert np.allclose(T[:3, 3], p, atol=1e-6)
+
+    assert _make(tiny_dataset, "test", tmp_path / "bad", "--kidnap", "1") == 1  # one walk: nowhere to go
+    assert "no next walk" in capsys.readouterr().err
+
+
+def test_robot_kidnap_with_drift_keeps_the_ground_truth(tiny_dataset, tmp_path):
+    """With drifting odometry the carry still leaves map -> base_link on the ground truth: the
+    recording exports back to the kept frames within the round-trip tolerance."""
+    bag = tmp_path / "kidnap"
+    assert _make(tiny_dataset, "train", bag, "--kidnap", "1.5", "--kidnap", "3", "--odom-drift", "1") == 0
+    with io.BagReader(bag) as r:
+        kidnaps = json.loads(r.custom_data["pae_ros.kidnaps"])
+        source = json.loads(r.custom_data["pae_ros.source"])
+    start = 1_700_000_000 * 10**9
+    # walk 0 keeps 15 images (0 .. 1.4 s); walk 1 starts at 1.5 s, keeps 15 (to 2.9 s); walk 2 from 3 s
+    assert kidnaps == [start + 15 * 10**8, start + 30 * 10**8]
+    assert [w["frames"] for w in source["walks"]] == [15, 15, 40]
+    by_topic = _read(bag)
+    frames = datasets.read_dataset(tiny_dataset, "7scenes", "train").frames
+    seqs = list(dict.fromkeys(f.sequence for f in frames))
+    kept = ([f for f in frames if f.sequence == seqs[0]][:15] + [f for f in frames if f.sequence == seqs[1]][:15]
+            + [f for f in frames if f.sequence == seqs[2]])
+    tf = by_topic[TF_TOPIC]
+    stamps = np.array([t for t, _ in tf])
+    M = np.stack([_matrix(m.transforms[0]) for _, m in tf])
+    O = np.stack([_matrix(m.transforms[1]) for _, m in tf])
+    X = base_to_optical()
+    gts = by_topic[GT_TOPIC]
+    assert len(gts) == len(kept)
+    for (t_img, _), f in zip(gts, kept):
+        k = int(np.searchsorted(stamps, t_img, side="right"))
+        a = (t_img - stamps[k - 1]) / (stamps[k] - stamps[k - 1])
+        T = interpolate_pose(M[k - 1], M[k], a) @ interpolate_pose(O[k - 1], O[k], a) @ X
+        assert np.linalg.norm(T[:3, 3] - f.position) < POS_TOL_M
+
+
+def test_robot_kidnap_refusals(tiny_dataset, tmp_path, capsys):
+    # 4.05 s: after walk 0's last image (3.9 s), before walk 1's first (5.9 s)
+    assert _make(tiny_dataset, "train", tmp_path / "gap", "--kidnap", "4.05") == 1
+    assert "is not inside a walk" in capsys.readouterr().err
+    assert make_cmd.main(["--data", str(tiny_dataset), "--format", "7scenes", "--split", "train",
+                          "--out", str(tmp_path / "plain"), "--kidnap", "1"]) == 2
+    assert "--kidnap needs --robot" in capsys.readouterr().err
+    assert not (tmp_path / "gap").exists() and not (tmp_path / "plain").exists()
