@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     track.add_argument("--filtered-topic", default="/pae/filtered_pose",
                        help="the tracking filter's PoseWithCovarianceStamped (raw vs filtered rows when recorded)")
     track.add_argument("--filtered-frame", default="auto", choices=("auto", "base", "camera"),
-                       help="frame of the filtered pose: base (--base-frame; ground truth moved there by the "
-                            "/tf_static mount), camera, or auto: base when the bags hold that mount")
+                       help="frame the node's poses describe (pae/pose and the filtered pose): base (--base-frame; "
+                            "pae/pose is moved to the camera and the ground truth to the base by the /tf_static "
+                            "mount), camera, or auto: base when the bags hold that mount")
     track.add_argument("--base-frame", default="base_link", help="the robot frame of the filtered pose")
     track.add_argument("--camera-frame", default="camera_optical", help="the ground truth's frame")
     track.add_argument("--map-frame", default="map", help="map frame of map -> odom on /tf")
@@ -179,32 +180,53 @@ def _read_inputs(args) -> tuple[dict, dict, dict, dict]:
     return gt, est, dups, ({} if args.scene else scene_ranges(gt_bag))
 
 
-def _tracking(args, gt: dict, est: dict) -> tuple[dict | None, dict]:
-    """Raw (``--estimate-topic``) vs filtered (``--filtered-topic``) rows of
-    :mod:`pae_ros.bags.track_eval`, and the filtered poses; ``(None, {})`` when BAG has no
-    filtered topic. :class:`~pae_ros.bags.io.BagError` when ``--filtered-frame base`` finds no mount."""
+def _node_frame(args):
+    """``T_cam_base`` (4x4, metres: the base frame in the camera frame) when the node's poses describe
+    ``--base-frame`` (``--filtered-frame`` ``base``, or ``auto`` and the bags' ``/tf_static`` chain
+    ``base -> camera`` exists: the node publishes the base once TF has the camera mount); None: they
+    describe the camera. :class:`~pae_ros.bags.io.BagError` when ``base`` finds no mount."""
     import numpy as np
 
     from ..tracking.lie import pose_inverse
     from .io import BagError
-    from .robot_bag import TF_STATIC_TOPIC, TF_TOPIC
-    from .track_eval import kidnap_stamps, read_pose_covariances, read_transforms, static_chain, tracking_report
+    from .robot_bag import TF_STATIC_TOPIC
+    from .track_eval import static_chain
+
+    if args.filtered_frame == "camera":
+        return None
+    T_base_cam = static_chain(dict.fromkeys([args.bag, args.gt_bag or args.bag]), TF_STATIC_TOPIC, args.base_frame,
+                              args.camera_frame)
+    if T_base_cam is None and args.filtered_frame == "base":
+        raise BagError(f"--filtered-frame base: no {TF_STATIC_TOPIC} chain {args.base_frame} -> "
+                       f"{args.camera_frame} in the bags")
+    return None if T_base_cam is None else np.asarray(pose_inverse(T_base_cam), np.float64)
+
+
+def _to_camera(poses: dict, T_cam_base) -> dict:
+    """``{stamp: (position m, quaternion wxyz)}`` of the base moved to the camera it carries."""
+    import numpy as np
+
+    from .. import geometry
+
+    T_base_cam = np.linalg.inv(T_cam_base)
+    return {t: geometry.matrix_to_pose(geometry.pose_to_matrix(p, q) @ T_base_cam) for t, (p, q) in poses.items()}
+
+
+def _tracking(args, gt: dict, est: dict, T_cam_base) -> tuple[dict | None, dict]:
+    """Raw (``--estimate-topic``, moved to the camera) vs filtered (``--filtered-topic``) rows of
+    :mod:`pae_ros.bags.track_eval`, and the filtered poses; ``(None, {})`` when BAG has no
+    filtered topic. ``T_cam_base``: see :func:`_node_frame`."""
+    import numpy as np
+
+    from .robot_bag import TF_TOPIC
+    from .track_eval import kidnap_stamps, read_pose_covariances, read_transforms, tracking_report
 
     filtered = read_pose_covariances(args.bag, args.filtered_topic) if args.filtered_topic else {}
     if not filtered:
         return None, {}
-    gt_bag = args.gt_bag or args.bag
-    T_cam_base = None
-    if args.filtered_frame != "camera":
-        T_base_cam = static_chain(dict.fromkeys([args.bag, gt_bag]), TF_STATIC_TOPIC, args.base_frame,
-                                  args.camera_frame)
-        if T_base_cam is None and args.filtered_frame == "base":
-            raise BagError(f"--filtered-frame base: no {TF_STATIC_TOPIC} chain {args.base_frame} -> "
-                           f"{args.camera_frame} in the bags")
-        T_cam_base = None if T_base_cam is None else pose_inverse(T_base_cam)
     map_odom = read_transforms(args.bag, TF_TOPIC, args.map_frame, args.odom_frame)
-    rep = tracking_report(gt, est.get(args.estimate_name, {}), filtered, map_odom, kidnap_stamps(gt_bag),
-                          T_cam_base)
+    rep = tracking_report(gt, est.get(args.estimate_name, {}), filtered, map_odom,
+                          kidnap_stamps(args.gt_bag or args.bag), T_cam_base)
     rep["filtered_frame"] = args.camera_frame if T_cam_base is None else args.base_frame
     rep["T_cam_base"] = None if T_cam_base is None else np.round(T_cam_base, 9).tolist()
     rep["topics"] = {"raw": args.estimate_topic, "filtered": args.filtered_topic, "map_odom": TF_TOPIC}
@@ -299,17 +321,20 @@ def run(args: argparse.Namespace) -> int:
                 return name
         return "bag"
 
+    try:
+        T_cam_base = _node_frame(args)
+    except BagError as exc:
+        print(f"pae bag eval: error: {exc}", file=sys.stderr)
+        return 1
+    if T_cam_base is not None and args.estimate_name in est:  # the node's pose of the base: compare its camera
+        est[args.estimate_name] = _to_camera(est[args.estimate_name], T_cam_base)
     scenes, per_frame, matching = evaluate(est, gt, scene_of)
     methods = [m for m in (args.estimate_name, "apr") if m in est]
     _print_matching(scenes, methods, matching, dups)
     if not any(c["matched"] for c in matching.values()):
         print("pae bag eval: error: no estimate matched a ground truth stamp", file=sys.stderr)
         return 1
-    try:
-        tracking, filtered = _tracking(args, gt, est)
-    except BagError as exc:
-        print(f"pae bag eval: error: {exc}", file=sys.stderr)
-        return 1
+    tracking, filtered = _tracking(args, gt, est, T_cam_base)
     if tracking is not None:
         from .track_eval import format_rows
 

@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     robot.add_argument("--kidnap", type=_seconds, action="append", default=None, metavar="SEC",
                        help="seconds into the recording (repeatable): the robot is carried to the next walk's start "
                             "unseen by the odometry; the stamps go to custom data pae_ros.kidnaps")
+    robot.add_argument("--odom-only", action="store_true",
+                       help="/tf carries odom -> base_link only (no map -> odom): a recording to replay into the "
+                            "localizer, which publishes map -> odom itself; the ground truth stays on its topic")
     robot.add_argument("--distortion", type=_coefficients, default=None, metavar="k1,k2,p1,p2,k3",
                        help="plumb_bob coefficients of the lens, e.g. --distortion=-0.1,0.02,0,0,0 "
                             "(default: a mild barrel lens, -0.12,0.04,0.0005,-0.0004,0)")
@@ -221,7 +224,8 @@ def _run_robot(args: argparse.Namespace, out, split, frames: list, scenes: list[
                         walk_gap_s=WALK_GAP_S if args.walk_gap is None else args.walk_gap,
                         distortion=args.distortion or DEFAULT_DISTORTION, odom_drift=args.odom_drift,
                         seed=args.odom_seed, jpeg_quality=args.jpeg_quality, start_ns=start_ns,
-                        kidnap_ns=[start_ns + int(k * 1_000_000_000) for k in args.kidnap or ()])
+                        kidnap_ns=[start_ns + int(k * 1_000_000_000) for k in args.kidnap or ()],
+                        map_tf=not args.odom_only)
     try:
         opts.check()
     except ValueError as exc:

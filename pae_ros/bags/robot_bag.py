@@ -74,6 +74,9 @@ class RobotOptions:
     jpeg_quality: int = 95
     start_ns: int = 1_700_000_000_000_000_000
     kidnap_ns: Sequence[int] = ()
+    #: /tf carries map -> odom too (the pose source of ``pae bag export``); False: odometry only
+    #: (odom -> base_link), as a robot records it for the localizer that will publish map -> odom
+    map_tf: bool = True
 
     def check(self) -> None:
         """ValueError naming the first setting that cannot give an exact recording."""
@@ -317,9 +320,10 @@ def write_robot_frames(bag, frames: list, pinhole: Callable, opts: RobotOptions,
         events = sorted([(t, 0, k) for k, t in enumerate(smp_ns)] + [(t, 1, i) for i, t in enumerate(img_ns)])
         for t_ns, kind, idx in events:
             if kind == 0:
-                bag.write_msg(TF_TOPIC, t_ns, msgs.tf_msg([
-                    msgs.transform_msg(MAP_FRAME, ODOM_FRAME, *geometry.matrix_to_pose(M[idx]), t_ns),
-                    msgs.transform_msg(ODOM_FRAME, BASE_FRAME, *geometry.matrix_to_pose(O[idx]), t_ns)]))
+                edges = [msgs.transform_msg(ODOM_FRAME, BASE_FRAME, *geometry.matrix_to_pose(O[idx]), t_ns)]
+                if opts.map_tf:
+                    edges.insert(0, msgs.transform_msg(MAP_FRAME, ODOM_FRAME, *geometry.matrix_to_pose(M[idx]), t_ns))
+                bag.write_msg(TF_TOPIC, t_ns, msgs.tf_msg(edges))
                 continue
             frame = walk[idx]
             rgb = datasets.load_rgb(frame.image_path)

@@ -1,7 +1,8 @@
 """``pae bag eval`` raw vs filtered rows on a bag written by rosbags with known errors.
 
 120 ground-truth frames at 10 Hz, the camera 0.25 m apart along x at 1 m height; the mount puts
-the camera 0.5 m above ``base_link``. ``/pae/pose`` (camera) is 0.1 m off in x except frame 10
+the camera 0.5 m above ``base_link``. ``/pae/pose`` (base_link when the mount is on ``/tf_static``, as
+the node publishes it, else the camera) is 0.1 m off in x except frame 10
 (3 m: gross) and frames 40-44 (1.5 m, right after the kidnap at frame 40). ``/pae/filtered_pose``
 (base_link, position sigma 0.2 m) starts at frame 10 and is off in y by 0.2 m (frames 10-39),
 2 m (40-59), 0.5 m (60-89) and 0.7 m (90-119). ``map -> odom`` on ``/tf`` steps 0.8 m at frame
@@ -54,7 +55,8 @@ def _write(path, filtered=True, static=True):
         for i, t in enumerate(STAMPS):
             g = _gt_pos(i)
             bag.write_msg(GT_TOPIC, t, msgs.pose_stamped_msg(g, ID, t, "map"))
-            bag.write_msg("/pae/pose", t, msgs.pose_stamped_msg(g + [_raw_err(i), 0, 0], ID, t, "map"))
+            pose = g - [0.0, 0.0, MOUNT_Z] if static else g
+            bag.write_msg("/pae/pose", t, msgs.pose_stamped_msg(pose + [_raw_err(i), 0, 0], ID, t, "map"))
             if filtered and i >= 10:
                 base = g - [0.0, 0.0, MOUNT_Z] + [0.0, _fil_err(i), 0.0]
                 bag.write_msg("/pae/filtered_pose", t, msgs.pose_with_covariance_msg(base, ID, _cov(), t, "map"))

@@ -310,3 +310,15 @@ def test_robot_kidnap_refusals(tiny_dataset, tmp_path, capsys):
                           "--out", str(tmp_path / "plain"), "--kidnap", "1"]) == 2
     assert "--kidnap needs --robot" in capsys.readouterr().err
     assert not (tmp_path / "gap").exists() and not (tmp_path / "plain").exists()
+
+
+def test_odom_only_recording_has_no_map_frame_on_tf(tiny_dataset, tmp_path):
+    """``--odom-only``: /tf holds odom -> base_link alone (the localizer being evaluated publishes
+    map -> odom); the mount and the ground truth are as in the full recording."""
+    bag = tmp_path / "odom_only"
+    assert _make(tiny_dataset, "test", bag, "--odom-only", "--odom-drift", "1") == 0
+    topics = _read(bag)
+    edges = {(t.header.frame_id, t.child_frame_id) for _, m in topics["/tf"] for t in m.transforms}
+    assert edges == {("odom", "base_link")}
+    assert len(topics[GT_TOPIC]) == len(datasets.read_dataset(tiny_dataset, "7scenes", "test").frames)
+    assert topics["/tf_static"]
