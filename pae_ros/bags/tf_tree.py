@@ -106,7 +106,7 @@ class Track:
             raise TfError("tf_gap", f"{self.name}: samples around stamp {s} are {(t1 - t0) / 1e9:.3f} s apart, "
                                     f"more than the allowed {max_gap_ns / 1e9:.3f} s")
         a = (s - t0) / (t1 - t0)
-        return (1 - a) * v[i - 1, :3] + a * v[i, :3], slerp(v[i - 1, 3:], v[i, 3:], a)
+        return (1 - a) * v[i - 1, :3] + a * v[i, :3], geometry.slerp(v[i - 1, 3:], v[i, 3:], a)
 
     def nearest(self, stamp_ns: int, max_diff_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """The sample nearest ``stamp_ns`` when within ``max_diff_ns``; raises ``no_pose_in_tolerance``."""
@@ -122,19 +122,6 @@ class Track:
             raise TfError("no_pose_in_tolerance", f"{self.name}: nearest sample is {diff / 1e6:.1f} ms from stamp "
                                                   f"{int(stamp_ns)}, more than {max_diff_ns / 1e6:.1f} ms")
         return v[j, :3].copy(), v[j, 3:].copy()
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Shorter-arc spherical interpolation of unit wxyz quaternions, ``a`` in [0, 1]."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    theta = float(np.arccos(min(1.0, d)))
-    if theta < 1e-6:  # nearly equal: the normalised chord is exact to rounding
-        q = (1 - a) * q0 + a * q1
-    else:
-        q = (np.sin((1 - a) * theta) * q0 + np.sin(a * theta) * q1) / np.sin(theta)
-    return q / np.linalg.norm(q)
 
 
 def parse_static_tf(text: str) -> tuple[str, str, np.ndarray, np.ndarray]:
