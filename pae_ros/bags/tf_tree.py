@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import geometry
+from ..tracking.lie import pose_inverse
 
 #: deepest chain a lookup follows (guards against loops in malformed input)
 MAX_CHAIN = 64
@@ -248,7 +249,7 @@ class TfTree:
         common = next((f for f in ct if f in cs), None)
         if common is None:
             self.require_path(target, source, "lookup")
-        return rigid_inverse(self._up_to(target, common, stamp_ns, max_gap_ns)) @ \
+        return pose_inverse(self._up_to(target, common, stamp_ns, max_gap_ns)) @ \
             self._up_to(source, common, stamp_ns, max_gap_ns)
 
     def _up_to(self, frame: str, ancestor: str, stamp_ns: int, max_gap_ns: int) -> np.ndarray:
@@ -265,10 +266,3 @@ class TfTree:
             cur = self._parent[cur]
         return T
 
-
-def rigid_inverse(T: np.ndarray) -> np.ndarray:
-    """Inverse of a 4x4 rigid transform (rotation transposed)."""
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out

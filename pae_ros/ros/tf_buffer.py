@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pae_ros.geometry import compose_poses, invert_pose, matrix_to_pose, pose_to_matrix, slerp
+from pae_ros.tracking.lie import pose_inverse
 
 #: deepest chain a lookup follows (guards against loops in malformed input)
 MAX_CHAIN = 64
@@ -162,7 +163,7 @@ class TfBuffer:
                 raise TfLookupError("unconnected", f"no TF chain {target} -> {source}")
             up_source = self._up_to(source, common, stamp_ns)
             up_target = self._up_to(target, common, stamp_ns)
-        return matrix_to_pose(np.linalg.inv(up_target) @ up_source)
+        return matrix_to_pose(pose_inverse(up_target) @ up_source)
 
     def _up_to(self, frame: str, ancestor: str, stamp_ns: int | None) -> np.ndarray:
         T = np.eye(4)

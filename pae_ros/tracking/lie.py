@@ -65,6 +65,7 @@ def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def pose_inverse(T: np.ndarray) -> np.ndarray:
+    """Inverse of one 4x4 rigid transform (rotation transposed, translation in metres)."""
     R, t = T[:3, :3], T[:3, 3]
     return make_pose(R.T, -R.T @ t)
 
