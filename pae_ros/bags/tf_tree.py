@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import geometry
 from ..tracking.lie import pose_inverse
+from . import msgs
 
 #: deepest chain a lookup follows (guards against loops in malformed input)
 MAX_CHAIN = 64
@@ -138,7 +139,7 @@ def parse_static_tf(text: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     if vals.shape != (7,) or not np.all(np.isfinite(vals)):
         raise TfError("bad_static_tf", f"--static-tf {text!r}: need 7 finite numbers x,y,z,qx,qy,qz,qw, "
                                        f"got {len(vals)}")
-    q = vals[[6, 3, 4, 5]]
+    q = msgs.ros_to_wxyz(*vals[3:7])
     n = float(np.linalg.norm(q))
     if abs(n - 1.0) > 1e-3:
         raise TfError("bad_static_tf", f"--static-tf {text!r}: quaternion (qx,qy,qz,qw) has norm {n:.6f}, "
@@ -213,7 +214,7 @@ class TfTree:
             return None
         t, q = self._static[child]
         return {"parent": self._parent[child], "child": child, "translation": [float(v) for v in t],
-                "rotation_xyzw": [float(q[1]), float(q[2]), float(q[3]), float(q[0])],
+                "rotation_xyzw": list(msgs.wxyz_to_ros(q)),
                 "source": "--static-tf" if child in self.given else "bag /tf_static"}
 
     def _chain(self, frame: str) -> list[str]:
