@@ -13,7 +13,7 @@ from geometry_msgs.msg import (PoseStamped, PoseWithCovarianceStamped, Transform
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from pae_ros.bags.msgs import ros_to_wxyz, wxyz_to_ros
+from pae_ros.bags.msgs import ros_to_wxyz, stamp_to_ns, wxyz_to_ros
 from pae_ros.image_codec import (DEFAULT_MAX_DIM, check_compressed, check_image, decode_compressed,
                                  decode_image)
 
@@ -30,7 +30,7 @@ def get_quaternion(msg_q) -> np.ndarray:
 
 def stamp_ns(stamp: Time) -> int:
     """Integer nanoseconds of a ``builtin_interfaces/Time``."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return stamp_to_ns(stamp)
 
 
 def stamp_from_ns(t_ns: int) -> Time:
