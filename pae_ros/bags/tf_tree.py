@@ -84,11 +84,6 @@ class Track:
         self.finish()
         return len(self._t)
 
-    @property
-    def span_ns(self) -> tuple[int, int] | None:
-        self.finish()
-        return (int(self._t[0]), int(self._t[-1])) if len(self._t) else None
-
     def interpolate(self, stamp_ns: int, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """``(translation, quaternion wxyz)`` at ``stamp_ns``; raises ``tf_extrapolation`` /
         ``tf_gap``."""

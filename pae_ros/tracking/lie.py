@@ -116,11 +116,6 @@ def flatten_planar(T: np.ndarray) -> np.ndarray:
     return out
 
 
-def wrap_angle(a: float) -> float:
-    """Angle wrapped to [-pi, pi)."""
-    return (a + math.pi) % (2.0 * math.pi) - math.pi
-
-
 def pose_error(T: np.ndarray, T_hat: np.ndarray) -> np.ndarray:
     """6-vector error ``(dt, dtheta)`` with ``T = (exp(dtheta) R_hat, t_hat + dt)``."""
     return np.concatenate([T[:3, 3] - T_hat[:3, 3], so3_log(T[:3, :3] @ T_hat[:3, :3].T)])
