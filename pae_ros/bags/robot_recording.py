@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry
+from ..image_codec import encode_compressed
 from . import msgs
 from .tf_tree import BODY_TO_OPTICAL_WXYZ
 
@@ -176,8 +177,6 @@ class _Out:
             distortion_model=spec.distortion_model, binning_x=0, binning_y=0, roi=roi, **arrays)
 
     def image(self, t_ns: int, frame: str, rgb: np.ndarray, compressed: bool):
-        from ..image_codec import encode_compressed
-
         if compressed:
             fmt, data = encode_compressed(rgb, "jpeg", 95)
             return self.T("sensor_msgs/msg/CompressedImage")(header=self.header(t_ns, frame), format=fmt,
