@@ -45,6 +45,21 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ], axis=-1)
 
 
+def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
+    """Shorter-arc spherical interpolation of two unit wxyz quaternions (4,), ``a`` in [0, 1]."""
+    q0 = np.asarray(q0, dtype=np.float64)
+    q1 = np.asarray(q1, dtype=np.float64)
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    theta = float(np.arccos(min(1.0, d)))
+    if theta < 1e-6:  # nearly equal: the normalised chord is exact to rounding
+        q = (1 - a) * q0 + a * q1
+    else:
+        q = (np.sin((1 - a) * theta) * q0 + np.sin(a * theta) * q1) / np.sin(theta)
+    return q / np.linalg.norm(q)
+
+
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
     """Rotation matrices (..., 3, 3) from quaternions (..., 4) wxyz (normalised first)."""
     w, x, y, z = np.moveaxis(normalize_quat(q), -1, 0)

@@ -32,7 +32,9 @@ the top-down plots draw it too.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 METHOD_NAMES = ("refined", "apr")
@@ -91,8 +93,6 @@ def read_poses(path, topic: str) -> tuple[str | None, dict[int, tuple], int]:
 
 def scene_ranges(path) -> dict[str, tuple[int, int]]:
     """``pae_ros.scene_ranges`` of a bag made by ``pae bag make``: scene -> (first, last) stamp ns."""
-    import json
-
     from .io import BagReader
 
     with BagReader(path) as reader:
@@ -247,8 +247,6 @@ def _print_matching(scenes: dict, methods: list[str], matching: dict, dups: dict
 def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: dict, scenes: dict,
                  scene_of: Callable[[int], str], filtered: dict | None = None) -> dict[str, str]:
     """TUM trajectories, error CDFs and top-down plots into ``out``; returns their paths by key."""
-    from pathlib import Path
-
     import numpy as np
 
     from .. import metrics
@@ -294,9 +292,6 @@ def _write_files(args, out, gt: dict, est: dict, methods: list[str], per_frame: 
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
     from .io import BagError
 
     if not args.estimate_name or args.estimate_name == "apr" or not args.estimate_name.replace("_", "").isalnum():

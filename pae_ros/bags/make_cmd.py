@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 
 def _seconds(text: str) -> Decimal:
@@ -126,8 +127,6 @@ def _frame_messages(frame, t_ns: int, k, compressed: bool, jpeg_quality: int, wa
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..progress import tqdm
 
     from .. import datasets
@@ -206,8 +205,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_robot(args: argparse.Namespace, out, split, frames: list, scenes: list[str], start_ns: int) -> int:
     """``--robot``: the recording of :mod:`pae_ros.bags.robot_bag`."""
-    from pathlib import Path
-
     from .. import datasets
     from ..progress import tqdm
     from . import COMPRESSED_TOPIC

@@ -362,5 +362,5 @@ def pose_errors(truth: list, exported: list) -> dict:
     p1 = np.array([f.position for f in exported])
     q0 = np.array([f.quaternion for f in truth])
     q1 = np.array([f.quaternion for f in exported])
-    return {"frames": len(truth), "max_position_m": float(np.max(np.linalg.norm(p1 - p0, axis=1))),
+    return {"frames": len(truth), "max_position_m": float(np.max(geometry.position_error(p1, p0))),
             "max_rotation_deg": float(np.max(geometry.orientation_error_deg(q1, q0)))}

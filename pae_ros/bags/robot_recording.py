@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry
+from ..image_codec import encode_compressed
+from . import msgs
 from .tf_tree import BODY_TO_OPTICAL_WXYZ
 
 START_NS = 1_700_000_000_000_000_000
@@ -132,7 +134,7 @@ class _Out:
     # message builders (ROS 1 and ROS 2 differ in Header.seq and CameraInfo's upper-case arrays)
     def transform(self, t_ns: int, parent: str, child: str, t, q):
         T = self.T
-        x, y, z, w = float(q[1]), float(q[2]), float(q[3]), float(q[0])
+        x, y, z, w = msgs.wxyz_to_ros(q)
         tr = T("geometry_msgs/msg/Transform")(
             translation=T("geometry_msgs/msg/Vector3")(x=float(t[0]), y=float(t[1]), z=float(t[2])),
             rotation=T("geometry_msgs/msg/Quaternion")(x=x, y=y, z=z, w=w))
@@ -147,9 +149,10 @@ class _Out:
         T = self.T
         if msgtype.endswith("TransformStamped"):
             return self.transform(t_ns, frame, "base_link", t, q)
+        x, y, z, w = msgs.wxyz_to_ros(q)
         pose = T("geometry_msgs/msg/Pose")(
             position=T("geometry_msgs/msg/Point")(x=float(t[0]), y=float(t[1]), z=float(t[2])),
-            orientation=T("geometry_msgs/msg/Quaternion")(x=float(q[1]), y=float(q[2]), z=float(q[3]), w=float(q[0])))
+            orientation=T("geometry_msgs/msg/Quaternion")(x=x, y=y, z=z, w=w))
         if msgtype.endswith("/PoseStamped"):
             return T(msgtype)(header=self.header(t_ns, frame), pose=pose)
         pwc = T("geometry_msgs/msg/PoseWithCovariance")(pose=pose, covariance=np.eye(6).reshape(-1) * 1e-4)
@@ -174,8 +177,6 @@ class _Out:
             distortion_model=spec.distortion_model, binning_x=0, binning_y=0, roi=roi, **arrays)
 
     def image(self, t_ns: int, frame: str, rgb: np.ndarray, compressed: bool):
-        from ..image_codec import encode_compressed
-
         if compressed:
             fmt, data = encode_compressed(rgb, "jpeg", 95)
             return self.T("sensor_msgs/msg/CompressedImage")(header=self.header(t_ns, frame), format=fmt,

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import geometry
+from ..tracking.lie import pose_inverse
+from . import msgs
 
 #: deepest chain a lookup follows (guards against loops in malformed input)
 MAX_CHAIN = 64
@@ -82,11 +84,6 @@ class Track:
         self.finish()
         return len(self._t)
 
-    @property
-    def span_ns(self) -> tuple[int, int] | None:
-        self.finish()
-        return (int(self._t[0]), int(self._t[-1])) if len(self._t) else None
-
     def interpolate(self, stamp_ns: int, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """``(translation, quaternion wxyz)`` at ``stamp_ns``; raises ``tf_extrapolation`` /
         ``tf_gap``."""
@@ -106,7 +103,7 @@ class Track:
             raise TfError("tf_gap", f"{self.name}: samples around stamp {s} are {(t1 - t0) / 1e9:.3f} s apart, "
                                     f"more than the allowed {max_gap_ns / 1e9:.3f} s")
         a = (s - t0) / (t1 - t0)
-        return (1 - a) * v[i - 1, :3] + a * v[i, :3], slerp(v[i - 1, 3:], v[i, 3:], a)
+        return (1 - a) * v[i - 1, :3] + a * v[i, :3], geometry.slerp(v[i - 1, 3:], v[i, 3:], a)
 
     def nearest(self, stamp_ns: int, max_diff_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """The sample nearest ``stamp_ns`` when within ``max_diff_ns``; raises ``no_pose_in_tolerance``."""
@@ -124,19 +121,6 @@ class Track:
         return v[j, :3].copy(), v[j, 3:].copy()
 
 
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Shorter-arc spherical interpolation of unit wxyz quaternions, ``a`` in [0, 1]."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    theta = float(np.arccos(min(1.0, d)))
-    if theta < 1e-6:  # nearly equal: the normalised chord is exact to rounding
-        q = (1 - a) * q0 + a * q1
-    else:
-        q = (np.sin((1 - a) * theta) * q0 + np.sin(a * theta) * q1) / np.sin(theta)
-    return q / np.linalg.norm(q)
-
-
 def parse_static_tf(text: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     """``PARENT:CHILD:x,y,z,qx,qy,qz,qw`` (metres; quaternion in **ROS order xyzw**) ->
     ``(parent, child, translation, quaternion wxyz)``. Raises ``bad_static_tf``."""
@@ -150,7 +134,7 @@ def parse_static_tf(text: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     if vals.shape != (7,) or not np.all(np.isfinite(vals)):
         raise TfError("bad_static_tf", f"--static-tf {text!r}: need 7 finite numbers x,y,z,qx,qy,qz,qw, "
                                        f"got {len(vals)}")
-    q = vals[[6, 3, 4, 5]]
+    q = msgs.ros_to_wxyz(*vals[3:7])
     n = float(np.linalg.norm(q))
     if abs(n - 1.0) > 1e-3:
         raise TfError("bad_static_tf", f"--static-tf {text!r}: quaternion (qx,qy,qz,qw) has norm {n:.6f}, "
@@ -225,7 +209,7 @@ class TfTree:
             return None
         t, q = self._static[child]
         return {"parent": self._parent[child], "child": child, "translation": [float(v) for v in t],
-                "rotation_xyzw": [float(q[1]), float(q[2]), float(q[3]), float(q[0])],
+                "rotation_xyzw": list(msgs.wxyz_to_ros(q)),
                 "source": "--static-tf" if child in self.given else "bag /tf_static"}
 
     def _chain(self, frame: str) -> list[str]:
@@ -261,7 +245,7 @@ class TfTree:
         common = next((f for f in ct if f in cs), None)
         if common is None:
             self.require_path(target, source, "lookup")
-        return rigid_inverse(self._up_to(target, common, stamp_ns, max_gap_ns)) @ \
+        return pose_inverse(self._up_to(target, common, stamp_ns, max_gap_ns)) @ \
             self._up_to(source, common, stamp_ns, max_gap_ns)
 
     def _up_to(self, frame: str, ancestor: str, stamp_ns: int, max_gap_ns: int) -> np.ndarray:
@@ -278,10 +262,3 @@ class TfTree:
             cur = self._parent[cur]
         return T
 
-
-def rigid_inverse(T: np.ndarray) -> np.ndarray:
-    """Inverse of a 4x4 rigid transform (rotation transposed)."""
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out

@@ -44,8 +44,13 @@ def look_quat(yaw: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     return rotmat_to_quat(np.stack([x, y, f], axis=-1))
 
 
-def render(room: Room, position: np.ndarray, quaternion: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
-    """RGB uint8 (H, W, 3) image of the room from a camera-to-world pose."""
+def cast_rays(room: Room, position: np.ndarray, quaternion: np.ndarray, intr: CameraIntrinsics):
+    """Where each pixel's ray from a camera-to-world pose meets the room's walls.
+
+    Returns ``(wall, a, b, other, tmin)``, each (H, W): the wall index (0..5: axis * 2, + 1 for the
+    far wall of that axis), the hit's 2-D wall coordinates ``a``, ``b`` in metres along the world
+    axes ``other[..., 0]``, ``other[..., 1]`` (``other``: (H, W, 2)), and ``tmin``, the hit's depth
+    along the optical axis in metres."""
     L = np.asarray(room.size)
     u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
     d_cam = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u, float)], -1)
@@ -63,6 +68,13 @@ def render(room: Room, position: np.ndarray, quaternion: np.ndarray, intr: Camer
     other = np.array([[1, 2], [0, 2], [0, 1]])[axis]
     a = np.take_along_axis(hit, other[..., :1], -1)[..., 0]
     b = np.take_along_axis(hit, other[..., 1:], -1)[..., 0]
+    return wall, a, b, other, tmin
+
+
+def render(room: Room, position: np.ndarray, quaternion: np.ndarray, intr: CameraIntrinsics) -> np.ndarray:
+    """RGB uint8 (H, W, 3) image of the room from a camera-to-world pose."""
+    L = np.asarray(room.size)
+    wall, a, b, other, tmin = cast_rays(room, position, quaternion, intr)
     col = room.base[wall].copy()
     stripes = 0.5 + 0.5 * np.sin(room.freq[wall, 0] * a * 2 + room.phase[wall, 0]) * np.cos(
         room.freq[wall, 1] * b * 2 + room.phase[wall, 1])

@@ -5,6 +5,7 @@ Units: position errors in metres, orientation errors in degrees.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,6 @@ def _coverage_plot(report: dict, out_dir: Path) -> str:
 
 def write_outputs(report: dict, out_dir: Path, json_path: Path | None = None) -> dict[str, str]:
     """Write report.json, the error CDF PNGs, error vs coverage and the reconstruction grid; returns paths."""
-    import json
-
     import cv2
 
     from ..training.train_decoder import image_grid

@@ -13,7 +13,8 @@ from geometry_msgs.msg import (PoseStamped, PoseWithCovarianceStamped, Transform
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from pae_ros.bags.msgs import ros_to_wxyz, wxyz_to_ros
+from pae_ros.bags.msgs import pose_from_msg as stamped_pose_fields
+from pae_ros.bags.msgs import ros_to_wxyz, stamp_to_ns, wxyz_to_ros
 from pae_ros.image_codec import (DEFAULT_MAX_DIM, check_compressed, check_image, decode_compressed,
                                  decode_image)
 
@@ -30,7 +31,7 @@ def get_quaternion(msg_q) -> np.ndarray:
 
 def stamp_ns(stamp: Time) -> int:
     """Integer nanoseconds of a ``builtin_interfaces/Time``."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    return stamp_to_ns(stamp)
 
 
 def stamp_from_ns(t_ns: int) -> Time:
@@ -64,9 +65,8 @@ def pose_with_covariance(hdr: Header, position, q_wxyz, covariance) -> PoseWithC
 
 def pose_from_msg(msg) -> tuple[np.ndarray, np.ndarray]:
     """(position (3,) m, quaternion (4,) wxyz) from a ``PoseStamped`` or ``PoseWithCovarianceStamped``."""
-    pose = msg.pose.pose if isinstance(msg, PoseWithCovarianceStamped) else msg.pose
-    p = pose.position
-    return np.array([p.x, p.y, p.z], dtype=np.float64), get_quaternion(pose.orientation)
+    _, position, quaternion = stamped_pose_fields(msg)
+    return position, quaternion
 
 
 def transform_stamped(stamp: Time, parent: str, child: str, translation, q_wxyz) -> TransformStamped:

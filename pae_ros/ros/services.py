@@ -24,6 +24,7 @@ import numpy as np
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from std_srvs.srv import SetBool, Trigger
 
+from pae_ros.ros import conversions as cv
 from pae_ros.ros import qos
 
 
@@ -106,7 +107,7 @@ class Relocalization:
                 return False
             self._armed = False
             self._last_position = p
-            self._sent.append((int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec), p.copy()))
+            self._sent.append((cv.stamp_ns(msg.header.stamp), p.copy()))
         self._pub.publish(msg)
         self.published += 1
         return True

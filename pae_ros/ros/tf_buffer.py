@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pae_ros.geometry import compose_poses, invert_pose, matrix_to_pose, pose_to_matrix
+from pae_ros.geometry import compose_poses, invert_pose, matrix_to_pose, pose_to_matrix, slerp
+from pae_ros.tracking.lie import pose_inverse
 
 #: deepest chain a lookup follows (guards against loops in malformed input)
 MAX_CHAIN = 64
@@ -55,19 +56,6 @@ class _Edge:
     stamps: list = field(default_factory=list)   # int ns, sorted
     t: list = field(default_factory=list)        # (3,) arrays
     q: list = field(default_factory=list)        # (4,) wxyz arrays
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    """Spherical interpolation of unit wxyz quaternions, ``a`` in [0, 1] (shorter arc)."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + a * (q1 - q0)
-        return q / np.linalg.norm(q)
-    th = np.arccos(min(1.0, d))
-    s = np.sin(th)
-    return (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / s
 
 
 class TfBuffer:
@@ -175,7 +163,7 @@ class TfBuffer:
                 raise TfLookupError("unconnected", f"no TF chain {target} -> {source}")
             up_source = self._up_to(source, common, stamp_ns)
             up_target = self._up_to(target, common, stamp_ns)
-        return matrix_to_pose(np.linalg.inv(up_target) @ up_source)
+        return matrix_to_pose(pose_inverse(up_target) @ up_source)
 
     def _up_to(self, frame: str, ancestor: str, stamp_ns: int | None) -> np.ndarray:
         T = np.eye(4)

@@ -65,6 +65,7 @@ def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def pose_inverse(T: np.ndarray) -> np.ndarray:
+    """Inverse of one 4x4 rigid transform (rotation transposed, translation in metres)."""
     R, t = T[:3, :3], T[:3, 3]
     return make_pose(R.T, -R.T @ t)
 
@@ -113,11 +114,6 @@ def flatten_planar(T: np.ndarray) -> np.ndarray:
     """The planar part of a pose: x, y and yaw kept, z = 0, roll = pitch = 0."""
     out = make_pose(rot_z(yaw_of_matrix(T[:3, :3])), np.array([T[0, 3], T[1, 3], 0.0]))
     return out
-
-
-def wrap_angle(a: float) -> float:
-    """Angle wrapped to [-pi, pi)."""
-    return (a + math.pi) % (2.0 * math.pi) - math.pi
 
 
 def pose_error(T: np.ndarray, T_hat: np.ndarray) -> np.ndarray:

@@ -78,10 +78,6 @@ class OdometryHistory:
     def newest_stamp(self) -> float | None:
         return self._stamps[-1] if self._stamps else None
 
-    @property
-    def oldest_stamp(self) -> float | None:
-        return self._stamps[0] if self._stamps else None
-
     def clear(self) -> None:
         self._stamps.clear()
         self._poses.clear()

@@ -15,14 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..config import Config
 from ..models import build_apr
+from ..preprocess import crop, normalize
 from .checkpoint import load_checkpoint, module_digest, save_checkpoint
-from .data import FrameImages
+from .data import FrameImages, color_jitter
 from .distributed import DistInfo, all_reduce_mean
 from .losses import LearnedPoseLoss
 
@@ -90,11 +92,6 @@ def tail_start_of(apr, finetune_blocks: int) -> int | None:
 def _view_images(data: FrameImages, indices, view: int, seed: int) -> torch.Tensor:
     """Normalised crops of ``indices``: view 0 is the centre crop, view v > 0 an augmented one
     (random crop when ``data.random_crop``, colour jitter ``data.jitter``), seeded by (seed, v, i)."""
-    import numpy as np
-
-    from ..preprocess import crop, normalize
-    from .data import color_jitter
-
     if view == 0:
         return data.centre_batch(indices)
     s = data.crop_size

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pae_ros.datasets.synthetic import Room, walk
+from pae_ros.datasets.synthetic import Room, cast_rays, walk
 from pae_ros.datasets.types import CameraIntrinsics
 from pae_ros.datasets.writers import write_7scenes_frame, write_7scenes_splits, write_intrinsics
-from pae_ros.geometry import quat_to_rotmat
 
 PX_PER_M = 40  # texture resolution on the walls
 
@@ -36,21 +35,8 @@ def textures(seed: int = 0, size: int = 512) -> np.ndarray:
 
 
 def render_textured(room: Room, tex: np.ndarray, position, quaternion, intr: CameraIntrinsics) -> np.ndarray:
-    L = np.asarray(room.size)
-    u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
-    d = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u, float)], -1) @ quat_to_rotmat(
-        np.asarray(quaternion, np.float64)).T
-    o = np.asarray(position, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (np.where(d > 0, L, 0.0) - o) / d
-    t = np.where(np.isfinite(t) & (t > 0), t, np.inf)
-    axis = np.argmin(t, -1)
-    tmin = np.take_along_axis(t, axis[..., None], -1)[..., 0]
-    hit = o + d * tmin[..., None]
-    wall = axis * 2 + (np.take_along_axis(d, axis[..., None], -1)[..., 0] > 0)
-    other = np.array([[1, 2], [0, 2], [0, 1]])[axis]
-    a = np.take_along_axis(hit, other[..., :1], -1)[..., 0]
-    b = np.take_along_axis(hit, other[..., 1:], -1)[..., 0]
+    """RGB uint8 (H, W, 3) image of the room with ``tex`` on its walls, from a camera-to-world pose."""
+    wall, a, b, _, _ = cast_rays(room, position, quaternion, intr)
     n = tex.shape[1]
     ia = np.clip((a * PX_PER_M).astype(int), 0, n - 1)
     ib = np.clip((b * PX_PER_M).astype(int), 0, n - 1)

@@ -242,3 +242,20 @@ def test_camera_project_inverts_pixel_rays():
     uv2, z2 = g.camera_project(pts_world, c, q, K)
     np.testing.assert_allclose(uv2, uv, atol=1e-8)
     np.testing.assert_allclose(z2, depth, atol=1e-10)
+
+
+@pytest.mark.parametrize("angle", [1e-8, 1e-3, 0.03, 0.5, 3.0])
+@pytest.mark.parametrize("a", [0.0, 0.25, 0.5, 1.0])
+def test_slerp_follows_the_shorter_arc_at_every_angle(angle, a):
+    """slerp between two rotations about one axis is the rotation by the interpolated angle, from
+    near-equal quaternions (the chord branch) to nearly opposite ones, and the same when the second
+    quaternion comes with the opposite sign."""
+    axis = np.array([1.0, -2.0, 0.5]) / np.linalg.norm([1.0, -2.0, 0.5])
+    q_of = lambda th: np.concatenate([[np.cos(th / 2)], np.sin(th / 2) * axis])  # noqa: E731
+    q0 = q_of(0.2)
+    q1 = q_of(0.2 + angle)
+    want = q_of(0.2 + a * angle)
+    for other in (q1, -q1):
+        got = g.slerp(q0, other, a)
+        assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(got, want, atol=1e-12)
