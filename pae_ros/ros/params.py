@@ -99,15 +99,15 @@ def _geometric(v):
 TRACKING_METHODS = ("apr", "refined", "geometric")
 
 
-def parse_anchor_methods(v: str) -> tuple[str, ...] | None:
-    """``tracking_anchor_methods``: None for ``auto``, else the listed methods (order kept)."""
+def parse_trusted_methods(v: str) -> tuple[str, ...] | None:
+    """``tracking_trusted_methods``: None for ``auto``, else the listed methods (order kept)."""
     if v.strip() == "auto":
         return None
     return tuple(m.strip() for m in v.split(",") if m.strip())
 
 
-def _anchor_methods(v):
-    got = parse_anchor_methods(v)
+def _trusted_methods(v):
+    got = parse_trusted_methods(v)
     if got is None:
         return None
     if not got or any(m not in TRACKING_METHODS for m in got):
@@ -226,16 +226,21 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "tracking filter (pae_ros.tracking): fuses every estimate with odometry (map_odom) or a random-walk "
               "model (no odometry chain) into pae/filtered_pose and, in tf_mode map_odom, the published map -> odom "
               "(slew-limited, outliers gated); false = map -> odom from each confident estimate directly"),
-    ParamSpec("tracking_anchor_methods", "auto",
-              "estimate methods that may start or relocalise the track: auto (geometric when the localizer has "
+    ParamSpec("tracking_trusted_methods", "auto",
+              "estimate methods the tracking filter uses, the others counted as ignored: auto (geometric when the localizer has "
               "a geometric stage, else all), or a comma-separated list of apr, refined, geometric",
-              "auto | list of apr, refined, geometric", _anchor_methods),
+              "auto | list of apr, refined, geometric", _trusted_methods),
     ParamSpec("tracking_gate_probability", 0.999,
               "chi-square probability of the tracking filter's Mahalanobis gate (outliers beyond it are rejected)",
               "0 < value < 1", lambda v: None if 0.0 < v < 1.0 else "must be in (0, 1)"),
     ParamSpec("tracking_init_count", 3,
               "mutually consistent estimates the tracking filter needs to start or restart", ">= 2",
               lambda v: None if v >= 2 else "must be >= 2", int_range=(2, 1000)),
+    ParamSpec("tracking_init_min_spread_m", 1.0,
+              "the estimates the tracking filter starts (or restarts when lost) from must span this much "
+              "odometry travel (m): fixes from one spot can agree on the same wrong place; 0 = start at "
+              "standstill (/initialpose always sets the track)", ">= 0",
+              lambda v: None if 0.0 <= v <= 1000.0 else "must be in [0, 1000] (metres)"),
     ParamSpec("tracking_max_step_m", 0.2,
               "largest step (m) of the published map -> odom per estimate (slew limit; jumps only at a start, "
               "relocalisation or /initialpose)", "> 0", lambda v: None if v > 0 else "must be > 0 (metres)"),

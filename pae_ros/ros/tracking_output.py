@@ -37,7 +37,7 @@ from pae_ros.geometry import invert_pose
 from pae_ros.ros import conversions as cv
 from pae_ros.ros import qos
 from pae_ros.ros.frames import camera_to_base, flatten_2d
-from pae_ros.ros.params import parse_anchor_methods
+from pae_ros.ros.params import parse_trusted_methods
 from pae_ros.tracking import METHODS, TrackingFilter, TrackingParams
 
 #: variance (m^2, rad^2) put in place of a zero (or negative) diagonal entry of an /initialpose
@@ -46,17 +46,18 @@ INITIAL_POSE_MIN_VAR = 1e-4
 
 def tracking_params(params: dict, use_odometry: bool, has_geometric: bool) -> TrackingParams:
     """The filter settings of the node's parameters (``tracking_*``, ``two_d_mode``, ``tf_history``)."""
-    anchors = parse_anchor_methods(params["tracking_anchor_methods"])
-    if anchors is None:
-        anchors = ("geometric",) if has_geometric else METHODS
+    trusted = parse_trusted_methods(params["tracking_trusted_methods"])
+    if trusted is None:
+        trusted = ("geometric",) if has_geometric else METHODS
     n = int(params["tracking_init_count"])
     return TrackingParams(two_d_mode=bool(params["two_d_mode"]) and use_odometry, use_odometry=use_odometry,
                           odom_history_s=float(params["tf_history"]),
                           gate_probability=float(params["tracking_gate_probability"]),
-                          init_count=n, init_window=max(10, n),
+                          init_count=n, init_window=max(30, n),
+                          init_min_spread_m=float(params["tracking_init_min_spread_m"]),
                           max_step_m=float(params["tracking_max_step_m"]),
                           max_step_rad=float(params["tracking_max_step_rad"]),
-                          anchor_methods=anchors)
+                          trusted_methods=trusted)
 
 
 class TrackingOutput:
@@ -265,8 +266,8 @@ class TrackingOutput:
             counts = dict(f.counts)
         out = {"tracking.state": state, "tracking.model": "odometry" if f.params.use_odometry else "random_walk",
                "tracking.last_mahalanobis": "none" if d is None else f"{d:.3f}",
-               "tracking.anchor_methods": ",".join(f.params.anchor_methods)}
-        for k in ("accepted", "rejected", "dropped", "initialisations", "relocalisations", "jumps",
+               "tracking.trusted_methods": ",".join(f.params.trusted_methods)}
+        for k in ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
                   "odometry_dropped"):
             out[f"tracking.{k}"] = str(counts.get(k, 0))
         for k, v in sorted(counts.items()):

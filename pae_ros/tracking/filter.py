@@ -25,15 +25,15 @@ inside it a Huber weight (threshold ``sqrt(chi2.ppf(huber_probability, dof))``) 
 covariance of large residuals. ``method_inflation`` scales each method's covariance.
 
 Start and relocalisation without a human: the filter starts from ``init_count`` mutually
-consistent estimates (pairwise Mahalanobis inside the gate after odometry); when, among the last
+consistent estimates (pairwise Mahalanobis inside the gate after odometry) taken at least
+``init_min_spread_m`` apart (a robot standing still waits to move, or for ``/initialpose``); when, among the last
 ``reloc_window`` estimates, at least ``reloc_count`` rejected ones agree with each other and
 outnumber the accepted ones, it relocalises onto them. Each rejection in a streak multiplies the
 state covariance used by the gate by ``reject_inflation``, capped at ``max_inflation``, and an
 accepted estimate resets it: a run of outliers can widen the gate by at most that cap, so it cannot
-widen it until the outliers get in. Only estimates of ``anchor_methods`` start or relocalise the
-track, make or end a rejection streak and see the widened gate; the others only update a track
-through the plain gate (with geometric fixes as the only anchors, a run of consistently wrong APR
-estimates can neither widen the gate for itself nor move the track onto itself).
+widen it until the outliers get in. Only estimates of ``trusted_methods`` are used; the others
+are counted as ``ignored`` (with geometric fixes as the only trusted method, an APR/PAE estimate,
+whose wide covariance would pass the gate even when it is metres off, never moves the track).
 
 A track whose tracked-frame position sigma grew past ``lost_sigma_m`` (state ``lost``: long without an accepted
 estimate) takes no lone estimate: like a start, it waits for ``init_count`` consistent ones and
@@ -62,7 +62,7 @@ METHODS = ("apr", "refined", "geometric")
 
 class TrackState(str, enum.Enum):
     """``initialising``: no track yet; ``tracking``: estimates are being accepted;
-    ``relocalising``: ``suspect_after`` or more anchor estimates rejected in a row; ``lost``: the
+    ``relocalising``: ``suspect_after`` or more estimates rejected in a row; ``lost``: the
     tracked frame's position sigma exceeds ``lost_sigma_m`` (it restarts from consistent
     estimates)."""
 
@@ -102,13 +102,16 @@ class TrackingParams:
     huber_probability: float = 0.95
     #: variance factor per estimate method (``apr`` | ``refined`` | ``geometric``)
     method_inflation: dict = field(default_factory=lambda: {m: 1.0 for m in METHODS})
-    #: methods whose estimates may start or relocalise the track (e.g. ``("geometric",)`` where a
-    #: stream of consistently wrong APR estimates must not move the track on its own)
-    anchor_methods: tuple = METHODS
+    #: methods whose estimates the filter uses (start, update, relocalise); the others are counted
+    #: as ``ignored`` (e.g. ``("geometric",)`` where APR estimates can be metres off)
+    trusted_methods: tuple = METHODS
     #: mutually consistent estimates needed to start
     init_count: int = 3
     #: estimates kept as start candidates
-    init_window: int = 10
+    init_window: int = 30
+    #: a start group (no track, or lost) must hold two members whose odometry positions are at least
+    #: this far apart (m): fixes from one viewpoint can agree on the same wrong place (aliasing)
+    init_min_spread_m: float = 1.0
     #: agreeing rejected estimates needed to relocalise
     reloc_count: int = 5
     #: recent estimates looked at for a relocalisation
@@ -127,7 +130,7 @@ class TrackingParams:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or f.name in ("method_inflation", "anchor_methods"):
+            if isinstance(v, bool) or f.name in ("method_inflation", "trusted_methods"):
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"tracking parameter {f.name} must be a finite number >= 0, got {v!r}")
@@ -146,11 +149,11 @@ class TrackingParams:
             raise ValueError("tracking parameters reject_inflation and max_inflation must be >= 1")
         if self.odom_history_s <= 0.0:
             raise ValueError("tracking parameter odom_history_s must be > 0")
-        bad = [m for m in self.anchor_methods if m not in METHODS]
-        if bad or not self.anchor_methods:
-            raise ValueError(f"tracking parameter anchor_methods must name some of {', '.join(METHODS)}, "
-                             f"got {list(self.anchor_methods)}")
-        self.anchor_methods = tuple(self.anchor_methods)
+        bad = [m for m in self.trusted_methods if m not in METHODS]
+        if bad or not self.trusted_methods:
+            raise ValueError(f"tracking parameter trusted_methods must name some of {', '.join(METHODS)}, "
+                             f"got {list(self.trusted_methods)}")
+        self.trusted_methods = tuple(self.trusted_methods)
         for k, v in self.method_inflation.items():
             if k not in METHODS:
                 raise ValueError(f"tracking parameter method_inflation has unknown method {k!r} "
@@ -203,6 +206,7 @@ class _Candidate:
     C: np.ndarray
     q_acc: np.ndarray
     method: str | None = None
+    odom_position: np.ndarray | None = None
 
 
 class TrackingFilter:
@@ -224,9 +228,10 @@ class TrackingFilter:
                                rot_var_per_s=p.random_walk_rot_var_per_s)
         self.history = OdometryHistory(rates, p.odom_history_s)
         self.enabled = True
-        self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "dropped": 0, "initialisations": 0,
+        self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "ignored": 0, "dropped": 0, "initialisations": 0,
                                        "relocalisations": 0, "jumps": 0, "odometry_dropped": 0}
         self.last_mahalanobis: float | None = None
+        self.last_start_members: list[tuple[float, str | None]] = []
         self._published: np.ndarray | None = None
         self._reset_track()
 
@@ -282,24 +287,27 @@ class TrackingFilter:
                      in_scene: bool = True) -> str:
         """One estimate of the tracked frame in map (position m, quaternion wxyz camera-to-world,
         covariance 6x6) at ``stamp``. Returns ``accepted``, ``rejected``, ``candidate`` (before
-        the start), ``initialised``, ``relocalised`` or ``dropped:<reason>``."""
+        the start), ``initialised``, ``relocalised``, ``ignored`` (a method not in
+        ``trusted_methods``) or ``dropped:<reason>``."""
         if not self.enabled:
             return self._drop("disabled")
         if method not in METHODS:
             return self._drop("unknown_method")
         if not in_scene:
             return self._drop("out_of_scene")
+        if method not in self.params.trusted_methods:
+            self.counts["ignored"] += 1
+            self._count(f"ignored.{method}")
+            return "ignored"
         cand = self._candidate(stamp, position, quaternion, covariance, method)
         if isinstance(cand, str):
             return self._drop(cand)
         if self.T is None or self.state == TrackState.LOST:
             # no track, or one too uncertain for a lone estimate to be trusted: wait for a group
             lost = self.T is not None
-            if method not in self.params.anchor_methods:
-                return "candidate"
             self._init.append(cand)
             group = self._consistent_group(list(self._init), self.params.init_count)
-            if group is None:
+            if group is None or self._spread(group) < self.params.init_min_spread_m:
                 return "candidate"
             self._start(group, "relocalisations" if lost else "initialisations")
             return "relocalised" if lost else "initialised"
@@ -444,7 +452,7 @@ class TrackingFilter:
             return "covariance_not_positive"
         if self.params.two_d_mode:
             z = flatten_planar(z)
-        return _Candidate(stamp, z, Cz, q_acc, method)
+        return _Candidate(stamp, z, Cz, q_acc, method, T_oc[:3, 3].copy())
 
     def _predict(self) -> None:
         """Grow ``P`` with the odometry noise accumulated since the last prediction."""
@@ -481,6 +489,13 @@ class TrackingFilter:
                 group.append(c)
         return group if len(group) >= need else None
 
+    def _spread(self, group: list[_Candidate]) -> float:
+        """Largest distance (m) between the group's odometry positions (inf without odometry)."""
+        if not self.params.use_odometry:
+            return math.inf
+        xyz = np.array([c.odom_position for c in group])
+        return float(np.max(np.linalg.norm(xyz[:, None] - xyz[None], axis=-1)))
+
     def _fuse(self, group: list[_Candidate]) -> tuple[np.ndarray, np.ndarray]:
         """Information-weighted mean of candidates (Gauss-Newton on the manifold) and its covariance."""
         x = group[0].z.copy()
@@ -500,6 +515,8 @@ class TrackingFilter:
     def _start(self, group: list[_Candidate], counter: str) -> None:
         T, P = self._fuse(group)
         self._reset_track()
+        #: (stamp, method) of the estimates the last start or relocalisation was fused from
+        self.last_start_members = [(c.stamp, c.method) for c in group]
         self.T, self.P = T, P
         self._q_mark = self.history.newest()[2] if len(self.history) else None
         self._jump_pending = True
@@ -509,9 +526,7 @@ class TrackingFilter:
         self._predict()
         p = self.params
         R = self._now_cov(c, self.T[:3, :3])
-        anchor = c.method in p.anchor_methods
-        # the rejection inflation widens the gate for anchor estimates only
-        P_eff = self.P * (self._inflation if anchor else 1.0)
+        P_eff = self.P * self._inflation
         r = self._residual(c.z, self.T)
         S = P_eff + R
         d2 = float(r @ np.linalg.solve(S, r))
@@ -527,15 +542,12 @@ class TrackingFilter:
             IK = np.eye(self.dof) - K
             P = IK @ P_eff @ IK.T + K @ Rw @ K.T
             self.P = 0.5 * (P + P.T)
-            if anchor:
-                self._inflation = 1.0
-                self._streak = 0
-                self._recent.append((True, None))
+            self._inflation = 1.0
+            self._streak = 0
+            self._recent.append((True, None))
             self.counts["accepted"] += 1
             return "accepted"
         self.counts["rejected"] += 1
-        if not anchor:
-            return "rejected"
         self._streak += 1
         self._inflation = min(self._inflation * p.reject_inflation, p.max_inflation)
         self._recent.append((False, c))

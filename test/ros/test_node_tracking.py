@@ -112,7 +112,9 @@ def run(probe):
     loc = _ScriptLocalizer()
     node = H.InProcessNode(ns, {"tf_mode": "map_odom", "odom_frame": ODOM, "tf_publish_rate": 0.0, "tf_wait": 0.5,
                                 "pose_transient_local": False, "initial_pose_topic": f"{ns}/initialpose",
-                                "tracking_max_step_m": MAX_STEP_M, "tracking_max_step_rad": MAX_STEP_RAD}, loc)
+                                "tracking_max_step_m": MAX_STEP_M, "tracking_max_step_rad": MAX_STEP_RAD,
+                                # the 1.8 m walk starts from its first frames (the spread rule: unit tests)
+                                "tracking_init_min_spread_m": 0.0}, loc)
     try:
         n = node.node
         dyn = probe.publisher("/tf", TFMessage, TF_QOS)
@@ -323,7 +325,8 @@ def test_map_odom_without_a_chain_uses_the_random_walk_until_odometry_comes(prob
 
     loc = _ScriptLocalizer()
     node = H.InProcessNode("/trk_sw", {"tf_mode": "map_odom", "odom_frame": "trk_sw_odom", "tf_wait": 0.0,
-                                       "tf_publish_rate": 0.0, "initial_pose_topic": "/trk_sw/initialpose"}, loc)
+                                       "tf_publish_rate": 0.0, "initial_pose_topic": "/trk_sw/initialpose",
+                                       "tracking_init_min_spread_m": 0.0}, loc)
     try:
         n = node.node
         base = H.fresh_stamp()
@@ -351,20 +354,20 @@ def test_map_odom_without_a_chain_uses_the_random_walk_until_odometry_comes(prob
         node.close()
 
 
-def test_tracking_parameters_are_checked_and_auto_anchors_follow_the_geometric_stage():
-    """``tracking_anchor_methods``: auto, or a list of known methods (anything else is one clear
+def test_tracking_parameters_are_checked_and_auto_trusted_follow_the_geometric_stage():
+    """``tracking_trusted_methods``: auto, or a list of known methods (anything else is one clear
     error); auto means geometric fixes only when there is a geometric stage."""
     from pae_ros.ros.params import SPECS, check_value
     from pae_ros.ros.tracking_output import tracking_params
 
-    assert check_value("tracking_anchor_methods", "geometric, refined") is None
-    msg = check_value("tracking_anchor_methods", "apr,lidar")
-    assert "tracking_anchor_methods" in msg and "apr, refined, geometric" in msg
-    assert check_value("tracking_anchor_methods", " , ") is not None
+    assert check_value("tracking_trusted_methods", "geometric, refined") is None
+    msg = check_value("tracking_trusted_methods", "apr,lidar")
+    assert "tracking_trusted_methods" in msg and "apr, refined, geometric" in msg
+    assert check_value("tracking_trusted_methods", " , ") is not None
     assert "(0, 1)" in check_value("tracking_gate_probability", 1.0)
     assert check_value("tracking_init_count", 1) is not None and check_value("tracking_max_step_m", 0.0) is not None
     params = {name: spec.default for name, spec in SPECS.items()}
-    assert tracking_params(params, True, True).anchor_methods == ("geometric",)
-    assert tracking_params(params, True, False).anchor_methods == ("apr", "refined", "geometric")
-    assert tracking_params(dict(params, tracking_anchor_methods="refined"), True, True).anchor_methods == ("refined",)
+    assert tracking_params(params, True, True).trusted_methods == ("geometric",)
+    assert tracking_params(params, True, False).trusted_methods == ("apr", "refined", "geometric")
+    assert tracking_params(dict(params, tracking_trusted_methods="refined"), True, True).trusted_methods == ("refined",)
     assert not tracking_params(dict(params, two_d_mode=True), False, False).two_d_mode  # camera tilt is not planar
