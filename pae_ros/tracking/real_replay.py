@@ -21,7 +21,11 @@ import numpy as np
 from .filter import METHODS, TrackingParams
 from .lie import flatten_planar, pose_from_pq, pose_inverse
 from .odometry_model import simulate_odometry
-from .replay import OPTICAL_TO_BASE, Estimates, replay, replay_metrics
+from .replay import OPTICAL_TO_BASE, Estimates, pool_metrics, replay, replay_metrics
+
+
+#: the estimate streams replayed: every estimate, geometric fixes only, APR/PAE only
+FEEDS = ("all", "geometric", "apr")
 
 
 def localize_walks(bundle: str, data: str, fmt: str, geometric_every: int, batch: int = 16) -> dict:
@@ -89,6 +93,7 @@ def run_feeds(walks: dict, speed: float, odom_scale: float, seed: int, params: T
         methods = np.asarray(w["method"])
         feeds = {"all": np.ones(len(methods), bool), "geometric": methods == "geometric",
                  "apr": methods != "geometric"}
+        assert tuple(feeds) == FEEDS
         report[seq] = {}
         for name, keep in feeds.items():
             est = Estimates(w["frame"][keep], w["position"][keep], w["quaternion"][keep],
@@ -96,6 +101,8 @@ def run_feeds(walks: dict, speed: float, odom_scale: float, seed: int, params: T
             trace = replay(stamps, est, odom, params, T_cam_base=OPTICAL_TO_BASE, latency_frames=latency_frames)
             report[seq][name] = replay_metrics(trace, est, odom, gt, T_cam_base=OPTICAL_TO_BASE,
                                                kidnap_stamps=stamps[teleports])
+    if len(report) > 1:
+        report["all walks"] = {name: pool_metrics([report[seq][name] for seq in walks]) for name in FEEDS}
     return report
 
 
@@ -108,10 +115,15 @@ def _row(seq, feed, m):
             f"{g(r['ate_m']['max'])} | filtered {g(f['ate_m']['median'])} {g(f['ate_m']['p90'])} "
             f"{g(f['ate_m']['max'])} | RPE1m med raw/filt {g(r['rpe_1m']['median'])} {g(f['rpe_1m']['median'])} "
             f"| step max {g(f['map_odom_step']['largest_m'])} >0.5m {f['map_odom_step']['over_0.5m']} "
-            f"| gross acc {m['gross_accepted']}/{m['gross_estimates']} good rej {m['good_rejected']}/"
-            f"{m['good_estimates']} | track {m['tracking_share']:.2f} | cov1/2 "
+            f"| gross acc {m['gross_accepted']}/{m['gross_offered']} good rej {m['good_rejected']}/"
+            f"{m['good_offered']} ign {m['counts'].get('ignored', 0)} | track {m['tracking_share']:.2f} | cov1/2 "
             f"{g(m['coverage_1sigma'])} {g(m['coverage_2sigma'])}"
-            + (f" | kidnap recovery s {m['kidnap_recovery_s']}" if m["kidnap_recovery_s"] else ""))
+            + (" | kidnap recovery s " + " ".join(_s(r) for r in m["kidnap_recovery_s"]) + " (first good "
+               + " ".join(_s(r) for r in m["kidnap_first_good_s"]) + ")" if m["kidnap_recovery_s"] else ""))
+
+
+def _s(x) -> str:
+    return "never" if x is None else f"{x:.1f}"
 
 
 def main(argv=None) -> int:
@@ -126,10 +138,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-frames", type=int, default=0)
     ap.add_argument("--two-d", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a TrackingParams field (number), e.g. --set reloc_count=8 (repeatable)")
     ap.add_argument("--kidnap", action="store_true",
                     help="join the walks into one stream, the robot carried between them unseen")
-    ap.add_argument("--anchor-methods", default=",".join(METHODS),
-                    help="comma-separated methods that may start or relocalise the track")
+    ap.add_argument("--trusted-methods", default="auto",
+                    help="comma-separated methods the filter uses; auto: geometric when the walks have "
+                         "geometric fixes (a bundle with a map, as the node's default), else all")
     args = ap.parse_args(argv)
     cache = Path(args.out).with_suffix(".npz")
     if cache.exists():
@@ -141,11 +156,18 @@ def main(argv=None) -> int:
     else:
         walks = localize_walks(args.bundle, args.data, args.format, args.geometric_every)
         np.savez(cache, **{f"{s}/{k}": v for s, w in walks.items() for k, v in w.items()})
-    params = TrackingParams(two_d_mode=bool(args.two_d), anchor_methods=tuple(args.anchor_methods.split(",")))
+    trusted = tuple(args.trusted_methods.split(","))
+    if args.trusted_methods == "auto":
+        has_fixes = any(np.any(w["method"] == "geometric") for w in walks.values())
+        trusted = ("geometric",) if has_fixes else METHODS
+    extra = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    params = TrackingParams.from_dict({"two_d_mode": bool(args.two_d), "trusted_methods": trusted, **extra})
     if args.kidnap:
         walks = join_walks(walks)
     report = run_feeds(walks, args.speed, args.odom_scale, args.seed, params, args.latency_frames)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    public = {seq: {feed: {k: v for k, v in m.items() if k != "samples"} for feed, m in feeds.items()}
+              for seq, feeds in report.items()}
+    Path(args.out).write_text(json.dumps(public, indent=1, default=str))
     for seq, feeds in report.items():
         for feed, m in feeds.items():
             print(_row(seq, feed, m))

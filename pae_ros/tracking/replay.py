@@ -14,7 +14,8 @@ import numpy as np
 
 from .filter import TrackingFilter, TrackingParams, TrackState
 from .lie import lever_jacobian, pose_from_pq, pose_inverse, pose_to_pq
-from .track_metrics import correction_steps, position_stats, recovery_s, sigma_coverage, stream_metrics
+from .track_metrics import (coverage_shares, position_stats, recovery_s, rpe, sigma_inside, step_lengths,
+                            step_stats)
 
 #: the base-frame axes (x forward, y left, z up) seen from an OpenCV optical camera (x right,
 #: y down, z forward): ``T_cam_base`` for "camera = base" with a level camera
@@ -59,6 +60,8 @@ class ReplayTrace:
     jumped: np.ndarray             # (N,) bool
     outcomes: list                 # (M,) str per estimate
     counts: dict = field(default_factory=dict)
+    used: np.ndarray = None        # (M,) bool: the estimate moved the track (accepted, or fused
+                                   # into a start or relocalisation)
 
 
 def replay(stamps, estimates: Estimates, odometry: np.ndarray, params: TrackingParams | None = None,
@@ -76,6 +79,8 @@ def replay(stamps, estimates: Estimates, odometry: np.ndarray, params: TrackingP
     due = estimates.frame + int(latency_frames)
     order = np.argsort(due, kind="stable")
     outcomes = [""] * len(due)
+    used = np.zeros(len(due), bool)
+    seen: dict = {}
     published = np.full((n, 4, 4), np.nan)
     filtered = np.full((n, 4, 4), np.nan)
     pose_cov = np.full((n, 6, 6), np.nan)
@@ -88,8 +93,14 @@ def replay(stamps, estimates: Estimates, odometry: np.ndarray, params: TrackingP
             flt.add_odometry(stamps[i], p, q)
         while k < len(order) and due[order[k]] <= i:
             j = order[k]
-            outcomes[j] = flt.add_estimate(stamps[estimates.frame[j]], base_p[j], base_q[j], base_c[j],
+            stamp = float(stamps[estimates.frame[j]])
+            outcomes[j] = flt.add_estimate(stamp, base_p[j], base_q[j], base_c[j],
                                            estimates.methods[j], bool(estimates.in_scene[j]))
+            seen[(stamp, estimates.methods[j])] = j
+            used[j] = outcomes[j] == "accepted"
+            if outcomes[j] in ("initialised", "relocalised"):
+                for member in flt.last_start_members:
+                    used[seen[member]] = True
             k += 1
         out = flt.publish()
         state.append(out.state)
@@ -98,7 +109,7 @@ def replay(stamps, estimates: Estimates, odometry: np.ndarray, params: TrackingP
             filtered[i] = pose_from_pq(out.map_odom_position, out.map_odom_quaternion)
             pose_cov[i] = out.pose_covariance
             jumped[i] = out.jumped
-    return ReplayTrace(stamps, state, published, filtered, pose_cov, jumped, outcomes, dict(flt.counts))
+    return ReplayTrace(stamps, state, published, filtered, pose_cov, jumped, outcomes, dict(flt.counts), used)
 
 
 def _to_base(est: Estimates, X: np.ndarray):
@@ -123,11 +134,16 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     Position errors are map-frame, without alignment (m). ``ate``: median / p90 / p99 / max over
     frames with an output; ``rpe_1m``: :func:`.track_metrics.rpe`; ``map_odom_step``: per-frame step of the
     (published) correction, largest and p99 outside jumps, steps > ``step_m`` outside jumps;
-    ``gross_accepted`` / ``good_rejected``: estimates more than ``gross_m`` from the truth that the
-    filter accepted, and within ``good_m`` that it rejected; ``tracking_share``: share of time in
-    state ``tracking``; ``coverage_1sigma`` / ``coverage_2sigma``: share of frames whose filtered
+    ``gross_accepted`` / ``good_rejected``: estimates more than ``gross_m`` from the truth that
+    moved the track (accepted, or fused into a start or relocalisation), and within ``good_m`` that
+    it rejected and never used (``*_offered``: those of a trusted method that were not dropped;
+    ``*_estimates``: all, ignored and dropped ones included);
+    ``tracking_share``: share of time in state ``tracking``; ``coverage_1sigma`` / ``coverage_2sigma``: share of frames whose filtered
     position error is inside the 1 / 2 sigma chi-square ellipse (2 dof in planar mode, else 3);
-    ``kidnap_recovery_s``: per kidnap stamp, seconds until the error stays under 1 m for 5 s.
+    ``kidnap_recovery_s``: per kidnap stamp, seconds until the error stays under 1 m for 5 s
+    (``kidnap_first_good_s``: until the first trusted estimate within ``good_m``, the soonest any
+    filter of these estimates could recover);
+    ``samples``: the per-frame and per-estimate arrays behind them (for :func:`pool_metrics`).
     """
     X = np.eye(4) if T_cam_base is None else np.asarray(T_cam_base, np.float64)
     stamps = trace.stamps
@@ -144,29 +160,73 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     fil_pos = np.einsum("nij,nj->ni", trace.filtered, np.c_[odometry[:, :3, 3], np.ones(n)])[:, :3]
     pub_err = np.linalg.norm(pub_pos - gt_pos, axis=1)
     fil_err = np.linalg.norm(fil_pos - gt_pos, axis=1)
-    coverage_1sigma, coverage_2sigma = sigma_coverage(trace.pose_cov, fil_pos, gt_pos, fil_err)
-
-    accepted = np.array([o == "accepted" for o in trace.outcomes], bool)
-    rejected = np.array([o == "rejected" for o in trace.outcomes], bool)
+    accepted = (np.array([o == "accepted" for o in trace.outcomes], bool) if trace.used is None
+                else np.asarray(trace.used, bool))
+    rejected = np.array([o == "rejected" for o in trace.outcomes], bool) & ~accepted
+    offered = np.array([o in ("accepted", "rejected", "candidate", "initialised", "relocalised")
+                        for o in trace.outcomes], bool)
     dt = np.diff(stamps, append=stamps[-1] + (np.median(np.diff(stamps)) if n > 1 else 0.0))
     tracking = np.array([s == TrackState.TRACKING for s in trace.state])
-    return {
-        "frames": n,
-        "frames_with_output": int(np.sum(np.isfinite(pub_err))),
-        "raw": {**stream_metrics(raw, gt_pos, rpe_m),
-                "map_odom_step": correction_steps(raw_mo, np.zeros(len(raw_mo), bool), step_m)},
-        "filtered": {**stream_metrics(pub_pos, gt_pos, rpe_m), "ate_unslewed_m": position_stats(fil_err),
-                     "map_odom_step": correction_steps(trace.published, trace.jumped, step_m)},
-        "gross_accepted": int(np.sum(accepted & (est_err > gross_m))),
-        "gross_estimates": int(np.sum(est_err > gross_m)),
-        "good_rejected": int(np.sum(rejected & (est_err < good_m))),
-        "good_estimates": int(np.sum(est_err < good_m)),
-        "tracking_share": float(np.sum(dt * tracking) / max(np.sum(dt), 1e-12)),
-        "coverage_1sigma": coverage_1sigma,
-        "coverage_2sigma": coverage_2sigma,
+    samples = {
+        "raw_err": np.linalg.norm(raw - gt_pos, axis=1), "raw_rpe": rpe(raw, gt_pos, rpe_m),
+        "raw_steps": step_lengths(raw_mo, np.zeros(len(raw_mo), bool)),
+        "filtered_err": pub_err, "filtered_rpe": rpe(pub_pos, gt_pos, rpe_m), "unslewed_err": fil_err,
+        "filtered_steps": step_lengths(trace.published, trace.jumped),
+        "sigma_inside": sigma_inside(trace.pose_cov, fil_pos, gt_pos, fil_err),
+        "gross_offered": offered & (est_err > gross_m), "gross_accepted": accepted & (est_err > gross_m),
+        "good_offered": offered & (est_err < good_m), "good_rejected": rejected & (est_err < good_m),
+        "gross_estimates": est_err > gross_m, "good_estimates": est_err < good_m,
+        "time_s": dt, "tracking": tracking,
         "kidnap_recovery_s": [recovery_s(stamps, pub_err, float(k)) for k in kidnap_stamps],
-        "counts": trace.counts,
+        "kidnap_first_good_s": [_first_after(stamps[estimates.frame[offered & (est_err < good_m)]], float(k))
+                                for k in kidnap_stamps],
     }
+    return {**summarise(samples, step_m), "counts": trace.counts, "samples": samples}
+
+
+def summarise(samples: dict, step_m: float = 0.5) -> dict:
+    """The figures of one walk's ``samples`` (see :func:`replay_metrics`)."""
+    sm = samples
+    cov1, cov2 = coverage_shares(sm["sigma_inside"])
+    return {
+        "frames": len(sm["filtered_err"]),
+        "frames_with_output": int(np.sum(np.isfinite(sm["filtered_err"]))),
+        "raw": {"ate_m": position_stats(sm["raw_err"]), "rpe_1m": position_stats(sm["raw_rpe"]),
+                "map_odom_step": step_stats(sm["raw_steps"], step_m)},
+        "filtered": {"ate_m": position_stats(sm["filtered_err"]), "rpe_1m": position_stats(sm["filtered_rpe"]),
+                     "ate_unslewed_m": position_stats(sm["unslewed_err"]),
+                     "map_odom_step": step_stats(sm["filtered_steps"], step_m)},
+        "gross_accepted": int(np.sum(sm["gross_accepted"])),
+        "gross_offered": int(np.sum(sm["gross_offered"])),
+        "gross_estimates": int(np.sum(sm["gross_estimates"])),
+        "good_rejected": int(np.sum(sm["good_rejected"])),
+        "good_offered": int(np.sum(sm["good_offered"])),
+        "good_estimates": int(np.sum(sm["good_estimates"])),
+        "tracking_share": float(np.sum(sm["time_s"] * sm["tracking"]) / max(np.sum(sm["time_s"]), 1e-12)),
+        "coverage_1sigma": cov1,
+        "coverage_2sigma": cov2,
+        "kidnap_recovery_s": list(sm["kidnap_recovery_s"]),
+        "kidnap_first_good_s": list(sm["kidnap_first_good_s"]),
+    }
+
+
+def _first_after(stamps: np.ndarray, t0: float) -> float | None:
+    """Seconds from ``t0`` to the first of ``stamps`` at or after it (None: none)."""
+    later = stamps[stamps >= t0]
+    return float(later.min() - t0) if len(later) else None
+
+
+def pool_metrics(walks: list[dict], step_m: float = 0.5) -> dict:
+    """One row for several walks' :func:`replay_metrics`: every per-frame and per-estimate sample
+    pooled (a scene's figure over all its test walks), counts summed."""
+    keys = walks[0]["samples"].keys()
+    pooled = {k: (sum((list(w["samples"][k]) for w in walks), []) if k.startswith("kidnap_")
+                  else np.concatenate([w["samples"][k] for w in walks])) for k in keys}
+    counts: dict = {}
+    for w in walks:
+        for k, v in w["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    return {**summarise(pooled, step_m), "counts": counts, "samples": pooled}
 
 
 def _raw_output(estimates: Estimates, base_p: np.ndarray, X: np.ndarray, odometry: np.ndarray, n: int

@@ -62,9 +62,16 @@ def correction_steps(T_seq: np.ndarray, jumped: np.ndarray, step_m: float) -> di
     """Steps (m) between consecutive map-to-odom corrections (K, 4, 4), outside jumps (``jumped``
     (K,) bool marks a step into a frame as a jump) and frames without one: largest, p99, and
     how many exceed ``step_m``."""
+    return step_stats(step_lengths(T_seq, jumped), step_m)
+
+
+def step_lengths(T_seq: np.ndarray, jumped: np.ndarray) -> np.ndarray:
+    """The steps (m) :func:`correction_steps` summarises."""
     d = np.linalg.norm(np.diff(T_seq[:, :3, 3], axis=0), axis=1)
-    keep = np.isfinite(d) & ~jumped[1:]
-    d = d[keep]
+    return d[np.isfinite(d) & ~np.asarray(jumped, bool)[1:]]
+
+
+def step_stats(d: np.ndarray, step_m: float) -> dict:
     return {"largest_m": float(d.max()) if len(d) else None,
             "p99_m": float(np.percentile(d, 99)) if len(d) else None,
             f"over_{step_m:g}m": int(np.sum(d > step_m))}
@@ -76,21 +83,33 @@ def sigma_coverage(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray
     chi-square ellipses of the position covariance (planar when every z variance is 0: x, y only);
     a frame whose position covariance is not finite and positive definite does not count (see
     :func:`unusable_covariances`). None without any frame that counts."""
+    return coverage_shares(sigma_inside(pose_cov, fil_pos, gt_pos, fil_err))
+
+
+def sigma_inside(pose_cov: np.ndarray, fil_pos: np.ndarray, gt_pos: np.ndarray, fil_err: np.ndarray
+                 ) -> np.ndarray:
+    """Per frame (N, 2): 1.0 / 0.0 whether the error is inside the 1 and the 2 sigma ellipse, NaN
+    for a frame that does not count (the rule of :func:`sigma_coverage`)."""
     n = len(fil_pos)
     planar = pose_cov.shape[0] and np.all(np.nan_to_num(pose_cov[:, 2, 2], nan=0.0) == 0.0)
     idx = [0, 1] if planar else [0, 1, 2]
     dof = len(idx)
-    k1, k2 = chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)
-    d2 = np.full(n, np.nan)
+    k = np.array([chi2_ppf(ONE_SIGMA, dof), chi2_ppf(TWO_SIGMA, dof)])
+    inside = np.full((n, 2), np.nan)
     for i in range(n):
         S = pose_cov[i][np.ix_(idx, idx)]
         if np.isfinite(fil_err[i]) and _positive_definite(S):
             e = (fil_pos[i] - gt_pos[i])[idx]
-            d2[i] = float(e @ np.linalg.solve(S, e))
-    have = np.isfinite(d2)
+            inside[i] = (float(e @ np.linalg.solve(S, e)) <= k).astype(float)
+    return inside
+
+
+def coverage_shares(inside: np.ndarray) -> tuple[float | None, float | None]:
+    """1 and 2 sigma shares of :func:`sigma_inside` rows that count; None without any."""
+    have = np.isfinite(inside[:, 0])
     if not have.any():
         return None, None
-    return float(np.mean(d2[have] <= k1)), float(np.mean(d2[have] <= k2))
+    return float(np.mean(inside[have, 0])), float(np.mean(inside[have, 1]))
 
 
 def _positive_definite(S: np.ndarray) -> bool:

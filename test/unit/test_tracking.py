@@ -55,11 +55,17 @@ def feed_odometry(flt, stamps, odom, i):
     assert flt.add_odometry(stamps[i], p, q)
 
 
-def started_filter(params=None, n=40, seed=0):
+def params(**kw) -> TrackingParams:
+    """Settings without the start-spread rule (it has its own test): these walks start from the
+    first few frames, centimetres apart."""
+    return TrackingParams(**{"init_min_spread_m": 0.0, **kw})
+
+
+def started_filter(settings=None, n=40, seed=0):
     """A filter that has tracked the first ``n`` frames of a walk with good fixes."""
     t, T = walk()
     odom = simulate_odometry(t, T, seed=seed)
-    flt = TrackingFilter(params)
+    flt = TrackingFilter(settings or params())
     rng = np.random.default_rng(seed)
     for i in range(n):
         feed_odometry(flt, t, odom, i)
@@ -138,7 +144,7 @@ def test_gate_rejects_a_far_estimate_and_keeps_the_track():
 def test_method_inflation_scales_the_weight_of_an_estimate():
     moved = {}
     for infl in (1.0, 25.0):
-        flt, t, T, odom, rng = started_filter(TrackingParams(method_inflation={"apr": infl}))
+        flt, t, T, odom, rng = started_filter(params(method_inflation={"apr": infl}))
         feed_odometry(flt, t, odom, 40)
         before = flt.output().map_odom_position
         p, q, c = noisy(T[40], 0.0, 0.0, rng, offset=[0.4, 0.0, 0.0])
@@ -154,7 +160,7 @@ def test_delayed_fix_is_applied_with_the_odometry_of_its_own_stamp():
     on time; using the newest odometry instead would put the correction 1 m off."""
     t, T = walk()
     odom = simulate_odometry(t, T, seed=3, scale=0.0)       # exact odometry: only the fix moves the track
-    flt = TrackingFilter()
+    flt = TrackingFilter(params())
     true_mo = T[0] @ pose_inverse(odom[0])
     wrong = make_pose(np.eye(3), [1.5, -0.5, 0.0]) @ true_mo       # the track starts 1.6 m off
     feed_odometry(flt, t, odom, 0)
@@ -169,7 +175,7 @@ def test_delayed_fix_is_applied_with_the_odometry_of_its_own_stamp():
 
 
 def test_fix_older_than_history_is_a_counted_drop_and_changes_nothing():
-    flt, t, T, odom, rng = started_filter(TrackingParams(odom_history_s=2.0))
+    flt, t, T, odom, rng = started_filter(params(odom_history_s=2.0))
     before = flt.output()
     assert flt.add_estimate(t[5], *noisy(T[5], 0.2, 0.03, rng), method="geometric") == "dropped:older_than_history"
     after = flt.output()
@@ -223,7 +229,7 @@ def test_bad_parameters_name_the_key():
 def test_start_needs_consistent_estimates():
     t, T = walk()
     odom = simulate_odometry(t, T, seed=0)
-    flt = TrackingFilter(TrackingParams(init_count=3))
+    flt = TrackingFilter(params(init_count=3))
     rng = np.random.default_rng(0)
     outcomes = []
     for i in range(6):
@@ -257,7 +263,7 @@ def test_kidnapped_robot_relocalises():
 def test_consistent_outliers_mixed_with_good_fixes_do_not_pull_the_track():
     """An 8 m offset stream (mutually consistent, tight covariances) interleaved with good fixes:
     no relocalisation, the track stays put, and the rejection inflation never passes its cap."""
-    p = TrackingParams(max_inflation=4.0)
+    p = params(max_inflation=4.0)
     flt, t, T, odom, rng = started_filter(p)
     for i in range(40, 250):
         feed_odometry(flt, t, odom, i)
@@ -305,7 +311,7 @@ def test_hooks_initialpose_relocalize_enable():
 
 
 def test_published_correction_steps_are_bounded():
-    flt, t, T, odom, rng = started_filter(TrackingParams(max_step_m=0.05))
+    flt, t, T, odom, rng = started_filter(params(max_step_m=0.05))
     flt.publish()
     # move the filtered correction 1 m with a precise fix inside a wide gate
     flt.P = flt.P * 100.0
@@ -326,8 +332,8 @@ def test_six_dof_mode_tracks_height_and_tilt():
     t, T = walk(n=200, z_wave=0.5)
     odom = simulate_odometry(t, T, seed=2)
     est = estimates(T, sig_p=0.2, sig_r=0.03, every=2, seed=2)
-    params = TrackingParams(two_d_mode=False)
-    trace = replay(t, est, odom, params)
+    settings = params(two_d_mode=False)
+    trace = replay(t, est, odom, settings)
     m = replay_metrics(trace, est, odom, T)
     assert trace.pose_cov[-1][2, 2] > 0 and trace.pose_cov[-1][4, 4] > 0     # z and pitch carried
     assert m["filtered"]["ate_unslewed_m"]["median"] < 0.5 * m["raw"]["ate_m"]["median"]
@@ -343,7 +349,7 @@ def test_planar_mode_output_zeroes_z_roll_pitch_rows():
 
 def test_without_odometry_the_random_walk_model_tracks_and_gates():
     t, T = walk(n=120)
-    flt = TrackingFilter(TrackingParams(use_odometry=False))
+    flt = TrackingFilter(params(use_odometry=False))
     rng = np.random.default_rng(4)
     errs = []
     for i in range(120):
@@ -433,32 +439,89 @@ def test_planar_mode_with_a_raised_tilted_camera():
     assert m["filtered"]["ate_m"]["median"] < 0.5 * m["raw"]["ate_m"]["median"]
 
 
-def test_only_anchor_methods_start_or_relocalise():
+def test_only_trusted_methods_move_the_track():
+    """Estimates of other methods are counted as ignored: they neither start, update, widen the gate
+    of nor relocalise the track, however consistent; trusted ones do."""
     t, T = walk()
     odom = simulate_odometry(t, T, seed=8)
-    flt = TrackingFilter(TrackingParams(anchor_methods=("geometric",)))
+    flt = TrackingFilter(params(trusted_methods=("geometric",)))
     rng = np.random.default_rng(8)
     for i in range(5):
         feed_odometry(flt, t, odom, i)
-        assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng), method="apr") == "candidate"
+        assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng), method="apr") == "ignored"
     assert flt.state == TrackState.INITIALISING
     for i in range(5, 40):
         feed_odometry(flt, t, odom, i)
         flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng), method="geometric")
-    # a long consistent APR stream 6 m off: rejected, never relocalises; the same from fixes does
+    T_before = flt.T.copy()
+    # a long consistent APR stream 6 m off with a wide covariance: ignored, the track unmoved
     for i in range(40, 70):
         feed_odometry(flt, t, odom, i)
-        assert flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0]), method="apr") == "rejected"
-    assert flt.counts["relocalisations"] == 0
-    # nor does it widen the gate for itself or count as a rejection streak
+        p, q, _ = noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0])
+        assert flt.add_estimate(t[i], p, q, np.diag([25.0] * 3 + [0.1] * 3), method="apr") == "ignored"
+    assert np.array_equal(flt.T, T_before)
+    assert flt.counts["relocalisations"] == 0 and flt.counts["ignored.apr"] == 35
     assert flt._inflation == 1.0 and flt.state == TrackState.TRACKING
     got = []
     for i in range(70, 80):
         feed_odometry(flt, t, odom, i)
         got.append(flt.add_estimate(t[i], *noisy(T[i], 0.1, 0.02, rng, offset=[6, 0, 0]), method="geometric"))
     assert "relocalised" in got
-    with pytest.raises(ValueError, match="anchor_methods"):
-        TrackingParams(anchor_methods=("lidar",))
+    with pytest.raises(ValueError, match="trusted_methods"):
+        TrackingParams(trusted_methods=("lidar",))
+
+
+def test_a_start_needs_estimates_spread_over_travel():
+    """Consistent estimates of one wrong place from one spot (aliasing) do not start the track
+    while the robot stands still; once it has moved ``init_min_spread_m`` the right ones start it,
+    and the replay counts fused start members as used (a gross one would count as accepted)."""
+    t, T = walk()
+    odom = simulate_odometry(t, T, seed=9)
+    flt = TrackingFilter(TrackingParams(init_min_spread_m=1.0))
+    rng = np.random.default_rng(9)
+    p_still = pose_to_pq(odom[0])
+    for i in range(6):                       # standing still at frame 0's pose, fixes 2 m off
+        assert flt.add_odometry(t[i], *p_still)
+        got = flt.add_estimate(t[i], *noisy(T[0], 0.02, 0.005, rng, offset=[2, 0, 0]), method="geometric")
+        assert got == "candidate"
+    assert flt.state == TrackState.INITIALISING
+    outcomes = []
+    for i in range(6, 60):                   # walking (5 cm a frame): right fixes
+        flt.add_odometry(t[i] + 1.0, *pose_to_pq(odom[i]))
+        outcomes.append(flt.add_estimate(t[i] + 1.0, *noisy(T[i], 0.02, 0.005, rng), method="geometric"))
+        if flt.T is not None:
+            break
+    assert outcomes[-1] == "initialised" and len(outcomes) >= 15          # not before ~1 m of travel
+    spread = max(np.linalg.norm(odom[6 + a][:3, 3] - odom[6 + b][:3, 3])
+                 for a, _ in enumerate(outcomes) for b, _ in enumerate(outcomes))
+    assert spread >= 1.0
+    assert track_error(flt, T[5 + len(outcomes)], 5 + len(outcomes)) < 0.2
+
+    # replay: the same aliasing then walking; the fused members of the start count as used
+    frames = list(range(0, 40))
+    off = [[3, 0, 0] if f < 3 else [0, 0, 0] for f in frames]
+    rows = [noisy(T[f], 0.02, 0.005, rng, offset=o) for f, o in zip(frames, off)]
+    est = Estimates(frames, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], ["geometric"] * 40)
+    for spread_m, gross_used in ((0.0, 3), (1.0, 0)):
+        m = replay_metrics(replay(t[:40], est, odom[:40], TrackingParams(init_min_spread_m=spread_m)), est,
+                           odom[:40], T[:40])
+        assert m["gross_offered"] == 3 and m["gross_accepted"] == gross_used, (spread_m, m["gross_accepted"])
+
+
+def test_pooled_metrics_equal_one_walk_and_sum_counts():
+    from pae_ros.tracking.replay import pool_metrics
+
+    t, T = walk(n=120)
+    odom = simulate_odometry(t, T, seed=4)
+    est = estimates(T, every=3, seed=4)
+    m = replay_metrics(replay(t, est, odom, params()), est, odom, T)
+    one = pool_metrics([m])
+    assert one["filtered"] == m["filtered"] and one["raw"] == m["raw"]
+    two = pool_metrics([m, m])
+    assert two["frames"] == 2 * m["frames"]
+    assert two["counts"]["accepted"] == 2 * m["counts"]["accepted"]
+    assert two["filtered"]["ate_m"]["median"] == pytest.approx(m["filtered"]["ate_m"]["median"])
+    assert two["coverage_2sigma"] == pytest.approx(m["coverage_2sigma"])
 
 
 def test_real_replay_on_the_tiny_bundle(tiny_bundle, tiny_dataset, tmp_path, capsys):
@@ -485,10 +548,10 @@ def test_real_replay_on_the_tiny_bundle(tiny_bundle, tiny_dataset, tmp_path, cap
     assert len(rows) == 6
 
 
-def test_correlated_apr_outlier_runs_with_geometric_anchors():
+def test_correlated_apr_outlier_runs_with_geometric_fixes_trusted():
     """A walk alternating covered stretches (APR/PAE near the truth, geometric fixes on most
     frames) and uncovered ones (no fixes, APR runs consistently 4-25 m off for 1.5 s, with
-    overconfident 2-4 m sigmas). With the fixes as the only anchors the track stays within
+    overconfident 2-4 m sigmas). With the fixes as the only trusted method the track stays within
     0.5 m; the runs neither widen the gate nor relocalise it."""
     t, T = walk(n=400)
     rng = np.random.default_rng(11)
@@ -517,7 +580,7 @@ def test_correlated_apr_outlier_runs_with_geometric_anchors():
             p, q, c = noisy(T[i], 0.15, 0.01, rng)
             frames.append(i), P.append(p), Q.append(q), C.append(c), M.append("geometric")
     est = Estimates(frames, P, Q, C, M)
-    trace = replay(t, est, odom, TrackingParams(anchor_methods=("geometric",)), latency_frames=2)
+    trace = replay(t, est, odom, params(trusted_methods=("geometric",)), latency_frames=2)
     m = replay_metrics(trace, est, odom, T)
     assert m["raw"]["ate_m"]["p90"] > 5.0
     assert m["filtered"]["ate_m"]["max"] < 0.5, m["filtered"]["ate_m"]
