@@ -1,11 +1,14 @@
 """``pae demo``: the end-to-end demo on the built-in scene.
 
 Renders (or reuses) the demo courtyard, trains the APR, PAE and decoder (``quick`` preset, or
-``--full``), evaluates offline, writes a rosbag2 of the test walk, starts the localizer node as
-its own process the way the launch file does (``--ros-args --params-file ... -p ... -r ...``),
-plays the bag into it, records ``/pae/pose`` and friends, evaluates the recording by header
-stamp, and prints every row beside its baselines (mean pose, image retrieval, nearest train pose,
-uniform k, the oracle, APR, PAE, refined, published). Everything lands in one output folder.
+``--full``), evaluates offline, writes the test walks as a robot recording (JPEG images,
+``camera_info``, drifting wheel odometry ``odom -> base_link`` on ``/tf``, the camera mount on
+``/tf_static``, ground truth), starts the localizer node as its own process the way the launch
+file does (``--ros-args --params-file ... -p ... -r ...``; ``tf_mode`` ``map_odom`` with the
+tracking filter), plays the recording into it, records ``/pae/pose``, ``pae/filtered_pose`` and
+``/tf``, evaluates the recording by header stamp, and prints every row beside its baselines (mean
+pose, image retrieval, nearest train pose, uniform k, the oracle, APR, PAE, refined, published)
+and the raw against the filtered tracking rows. Everything lands in one output folder.
 ROS runs in its own domain id on localhost only, so the demo never talks to other robots.
 """
 from __future__ import annotations
@@ -96,7 +99,7 @@ def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: flo
         with open(node_log, "wb") as f:
             node = subprocess.Popen([py, "-m", "pae_ros.ros.localizer_node", "--ros-args", "-r", "__node:=pae_localizer",
                                      "--params-file", str(_params_file()), "-p", f"bundle:={bundle}",
-                                     "-p", f"device:={device}", "-p", "tf_mode:=map->camera",
+                                     "-p", f"device:={device}", "-p", "tf_mode:=map_odom", "-p", "compressed:=true",
                                      # the geometric thread takes the newest frame whenever it is free (the
                                      # robot default bounds it at 2 Hz: then most stamps keep their APR/PAE pose)
                                      "-p", "geometric_rate_hz:=0.0",
@@ -107,12 +110,12 @@ def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: flo
         with open(rec_log, "wb") as f:
             rec = subprocess.Popen([py, "-m", "pae_ros.cli", "bag", "record", "--out", str(rec_bag), "--quiet",
                                     "--topics", "/pae/pose", "/pae/pose_with_covariance", "/pae/apr_pose",
-                                    "/ground_truth/pose", "--idle-timeout", "10"],
+                                    "/pae/filtered_pose", "/ground_truth/pose", "/tf", "--idle-timeout", "10"],
                                    env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         time.sleep(2.0)
         with open(play_log, "wb") as f:
             play = subprocess.run([py, "-m", "pae_ros.cli", "bag", "play", str(bag), "--rate", str(rate_factor),
-                                   "--wait-subscribers", "/camera/image_raw:1", "--start-delay", "1"],
+                                   "--wait-subscribers", "/camera/image_raw/compressed:1", "--start-delay", "1"],
                                   env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=1800)
         if play.returncode != 0:
             raise RuntimeError(f"bag play failed ({play.returncode}), see {play_log}")
@@ -211,13 +214,20 @@ def _summary(report: dict, online: dict, out: Path, preset: str, t_start: float)
     print("\nonline (node over DDS, matched by header stamp; /pae/pose is 'published': a stamp's geometric fix when "
           "the node's geometric thread, run unbounded here, got to that frame, else its APR/PAE pose):")
     print(format_table(online["scenes"], ["apr", "published"]))
+    if "tracking" in online:
+        from .bags.track_eval import format_rows
+
+        print("\ntracking (raw: /pae/pose, one fix per frame; filtered: pae/filtered_pose, the fixes fused with the "
+              "drifting odometry):")
+        print(format_rows(online["tracking"]))
     print()
     for line in summary_lines(report):
         print(line)
     summary = {"offline": {s: {m: v for m, v in d.items() if not m.startswith("refined_k")}
                            for s, d in report["scenes"].items()},
                "published": report["published"], "bootstrap": report["bootstrap"],
-               "online": online["scenes"], "seconds": time.perf_counter() - t_start, "preset": preset}
+               "online": online["scenes"], "tracking": online.get("tracking"),
+               "seconds": time.perf_counter() - t_start, "preset": preset}
     (out / "summary.json").write_text(json.dumps(json_clean(summary), indent=2))
     print(f"\nplots: {out / 'offline'} (error CDF, reconstruction grid), {out / 'online'} (top-down trajectory, CDF)")
     print(f"all outputs: {out}   (total {time.perf_counter() - t_start:.0f} s)")
@@ -251,10 +261,12 @@ def run(args) -> int:
     report, report_path = _offline_eval(args, bundle_path, train, test, out)
     _done(t0, report_path)
 
-    t0 = _step(4, n, f"writing a rosbag2 of the test walk at {args.rate:g} Hz (pae bag make)")
+    t0 = _step(4, n, f"writing the test walks as a robot recording at {args.rate:g} Hz (pae bag make --robot)")
     bag = out / "test_walk"
+    # wheel odometry with the default drift model; an undistorted lens, as the scene was rendered
     rc = make_cmd.main(["--data", str(scene_dir), "--format", "7scenes", "--split", "test", "--out", str(bag),
-                        "--rate", str(args.rate), "--force"])
+                        "--rate", str(args.rate), "--force", "--robot", "--odom-only", "--odom-drift", "1",
+                        "--distortion=0,0,0,0,0"])
     if rc != 0:
         return rc
     _done(t0, str(bag))
