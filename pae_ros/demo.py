@@ -110,7 +110,8 @@ def run_online(bundle: Path, bag: Path, out: Path, device: str, rate_factor: flo
         with open(rec_log, "wb") as f:
             rec = subprocess.Popen([py, "-m", "pae_ros.cli", "bag", "record", "--out", str(rec_bag), "--quiet",
                                     "--topics", "/pae/pose", "/pae/pose_with_covariance", "/pae/apr_pose",
-                                    "/pae/filtered_pose", "/ground_truth/pose", "/tf", "--idle-timeout", "10"],
+                                    "/pae/filtered_pose", "/ground_truth/pose", "/tf", "/diagnostics",
+                                    "--idle-timeout", "10"],
                                    env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         time.sleep(2.0)
         with open(play_log, "wb") as f:

@@ -219,14 +219,17 @@ def _tracking(args, gt: dict, est: dict, T_cam_base) -> tuple[dict | None, dict]
     import numpy as np
 
     from .robot_bag import TF_TOPIC
-    from .track_eval import kidnap_stamps, read_pose_covariances, read_transforms, tracking_report
+    from .track_eval import (kidnap_stamps, read_pose_covariances, read_tracking_counts, read_transforms,
+                             tracking_report)
 
     filtered = read_pose_covariances(args.bag, args.filtered_topic) if args.filtered_topic else {}
     if not filtered:
         return None, {}
-    map_odom = read_transforms(args.bag, TF_TOPIC, args.map_frame, args.odom_frame)
+    log_ns: list[int] = []
+    map_odom = read_transforms(args.bag, TF_TOPIC, args.map_frame, args.odom_frame, log_ns)
     rep = tracking_report(gt, est.get(args.estimate_name, {}), filtered, map_odom,
-                          kidnap_stamps(args.gt_bag or args.bag), T_cam_base)
+                          kidnap_stamps(args.gt_bag or args.bag), T_cam_base,
+                          map_odom_log_ns=log_ns, counts=read_tracking_counts(args.bag))
     rep["filtered_frame"] = args.camera_frame if T_cam_base is None else args.base_frame
     rep["T_cam_base"] = None if T_cam_base is None else np.round(T_cam_base, 9).tolist()
     rep["topics"] = {"raw": args.estimate_topic, "filtered": args.filtered_topic, "map_odom": TF_TOPIC}

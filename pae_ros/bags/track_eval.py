@@ -49,9 +49,11 @@ def _matrix(tr) -> np.ndarray:
     return geometry.pose_to_matrix(np.array([t.x, t.y, t.z]), ros_to_wxyz(q.x, q.y, q.z, q.w))
 
 
-def read_transforms(path, topic: str, parent: str, child: str) -> list[tuple[int, np.ndarray]]:
+def read_transforms(path, topic: str, parent: str, child: str, log_times: list | None = None
+                    ) -> list[tuple[int, np.ndarray]]:
     """``[(stamp ns, T_parent_child 4x4)]`` of one edge on a TF topic, by header stamp (empty
-    when the topic or edge is absent)."""
+    when the topic or edge is absent); ``log_times``, when given, receives each one's record
+    time (ns) in the same order."""
     from .io import BagReader
     from .msgs import stamp_to_ns
 
@@ -59,11 +61,59 @@ def read_transforms(path, topic: str, parent: str, child: str) -> list[tuple[int
     with BagReader(path) as reader:
         if topic not in reader.topics():
             return []
-        for _t, mt, _log, data in reader.messages([topic]):
+        for _t, mt, log, data in reader.messages([topic]):
             for tr in reader.decode(mt, data).transforms:
                 if tr.header.frame_id == parent and tr.child_frame_id == child:
-                    out.append((stamp_to_ns(tr.header.stamp), _matrix(tr)))
-    return sorted(out, key=lambda x: x[0])
+                    out.append((stamp_to_ns(tr.header.stamp), _matrix(tr), log))
+    out.sort(key=lambda x: x[0])
+    if log_times is not None:
+        log_times[:] = [x[2] for x in out]
+    return [(t, T) for t, T, _ in out]
+
+
+#: the node's ``/diagnostics`` counters of the tracking filter that ``pae bag eval`` reports
+TRACKING_COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps")
+
+
+def read_tracking_counts(path, topic: str = "/diagnostics") -> list[tuple[int, dict[str, int]]]:
+    """``[(record time ns, {counter: value})]`` of the node's tracking counters (``tracking.*``
+    keys of :data:`TRACKING_COUNTERS`) in the recorded ``/diagnostics``; [] when absent."""
+    from .io import BagReader
+
+    out = []
+    with BagReader(path) as reader:
+        if topic not in reader.topics():
+            return []
+        for _t, mt, log, data in reader.messages([topic]):
+            for status in reader.decode(mt, data).status:
+                kv = {v.key: v.value for v in status.values}
+                if "tracking.jumps" in kv:
+                    try:
+                        out.append((int(log), {k: int(kv[f"tracking.{k}"]) for k in TRACKING_COUNTERS
+                                               if f"tracking.{k}" in kv}))
+                    except ValueError:
+                        continue
+    return out
+
+
+def jump_steps(step_log_ns, step_m: np.ndarray, counts: list[tuple[int, dict]]) -> np.ndarray:
+    """Which ``map -> odom`` steps (recorded at ``step_log_ns``, lengths ``step_m``) were the
+    filter's counted jumps (start, relocalisation, ``/initialpose``): between two diagnostics
+    messages whose ``jumps`` counter rose by d, the d largest steps. Steps after the last message
+    are not excused."""
+    t = np.asarray(step_log_ns, np.int64)
+    d = np.asarray(step_m, np.float64)
+    out = np.zeros(len(d), bool)
+    prev_t, prev_j = None, 0
+    for log, c in counts:
+        j = c.get("jumps", prev_j)
+        rise = j - prev_j
+        if rise > 0:
+            window = np.flatnonzero((t <= log) & ((t > prev_t) if prev_t is not None else True) & np.isfinite(d))
+            take = window[np.argsort(-d[window])][:rise]
+            out[take] = True
+        prev_t, prev_j = log, j
+    return out
 
 
 def static_chain(paths, topic: str, base: str, camera: str) -> np.ndarray | None:
@@ -105,7 +155,7 @@ def kidnap_stamps(path) -> list[int]:
 
 def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps_ns=(),
                     T_cam_base: np.ndarray | None = None, gross_m: float = 2.0, step_m: float = 0.5,
-                    rpe_m: float = 1.0) -> dict:
+                    rpe_m: float = 1.0, map_odom_log_ns=None, counts: list | None = None) -> dict:
     """Raw vs filtered rows over the ground-truth frames.
 
     ``gt`` / ``raw``: ``{stamp_ns: (position (3,) m, quaternion wxyz)}`` (camera in map);
@@ -118,7 +168,9 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     (chi-square radii, 3 dof; 2 when planar; frames whose covariance is not positive definite are
     left out and counted in ``coverage_dropped_unusable_covariance``); ``map_odom_step``: largest
     and p99 step (m) between consecutive ``map -> odom`` and the count over ``step_m`` (None
-    without any).
+    without any), outside the filter's jumps when ``counts`` (:func:`read_tracking_counts`) and
+    ``map_odom_log_ns`` (each transform's record time) are given (``jumps``: the steps excused);
+    ``tracking_counts``: the last recorded counters.
     """
     if not gt:
         raise ValueError("tracking rows need ground truth frames")
@@ -144,7 +196,13 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     steps = None
     if map_odom:
         M = np.stack([T for _, T in map_odom])
-        steps = correction_steps(M, np.zeros(len(M), bool), step_m)
+        jumped = np.zeros(len(M), bool)
+        if counts and map_odom_log_ns is not None and len(M) > 1:
+            d = np.linalg.norm(np.diff(M[:, :3, 3], axis=0), axis=1)
+            jumped[1:] = jump_steps(np.asarray(map_odom_log_ns)[1:], d, counts)
+        steps = correction_steps(M, jumped, step_m)
+        if counts:
+            steps["jumps"] = int(jumped.sum())
     return {
         "frames": n,
         "raw": {**stream_metrics(raw_pos, gt_pos, rpe_m), "frames": int(np.sum(np.isfinite(raw_err))),
@@ -156,6 +214,7 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
                      "coverage_dropped_unusable_covariance": unusable_covariances(fil_cov, fil_err),
                      "kidnap_recovery_s": [recovery_s(stamps, fil_err, k) for k in kid_s]},
         "map_odom_step": steps,
+        "tracking_counts": counts[-1][1] if counts else None,
         "kidnaps_ns": [int(k) for k in kidnaps_ns],
         "units": {"position": "m", "recovery": "s"},
     }
@@ -178,7 +237,11 @@ def format_rows(rep: dict) -> str:
                      f"{g(a['max'])} m | RPE 1 m med/p90 {g(e['median'])} {g(e['p90'])} m | {extra}{rec}")
     s = rep["map_odom_step"]
     if s is not None:
-        lines.append(f"tracking map -> odom step max {g(s['largest_m'])} m, p99 {g(s['p99_m'])} m, "
+        outside = f" outside {s['jumps']} counted jump(s)" if "jumps" in s else ""
+        lines.append(f"tracking map -> odom step{outside}: max {g(s['largest_m'])} m, p99 {g(s['p99_m'])} m, "
                      + ", ".join(f"{k} {v}" for k, v in s.items() if k.startswith("over_")))
+    c = rep.get("tracking_counts")
+    if c:
+        lines.append("tracking node counters: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return "\n".join(lines)
 

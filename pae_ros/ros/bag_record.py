@@ -24,7 +24,7 @@ from ..bags.io import BagError, BagWriter, prepare_target, typestore
 from .bag_play import import_msg_class
 
 DEFAULT_TOPICS = ["/pae/pose", "/pae/pose_with_covariance", "/pae/filtered_pose", "/pae/apr_pose",
-                  "/ground_truth/pose", "/tf"]
+                  "/ground_truth/pose", "/tf", "/diagnostics"]
 RECORD_DEPTH = 100
 
 

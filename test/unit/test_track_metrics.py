@@ -101,3 +101,25 @@ def test_unusable_covariances_are_left_out_and_counted():
     assert rep["share"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="ground truth"):
         tracking_report({}, {}, {}, [])
+
+
+def test_jumps_counted_by_the_node_excuse_exactly_that_many_steps():
+    """Between two /diagnostics messages whose ``tracking.jumps`` rose by one, the largest step is
+    the jump; a second large step in the same window, and any step after the last message, stay
+    counted."""
+    from pae_ros.bags.track_eval import jump_steps
+
+    s = 1_000_000_000
+    log = np.array([1, 2, 3, 4, 5, 6, 7]) * s // 2              # steps recorded at 0.5 s .. 3.5 s
+    d = np.array([0.01, 0.02, 2.0, 0.8, 0.01, 0.9, 0.01])
+    counts = [(1 * s, {"jumps": 0}), (2 * s, {"jumps": 1}), (3 * s, {"jumps": 1})]
+    got = jump_steps(log, d, counts)
+    assert got.tolist() == [False, False, True, False, False, False, False]
+
+    gt = {int(t): (np.array([0.1 * i, 0.0, 0.0]), ID) for i, t in enumerate(range(0, 8 * s // 2, s // 2))}
+    M = [make_pose(np.eye(3), [x, 0.0, 0.0]) for x in np.concatenate([[0.0], np.cumsum(d)])]
+    map_odom = [(int(t), T) for t, T in zip(range(0, 8 * s // 2, s // 2), M)]
+    rep = tracking_report(gt, {}, {}, map_odom, map_odom_log_ns=[0, *log], counts=counts)
+    assert rep["map_odom_step"]["jumps"] == 1 and rep["map_odom_step"]["over_0.5m"] == 2
+    assert rep["tracking_counts"] == {"jumps": 1}
+    assert tracking_report(gt, {}, {}, map_odom)["map_odom_step"]["over_0.5m"] == 3
