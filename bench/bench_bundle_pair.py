@@ -7,7 +7,9 @@ the scene itself.
 
 The test frames of the two datasets must be the same poses in the same order (an export of the
 scene's recording is); rows: APR, refined and published (the geometric stage is off, so
-published is the APR/PAE pose the bundle's header names). Metres and degrees.
+published is the APR/PAE pose the bundle's header names; ``--geometric``: each bundle's map is
+used, so published is its geometric fix where it makes one, as the node publishes). Metres and
+degrees.
 """
 from __future__ import annotations
 
@@ -20,14 +22,14 @@ import common
 ROWS = ("apr", "refined", "published")
 
 
-def errors(bundle: str, data: str, fmt: str) -> tuple[np.ndarray, dict]:
+def errors(bundle: str, data: str, fmt: str, geometric: str = "off") -> tuple[np.ndarray, dict]:
     """(ground-truth positions (N, 3) m, row -> (position error m, orientation error deg))."""
     from pae_ros.datasets import read_dataset
     from pae_ros.evaluation.report import evaluate
     from pae_ros.geometry import orientation_error_deg, position_error
     from pae_ros.pipeline import Localizer
 
-    loc = Localizer.from_bundle(bundle, device="cpu", geometric="off")
+    loc = Localizer.from_bundle(bundle, device="cpu", geometric=geometric)
     test, train = read_dataset(data, fmt, "test"), read_dataset(data, fmt, "train")
     rep = evaluate(loc, test, train, show_progress=False)
     est, gt_p = rep["_arrays"]["estimates"], rep["_arrays"]["gt_positions"]
@@ -41,13 +43,15 @@ def main(argv=None) -> int:
     p.add_argument("--b", nargs=2, required=True, metavar=("BUNDLE", "DATA"), help="compared bundle and dataset")
     p.add_argument("--format", default="7scenes")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--geometric", action="store_true", help="use each bundle's map (<bundle>.map)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     print(common.machine_info())
-    gt_a, err_a = errors(*args.a, args.format)
-    gt_b, err_b = errors(*args.b, args.format)
+    geometric = "auto" if args.geometric else "off"
+    gt_a, err_a = errors(*args.a, args.format, geometric)
+    gt_b, err_b = errors(*args.b, args.format, geometric)
     if gt_a.shape != gt_b.shape or np.abs(gt_a - gt_b).max() > 1e-3:
         raise SystemExit("the two datasets' test frames are not the same poses in the same order")
     from pae_ros.metrics import paired_bootstrap_median_diff
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
     for r in ROWS:
         for k, unit in ((0, "m"), (1, "deg")):
             b = paired_bootstrap_median_diff(err_b[r][k], err_a[r][k])
-            common.line("bundle_pair", {"row": r, "unit": unit}, b["diff"], unit,
+            common.line("bundle_pair", {"row": r, "unit": unit, "geometric": geometric}, b["diff"], unit,
                         f"median a {np.median(err_a[r][k]):.4g}, b {np.median(err_b[r][k]):.4g}; b - a 95 % paired "
                         f"bootstrap [{b['low']:+.4f}, {b['high']:+.4f}]"
                         f"{', excludes zero' if b['excludes_zero'] else ', contains zero'}")

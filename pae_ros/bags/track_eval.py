@@ -169,7 +169,8 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     left out and counted in ``coverage_dropped_unusable_covariance``); ``map_odom_step``: largest
     and p99 step (m) between consecutive ``map -> odom`` and the count over ``step_m`` (None
     without any), outside the filter's jumps when ``counts`` (:func:`read_tracking_counts`) and
-    ``map_odom_log_ns`` (each transform's record time) are given (``jumps``: the steps excused);
+    ``map_odom_log_ns`` (each transform's record time, which then orders the steps) are given
+    (``jumps``: the steps excused);
     ``tracking_counts``: the last recorded counters.
     """
     if not gt:
@@ -197,9 +198,15 @@ def tracking_report(gt: dict, raw: dict, filtered: dict, map_odom: list, kidnaps
     if map_odom:
         M = np.stack([T for _, T in map_odom])
         jumped = np.zeros(len(M), bool)
+        if map_odom_log_ns is not None:
+            # in the order a listener got them: a node re-publishing with its own clock (a bag
+            # replayed without /clock) stamps on another time base than its image-stamped ones
+            log = np.asarray(map_odom_log_ns, np.int64)
+            order = np.argsort(log, kind="stable")
+            M, log = M[order], log[order]
         if counts and map_odom_log_ns is not None and len(M) > 1:
             d = np.linalg.norm(np.diff(M[:, :3, 3], axis=0), axis=1)
-            jumped[1:] = jump_steps(np.asarray(map_odom_log_ns)[1:], d, counts)
+            jumped[1:] = jump_steps(log[1:], d, counts)
         steps = correction_steps(M, jumped, step_m)
         if counts:
             steps["jumps"] = int(jumped.sum())

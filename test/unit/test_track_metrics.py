@@ -123,3 +123,9 @@ def test_jumps_counted_by_the_node_excuse_exactly_that_many_steps():
     assert rep["map_odom_step"]["jumps"] == 1 and rep["map_odom_step"]["over_0.5m"] == 2
     assert rep["tracking_counts"] == {"jumps": 1}
     assert tracking_report(gt, {}, {}, map_odom)["map_odom_step"]["over_0.5m"] == 3
+    # re-published transforms stamped on another clock: the steps follow the record order
+    mixed = [(t + (10**12 if i % 2 else 0), T) for i, (t, T) in enumerate(map_odom)]
+    order = sorted(range(len(mixed)), key=lambda i: mixed[i][0])
+    rep2 = tracking_report(gt, {}, {}, [mixed[i] for i in order], map_odom_log_ns=[[0, *log][i] for i in order],
+                           counts=counts)
+    assert rep2["map_odom_step"] == rep["map_odom_step"]
