@@ -72,7 +72,8 @@ def read_transforms(path, topic: str, parent: str, child: str, log_times: list |
 
 
 #: the node's ``/diagnostics`` counters of the tracking filter that ``pae bag eval`` reports
-TRACKING_COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps")
+TRACKING_COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
+                     "odometry_resets")
 
 
 def read_tracking_counts(path, topic: str = "/diagnostics") -> list[tuple[int, dict[str, int]]]:

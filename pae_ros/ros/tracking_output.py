@@ -55,6 +55,8 @@ def tracking_params(params: dict, use_odometry: bool, has_geometric: bool) -> Tr
                           gate_probability=float(params["tracking_gate_probability"]),
                           init_count=n, init_window=max(30, n),
                           init_min_spread_m=float(params["tracking_init_min_spread_m"]),
+                          odom_max_speed=float(params["tracking_odom_max_speed"]),
+                          odom_max_turn_rate=float(params["tracking_odom_max_turn_rate"]),
                           max_step_m=float(params["tracking_max_step_m"]),
                           max_step_rad=float(params["tracking_max_step_rad"]),
                           trusted_methods=trusted)
@@ -268,7 +270,7 @@ class TrackingOutput:
                "tracking.last_mahalanobis": "none" if d is None else f"{d:.3f}",
                "tracking.trusted_methods": ",".join(f.params.trusted_methods)}
         for k in ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
-                  "odometry_dropped"):
+                  "odometry_dropped", "odometry_resets"):
             out[f"tracking.{k}"] = str(counts.get(k, 0))
         for k, v in sorted(counts.items()):
             if "." in k:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .lie import (FULL_INDEX, PLANAR_INDEX, apply_error, chi2_ppf, flatten_planar, lever_jacobian,
-                  pose_error, pose_from_pq, pose_inverse, pose_to_pq)
+                  pose_error, pose_from_pq, pose_inverse, pose_to_pq, so3_log)
 from .odometry_history import NoiseRates, OdometryHistory
 
 METHODS = ("apr", "refined", "geometric")
@@ -93,6 +93,10 @@ class TrackingParams:
     rot_var_per_m: float = 3e-5
     rot_var_per_rad: float = 5e-5
     rot_var_per_s: float = 1e-7
+    #: odometry moving faster than this between two samples (m/s, rad/s; plus 0.1 m / 0.1 rad) is a
+    #: reset or a jump of the odometry frame: the history is cleared and the track restarts
+    odom_max_speed: float = 3.0
+    odom_max_turn_rate: float = 2.0
     #: random walk without odometry (m^2/s and rad^2/s per axis)
     random_walk_trans_var_per_s: float = 0.25
     random_walk_rot_var_per_s: float = 0.01
@@ -229,7 +233,8 @@ class TrackingFilter:
         self.history = OdometryHistory(rates, p.odom_history_s)
         self.enabled = True
         self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "ignored": 0, "dropped": 0, "initialisations": 0,
-                                       "relocalisations": 0, "jumps": 0, "odometry_dropped": 0}
+                                       "relocalisations": 0, "jumps": 0, "odometry_dropped": 0,
+                                       "odometry_resets": 0}
         self.last_mahalanobis: float | None = None
         self.last_start_members: list[tuple[float, str | None]] = []
         self._published: np.ndarray | None = None
@@ -276,6 +281,12 @@ class TrackingFilter:
             T = pose_from_pq(position, quaternion)
         except ValueError:
             T = np.full((4, 4), np.nan)
+        if self._odometry_jumped(stamp, T):
+            # the odometry frame moved under the robot (a driver restart, a new session): every
+            # sample and the correction refer to the old frame
+            self.history.clear()
+            self._reset_track()
+            self.counts["odometry_resets"] += 1
         reason = self.history.add(stamp, T)
         if reason is not None:
             self.counts["odometry_dropped"] += 1
@@ -312,6 +323,19 @@ class TrackingFilter:
             self._start(group, "relocalisations" if lost else "initialisations")
             return "relocalised" if lost else "initialised"
         return self._update(cand)
+
+    def _odometry_jumped(self, stamp, T: np.ndarray) -> bool:
+        """A new sample further from the newest than ``odom_max_speed`` / ``odom_max_turn_rate``
+        allow in the time between them (plus 0.1 m / 0.1 rad)."""
+        if not len(self.history) or not np.all(np.isfinite(T)):
+            return False
+        t_last, T_last, _ = self.history.newest()
+        dt = float(stamp) - t_last
+        if not math.isfinite(dt) or dt < 0.0:
+            return False
+        d = float(np.linalg.norm(T[:3, 3] - T_last[:3, 3]))
+        a = float(np.linalg.norm(so3_log(T[:3, :3] @ T_last[:3, :3].T)))
+        return d > self.params.odom_max_speed * dt + 0.1 or a > self.params.odom_max_turn_rate * dt + 0.1
 
     # ------------------------------------------------------------------ outputs
 

@@ -585,3 +585,26 @@ def test_correlated_apr_outlier_runs_with_geometric_fixes_trusted():
     assert m["raw"]["ate_m"]["p90"] > 5.0
     assert m["filtered"]["ate_m"]["max"] < 0.5, m["filtered"]["ate_m"]
     assert m["counts"]["relocalisations"] == 0 and m["good_rejected"] == 0
+
+
+def test_an_odometry_reset_restarts_the_track():
+    """Odometry that jumps back to its origin (a new odometry frame) clears the history and the
+    track, counted; the filter starts again from consistent estimates of the new frame, and a slow
+    walk or a pause between samples is no reset."""
+    flt, t, T, odom, rng = started_filter()
+    n = 40
+    assert flt.counts["odometry_resets"] == 0
+    # a 5 s pause in the odometry: no reset
+    assert flt.add_odometry(t[n] + 5.0, *pose_to_pq(odom[n]))
+    assert flt.counts["odometry_resets"] == 0 and flt.state != TrackState.INITIALISING
+    # the odometry frame restarts at the robot's current pose (odom -> base = identity)
+    restart = pose_inverse(odom[n + 1])
+    assert flt.add_odometry(t[n + 1] + 5.0, *pose_to_pq(restart @ odom[n + 1]))
+    assert flt.counts["odometry_resets"] == 1 and flt.state == TrackState.INITIALISING
+    got = []
+    for i in range(n + 2, n + 12):
+        flt.add_odometry(t[i] + 5.0, *pose_to_pq(restart @ odom[i]))
+        got.append(flt.add_estimate(t[i] + 5.0, *noisy(T[i], 0.1, 0.02, rng), method="geometric"))
+    assert "initialised" in got
+    err = np.linalg.norm(flt.output().pose_position - T[n + 11][:3, 3])
+    assert err < 0.3, err
