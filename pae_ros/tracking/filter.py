@@ -96,7 +96,7 @@ class TrackingParams:
     #: odometry moving faster than this between two samples (m/s, rad/s; plus 0.1 m / 0.1 rad) is a
     #: reset or a jump of the odometry frame: the history is cleared and the track restarts
     odom_max_speed: float = 3.0
-    odom_max_turn_rate: float = 2.0
+    odom_max_turn_rate: float = 4.0
     #: random walk without odometry (m^2/s and rad^2/s per axis)
     random_walk_trans_var_per_s: float = 0.25
     random_walk_rot_var_per_s: float = 0.01
