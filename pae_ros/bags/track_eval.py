@@ -54,17 +54,13 @@ def read_transforms(path, topic: str, parent: str, child: str, log_times: list |
     """``[(stamp ns, T_parent_child 4x4)]`` of one edge on a TF topic, by header stamp (empty
     when the topic or edge is absent); ``log_times``, when given, receives each one's record
     time (ns) in the same order."""
-    from .io import BagReader
     from .msgs import stamp_to_ns
 
     out = []
-    with BagReader(path) as reader:
-        if topic not in reader.topics():
-            return []
-        for _t, mt, log, data in reader.messages([topic]):
-            for tr in reader.decode(mt, data).transforms:
-                if tr.header.frame_id == parent and tr.child_frame_id == child:
-                    out.append((stamp_to_ns(tr.header.stamp), _matrix(tr), log))
+    for log, msg in _decoded(path, topic):
+        for tr in msg.transforms:
+            if tr.header.frame_id == parent and tr.child_frame_id == child:
+                out.append((stamp_to_ns(tr.header.stamp), _matrix(tr), log))
     out.sort(key=lambda x: x[0])
     if log_times is not None:
         log_times[:] = [x[2] for x in out]
@@ -79,22 +75,28 @@ TRACKING_COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisati
 def read_tracking_counts(path, topic: str = "/diagnostics") -> list[tuple[int, dict[str, int]]]:
     """``[(record time ns, {counter: value})]`` of the node's tracking counters (``tracking.*``
     keys of :data:`TRACKING_COUNTERS`) in the recorded ``/diagnostics``; [] when absent."""
+    out = []
+    for log, msg in _decoded(path, topic):
+        for status in msg.status:
+            kv = {v.key: v.value for v in status.values}
+            if "tracking.jumps" in kv:
+                try:
+                    out.append((int(log), {k: int(kv[f"tracking.{k}"]) for k in TRACKING_COUNTERS
+                                           if f"tracking.{k}" in kv}))
+                except ValueError:
+                    continue
+    return out
+
+
+def _decoded(path, topic: str):
+    """``(record time ns, message)`` of each message on ``topic`` (nothing when absent)."""
     from .io import BagReader
 
-    out = []
     with BagReader(path) as reader:
         if topic not in reader.topics():
-            return []
+            return
         for _t, mt, log, data in reader.messages([topic]):
-            for status in reader.decode(mt, data).status:
-                kv = {v.key: v.value for v in status.values}
-                if "tracking.jumps" in kv:
-                    try:
-                        out.append((int(log), {k: int(kv[f"tracking.{k}"]) for k in TRACKING_COUNTERS
-                                               if f"tracking.{k}" in kv}))
-                    except ValueError:
-                        continue
-    return out
+            yield log, reader.decode(mt, data)
 
 
 def jump_steps(step_log_ns, step_m: np.ndarray, counts: list[tuple[int, dict]]) -> np.ndarray:
