@@ -151,8 +151,9 @@ class TrackingParams:
             raise ValueError("tracking parameter reloc_window must be >= reloc_count")
         if self.reject_inflation < 1.0 or self.max_inflation < 1.0:
             raise ValueError("tracking parameters reject_inflation and max_inflation must be >= 1")
-        if self.odom_history_s <= 0.0:
-            raise ValueError("tracking parameter odom_history_s must be > 0")
+        for name in ("odom_history_s", "odom_max_speed", "odom_max_turn_rate"):
+            if getattr(self, name) <= 0.0:
+                raise ValueError(f"tracking parameter {name} must be > 0")
         bad = [m for m in self.trusted_methods if m not in METHODS]
         if bad or not self.trusted_methods:
             raise ValueError(f"tracking parameter trusted_methods must name some of {', '.join(METHODS)}, "

@@ -469,6 +469,8 @@ def test_only_trusted_methods_move_the_track():
     assert "relocalised" in got
     with pytest.raises(ValueError, match="trusted_methods"):
         TrackingParams(trusted_methods=("lidar",))
+    with pytest.raises(ValueError, match="odom_max_speed"):
+        TrackingParams(odom_max_speed=0.0)
 
 
 def test_a_start_needs_estimates_spread_over_travel():
