@@ -245,10 +245,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "odometry moving faster than this (m/s, plus 0.1 m) between two samples is a reset of the "
               "odometry frame: the tracking filter clears its odometry and restarts the track", "> 0",
               lambda v: None if 0.0 < v <= 1000.0 else "must be in (0, 1000] (m/s)"),
-    ParamSpec("tracking_odom_max_turn_rate", 4.0,
-              "odometry turning faster than this (rad/s, plus 0.1 rad) between two samples is a reset of "
-              "the odometry frame (see tracking_odom_max_speed)", "> 0",
-              lambda v: None if 0.0 < v <= 1000.0 else "must be in (0, 1000] (rad/s)"),
     ParamSpec("tracking_max_step_m", 0.2,
               "largest step (m) of the published map -> odom per estimate (slew limit; jumps only at a start, "
               "relocalisation or /initialpose)", "> 0", lambda v: None if v > 0 else "must be > 0 (metres)"),

@@ -56,7 +56,6 @@ def tracking_params(params: dict, use_odometry: bool, has_geometric: bool) -> Tr
                           init_count=n, init_window=max(30, n),
                           init_min_spread_m=float(params["tracking_init_min_spread_m"]),
                           odom_max_speed=float(params["tracking_odom_max_speed"]),
-                          odom_max_turn_rate=float(params["tracking_odom_max_turn_rate"]),
                           max_step_m=float(params["tracking_max_step_m"]),
                           max_step_rad=float(params["tracking_max_step_rad"]),
                           trusted_methods=trusted)

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .lie import (FULL_INDEX, PLANAR_INDEX, apply_error, chi2_ppf, flatten_planar, lever_jacobian,
-                  pose_error, pose_from_pq, pose_inverse, pose_to_pq, so3_log)
+                  pose_error, pose_from_pq, pose_inverse, pose_to_pq)
 from .odometry_history import NoiseRates, OdometryHistory
 
 METHODS = ("apr", "refined", "geometric")
@@ -93,10 +93,10 @@ class TrackingParams:
     rot_var_per_m: float = 3e-5
     rot_var_per_rad: float = 5e-5
     rot_var_per_s: float = 1e-7
-    #: odometry moving faster than this between two samples (m/s, rad/s; plus 0.1 m / 0.1 rad) is a
-    #: reset or a jump of the odometry frame: the history is cleared and the track restarts
+    #: odometry moving faster than this between two samples (m/s, plus 0.1 m) is a reset or a jump
+    #: of the odometry frame: the history is cleared and the track restarts (turns are not checked:
+    #: recorded walks turn round within a frame)
     odom_max_speed: float = 3.0
-    odom_max_turn_rate: float = 4.0
     #: random walk without odometry (m^2/s and rad^2/s per axis)
     random_walk_trans_var_per_s: float = 0.25
     random_walk_rot_var_per_s: float = 0.01
@@ -151,7 +151,7 @@ class TrackingParams:
             raise ValueError("tracking parameter reloc_window must be >= reloc_count")
         if self.reject_inflation < 1.0 or self.max_inflation < 1.0:
             raise ValueError("tracking parameters reject_inflation and max_inflation must be >= 1")
-        for name in ("odom_history_s", "odom_max_speed", "odom_max_turn_rate"):
+        for name in ("odom_history_s", "odom_max_speed"):
             if getattr(self, name) <= 0.0:
                 raise ValueError(f"tracking parameter {name} must be > 0")
         bad = [m for m in self.trusted_methods if m not in METHODS]
@@ -326,17 +326,15 @@ class TrackingFilter:
         return self._update(cand)
 
     def _odometry_jumped(self, stamp, T: np.ndarray) -> bool:
-        """A new sample further from the newest than ``odom_max_speed`` / ``odom_max_turn_rate``
-        allow in the time between them (plus 0.1 m / 0.1 rad)."""
+        """A new sample further from the newest than ``odom_max_speed`` allows in the time between
+        them (plus 0.1 m)."""
         if not len(self.history) or not np.all(np.isfinite(T)):
             return False
         t_last, T_last, _ = self.history.newest()
         dt = float(stamp) - t_last
         if not math.isfinite(dt) or dt < 0.0:
             return False
-        d = float(np.linalg.norm(T[:3, 3] - T_last[:3, 3]))
-        a = float(np.linalg.norm(so3_log(T[:3, :3] @ T_last[:3, :3].T)))
-        return d > self.params.odom_max_speed * dt + 0.1 or a > self.params.odom_max_turn_rate * dt + 0.1
+        return float(np.linalg.norm(T[:3, 3] - T_last[:3, 3])) > self.params.odom_max_speed * dt + 0.1
 
     # ------------------------------------------------------------------ outputs
 
