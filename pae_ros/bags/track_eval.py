@@ -15,6 +15,7 @@ import json
 import numpy as np
 
 from .. import geometry
+from ..tracking.filter import COUNTERS
 from ..tracking.track_metrics import (correction_steps, recovery_s, sigma_coverage, stream_metrics,
                                       unusable_covariances)
 
@@ -67,21 +68,17 @@ def read_transforms(path, topic: str, parent: str, child: str, log_times: list |
     return [(t, T) for t, T, _ in out]
 
 
-#: the node's ``/diagnostics`` counters of the tracking filter that ``pae bag eval`` reports
-TRACKING_COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
-                     "odometry_resets")
-
-
 def read_tracking_counts(path, topic: str = "/diagnostics") -> list[tuple[int, dict[str, int]]]:
     """``[(record time ns, {counter: value})]`` of the node's tracking counters (``tracking.*``
-    keys of :data:`TRACKING_COUNTERS`) in the recorded ``/diagnostics``; [] when absent."""
+    keys of :data:`pae_ros.tracking.filter.COUNTERS`) in the recorded ``/diagnostics``; [] when
+    absent."""
     out = []
     for log, msg in _decoded(path, topic):
         for status in msg.status:
             kv = {v.key: v.value for v in status.values}
             if "tracking.jumps" in kv:
                 try:
-                    out.append((int(log), {k: int(kv[f"tracking.{k}"]) for k in TRACKING_COUNTERS
+                    out.append((int(log), {k: int(kv[f"tracking.{k}"]) for k in COUNTERS
                                            if f"tracking.{k}" in kv}))
                 except ValueError:
                     continue

@@ -227,8 +227,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "model (no odometry chain) into pae/filtered_pose and, in tf_mode map_odom, the published map -> odom "
               "(slew-limited, outliers gated); false = map -> odom from each confident estimate directly"),
     ParamSpec("tracking_trusted_methods", "auto",
-              "estimate methods the tracking filter uses, the others counted as ignored: auto (geometric when the localizer has "
-              "a geometric stage, else all), or a comma-separated list of apr, refined, geometric",
+              "estimate methods the tracking filter uses, the others counted as ignored: auto (geometric when "
+              "the localizer has a geometric stage, else all), or a comma-separated list of apr, refined, geometric",
               "auto | list of apr, refined, geometric", _trusted_methods),
     ParamSpec("tracking_gate_probability", 0.999,
               "chi-square probability of the tracking filter's Mahalanobis gate (outliers beyond it are rejected)",

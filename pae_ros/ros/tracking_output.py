@@ -38,7 +38,7 @@ from pae_ros.ros import conversions as cv
 from pae_ros.ros import qos
 from pae_ros.ros.frames import camera_to_base, flatten_2d
 from pae_ros.ros.params import parse_trusted_methods
-from pae_ros.tracking import METHODS, TrackingFilter, TrackingParams
+from pae_ros.tracking import COUNTERS, METHODS, TrackingFilter, TrackingParams
 
 #: variance (m^2, rad^2) put in place of a zero (or negative) diagonal entry of an /initialpose
 INITIAL_POSE_MIN_VAR = 1e-4
@@ -53,7 +53,7 @@ def tracking_params(params: dict, use_odometry: bool, has_geometric: bool) -> Tr
     return TrackingParams(two_d_mode=bool(params["two_d_mode"]) and use_odometry, use_odometry=use_odometry,
                           odom_history_s=float(params["tf_history"]),
                           gate_probability=float(params["tracking_gate_probability"]),
-                          init_count=n, init_window=max(30, n),
+                          init_count=n, init_window=max(TrackingParams.init_window, n),
                           init_min_spread_m=float(params["tracking_init_min_spread_m"]),
                           odom_max_speed=float(params["tracking_odom_max_speed"]),
                           max_step_m=float(params["tracking_max_step_m"]),
@@ -268,8 +268,7 @@ class TrackingOutput:
         out = {"tracking.state": state, "tracking.model": "odometry" if f.params.use_odometry else "random_walk",
                "tracking.last_mahalanobis": "none" if d is None else f"{d:.3f}",
                "tracking.trusted_methods": ",".join(f.params.trusted_methods)}
-        for k in ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
-                  "odometry_dropped", "odometry_resets"):
+        for k in COUNTERS:
             out[f"tracking.{k}"] = str(counts.get(k, 0))
         for k, v in sorted(counts.items()):
             if "." in k:

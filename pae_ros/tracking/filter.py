@@ -26,8 +26,8 @@ covariance of large residuals. ``method_inflation`` scales each method's covaria
 
 Start and relocalisation without a human: the filter starts from ``init_count`` mutually
 consistent estimates (pairwise Mahalanobis inside the gate after odometry) taken at least
-``init_min_spread_m`` apart (a robot standing still waits to move, or for ``/initialpose``); when, among the last
-``reloc_window`` estimates, at least ``reloc_count`` rejected ones agree with each other and
+``init_min_spread_m`` apart (a robot standing still waits to move, or for ``/initialpose``);
+when, among the last ``reloc_window`` estimates, at least ``reloc_count`` rejected ones agree with each other and
 outnumber the accepted ones, it relocalises onto them. Each rejection in a streak multiplies the
 state covariance used by the gate by ``reject_inflation``, capped at ``max_inflation``, and an
 accepted estimate resets it: a run of outliers can widen the gate by at most that cap, so it cannot
@@ -58,6 +58,9 @@ from .lie import (FULL_INDEX, PLANAR_INDEX, apply_error, chi2_ppf, flatten_plana
 from .odometry_history import NoiseRates, OdometryHistory
 
 METHODS = ("apr", "refined", "geometric")
+#: the filter's own counters (``counts`` also holds ``<counter>.<reason>`` breakdowns)
+COUNTERS = ("accepted", "rejected", "ignored", "dropped", "initialisations", "relocalisations", "jumps",
+            "odometry_dropped", "odometry_resets")
 
 
 class TrackState(str, enum.Enum):
@@ -233,9 +236,7 @@ class TrackingFilter:
                                rot_var_per_s=p.random_walk_rot_var_per_s)
         self.history = OdometryHistory(rates, p.odom_history_s)
         self.enabled = True
-        self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "ignored": 0, "dropped": 0, "initialisations": 0,
-                                       "relocalisations": 0, "jumps": 0, "odometry_dropped": 0,
-                                       "odometry_resets": 0}
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.last_mahalanobis: float | None = None
         self.last_start_members: list[tuple[float, str | None]] = []
         self._published: np.ndarray | None = None

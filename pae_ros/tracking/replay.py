@@ -138,8 +138,8 @@ def replay_metrics(trace: ReplayTrace, estimates: Estimates, odometry: np.ndarra
     moved the track (accepted, or fused into a start or relocalisation), and within ``good_m`` that
     it rejected and never used (``*_offered``: those of a trusted method that were not dropped;
     ``*_estimates``: all, ignored and dropped ones included);
-    ``tracking_share``: share of time in state ``tracking``; ``coverage_1sigma`` / ``coverage_2sigma``: share of frames whose filtered
-    position error is inside the 1 / 2 sigma chi-square ellipse (2 dof in planar mode, else 3);
+    ``tracking_share``: share of time in state ``tracking``; ``coverage_1sigma`` /
+    ``coverage_2sigma``: share of frames whose filtered position error is inside the 1 / 2 sigma chi-square ellipse (2 dof in planar mode, else 3);
     ``kidnap_recovery_s``: per kidnap stamp, seconds until the error stays under 1 m for 5 s
     (``kidnap_first_good_s``: until the first trusted estimate within ``good_m``, the soonest any
     filter of these estimates could recover);
