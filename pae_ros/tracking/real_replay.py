@@ -122,6 +122,14 @@ def _row(seq, feed, m):
                + " ".join(_s(r) for r in m["kidnap_first_good_s"]) + ")" if m["kidnap_recovery_s"] else ""))
 
 
+def _number(v: str) -> int | float:
+    """``--set`` value: an int when it reads as one, else a float (``1e-3``, ``0.5``)."""
+    try:
+        return int(v)
+    except ValueError:
+        return float(v)
+
+
 def _s(x) -> str:
     return "never" if x is None else f"{x:.1f}"
 
@@ -160,7 +168,7 @@ def main(argv=None) -> int:
     if args.trusted_methods == "auto":
         has_fixes = any(np.any(w["method"] == "geometric") for w in walks.values())
         trusted = ("geometric",) if has_fixes else METHODS
-    extra = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    extra = {k: _number(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     params = TrackingParams.from_dict({"two_d_mode": bool(args.two_d), "trusted_methods": trusted, **extra})
     if args.kidnap:
         walks = join_walks(walks)

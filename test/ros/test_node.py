@@ -405,14 +405,19 @@ def test_fuzzed_compressed_images(gated, gate_pub, probe, images):
     assert int(after["bad_inputs"]) - int(before["bad_inputs"]) <= sent
 
 
+def _stops_cleanly(proc, sig) -> None:
+    """``sig`` stops ``proc`` within 15 s with exit code 0, the worker joined, no traceback."""
+    t0 = time.monotonic()
+    rc = proc.stop(sig)
+    assert rc == 0, proc.text()
+    assert time.monotonic() - t0 < 15
+    assert "Traceback" not in proc.text()
+    assert "stopped" in proc.text()
+
+
 def test_sigterm_exits_zero(gated):
     """SIGTERM: clean shutdown, exit code 0, worker joined, no traceback."""
-    t0 = time.monotonic()
-    rc = gated.stop(signal.SIGTERM)
-    assert rc == 0, gated.text()
-    assert time.monotonic() - t0 < 15
-    assert "Traceback" not in gated.text()
-    assert "stopped" in gated.text()
+    _stops_cleanly(gated, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- (d) start-up failures
@@ -469,9 +474,4 @@ def test_bad_bundle_or_parameters_one_error_line(tiny_bundle, tmp_path):
 def test_sigint_exits_zero(launched):
     """SIGINT (what Ctrl-C and launch send first): exit code 0, worker joined, no traceback."""
     assert launched.alive()
-    t0 = time.monotonic()
-    rc = launched.stop(signal.SIGINT)
-    assert rc == 0, launched.text()
-    assert time.monotonic() - t0 < 15
-    assert "Traceback" not in launched.text()
-    assert "stopped" in launched.text()
+    _stops_cleanly(launched, signal.SIGINT)
