@@ -10,6 +10,7 @@ import pytest
 from pae_ros import datasets, geometry
 from pae_ros.bags import CAMERA_INFO_TOPIC, COMPRESSED_TOPIC, GT_TOPIC, IMAGE_TOPIC, io, msgs
 from pae_ros.bags import bag_eval_cmd, make_cmd
+from support.bag_files import pose_bag
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -157,16 +158,6 @@ def test_quaternion_order_and_tum_roundtrip(tmp_path):
     np.testing.assert_allclose(q2, quats, atol=1e-9)
 
 
-def _pose_bag(path: Path, topic_msgs: dict[str, list]) -> None:
-    with io.atomic_bag(path, "mcap") as bag:
-        for topic, items in topic_msgs.items():
-            mt = items[0][1].__msgtype__ if items else msgs.POSE_TYPE
-            bag.add_topic(topic, mt, [io.make_qos()])
-        for topic, items in topic_msgs.items():
-            for log_ns, m in items:
-                bag.write_msg(topic, log_ns, m)
-
-
 def test_eval_known_offsets(tmp_path, capsys):
     rng = np.random.default_rng(3)
     n = 8
@@ -176,7 +167,7 @@ def test_eval_known_offsets(tmp_path, capsys):
     quat = geometry.canonical_quat(rng.normal(size=(n, 4)))
     gt_items = [(t, msgs.pose_stamped_msg(p, q, t, "map")) for t, p, q in zip(stamps, pos, quat)]
     gt_bag = tmp_path / "gt"
-    _pose_bag(gt_bag, {GT_TOPIC: gt_items})
+    pose_bag(gt_bag, {GT_TOPIC: gt_items})
 
     ang = np.radians(4.0)
     dq = np.array([np.cos(ang / 2), 0.0, np.sin(ang / 2), 0.0])  # 4 deg about camera y
@@ -189,7 +180,7 @@ def test_eval_known_offsets(tmp_path, capsys):
                                                         np.eye(6), t, "map")))
     refined.append((t0 + 10**10, msgs.pose_stamped_msg(pos[0], quat[0], t0 + 12345, "map")))  # no gt
     rec = tmp_path / "rec"
-    _pose_bag(rec, {"/pae/pose": refined, "/pae/apr_pose": apr})
+    pose_bag(rec, {"/pae/pose": refined, "/pae/apr_pose": apr})
 
     out = tmp_path / "eval"
     rc = bag_eval_cmd.main([str(rec), "--gt-bag", str(gt_bag), "--out", str(out), "--json", str(tmp_path / "r.json")])
@@ -238,7 +229,7 @@ def test_eval_names_scenes_from_made_bag(tiny_7scenes, tmp_path):
         stamp, p, q = msgs.pose_from_msg(io.BagReader.decode(mt, data))
         est.append((t, msgs.pose_stamped_msg(p + 0.05, q, stamp, "map")))
     rec = tmp_path / "rec"
-    _pose_bag(rec, {"/pae/pose": est})
+    pose_bag(rec, {"/pae/pose": est})
     assert bag_eval_cmd.main([str(rec), "--gt-bag", str(made), "--out", str(tmp_path / "e")]) == 0
     rep = json.loads((tmp_path / "e" / "report.json").read_text())
     s = rep["scenes"]["chess"]["refined"]

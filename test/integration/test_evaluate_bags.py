@@ -6,16 +6,8 @@ import json
 import numpy as np
 
 from pae_ros import geometry
-from pae_ros.bags import GT_TOPIC, bag_eval_cmd, io, msgs
-
-
-def _pose_bag(path, topic_msgs):
-    with io.atomic_bag(path, "mcap") as bag:
-        for topic in topic_msgs:
-            bag.add_topic(topic, msgs.POSE_TYPE, [io.make_qos()])
-        for topic, items in topic_msgs.items():
-            for log_ns, m in items:
-                bag.write_msg(topic, log_ns, m)
+from pae_ros.bags import GT_TOPIC, bag_eval_cmd, msgs
+from support.bag_files import pose_bag
 
 
 def test_published_row_name_and_entry(tmp_path, capsys):
@@ -26,8 +18,8 @@ def test_published_row_name_and_entry(tmp_path, capsys):
     quat = geometry.canonical_quat(rng.normal(size=(6, 4)))
     gt = [(t, msgs.pose_stamped_msg(p, q, t, "map")) for t, p, q in zip(stamps, pos, quat)]
     pub = [(t, msgs.pose_stamped_msg(p + [0.0, 0.5, 0.0], q, t, "map")) for t, p, q in zip(stamps, pos, quat)]
-    _pose_bag(tmp_path / "gt", {GT_TOPIC: gt})
-    _pose_bag(tmp_path / "rec", {"/pae/pose": pub})
+    pose_bag(tmp_path / "gt", {GT_TOPIC: gt})
+    pose_bag(tmp_path / "rec", {"/pae/pose": pub})
     out = tmp_path / "e"
     assert bag_eval_cmd.main([str(tmp_path / "rec"), "--gt-bag", str(tmp_path / "gt"), "--out", str(out),
                           "--estimate-name", "published"]) == 0
