@@ -108,6 +108,8 @@ class GeometricWorker:
         self._query_cpu_s: deque[float] = deque(maxlen=QUERY_WINDOW)
         self._cpu_total_s = 0.0
         self._last_report = (time.monotonic(), 0.0, 0, 0)  # t, cpu, queries, fixes
+        #: start of the earliest query that ended since the last report (its CPU counts in this one)
+        self._period_first_start: float | None = None
 
     # ---- life -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +204,8 @@ class GeometricWorker:
             self._query_s.append(dt)
             self._query_cpu_s.append(dc)
             self._cpu_total_s += dc
+            if self._period_first_start is None:
+                self._period_first_start = t0
             if error is not None:
                 self.errors[error] = self.errors.get(error, 0) + 1
                 self.last_method, self.last_reason = "error", error
@@ -226,18 +230,23 @@ class GeometricWorker:
         now = time.monotonic()
         with self._cond:
             t_prev, cpu_prev, q_prev, f_prev = self._last_report
-            cpu = self._cpu_total_s  # a query's CPU counts when it ends (a period may hold up to one more)
+            cpu = self._cpu_total_s  # a query's CPU counts when it ends
             dt = max(now - t_prev, 1e-6)
+            # CPU over the wall time it was spent in: from the earliest start of the queries that
+            # ended this period (a query begun in the previous one counts whole here)
+            start = t_prev if self._period_first_start is None else min(t_prev, self._period_first_start)
+            dt_cpu = max(now - start, 1e-6)
             snap = {"offered": self.offered, "dropped": self.dropped, "queries": self.queries, "fixes": self.fixes,
                     "fallbacks": sum(self.fallbacks.values()), "fallback": dict(self.fallbacks),
                     "errors": dict(self.errors), "last_method": self.last_method, "last_reason": self.last_reason,
                     "query_rate_hz": (self.queries - q_prev) / dt, "fix_rate_hz": (self.fixes - f_prev) / dt,
-                    "cpu_share": (cpu - cpu_prev) / dt,
+                    "cpu_share": (cpu - cpu_prev) / dt_cpu,
                     "query_p50_s": float(np.median(self._query_s)) if self._query_s else float("nan"),
                     "query_p95_s": float(np.percentile(self._query_s, 95)) if self._query_s else float("nan"),
                     "query_cpu_p50_s": float(np.median(self._query_cpu_s)) if self._query_cpu_s else float("nan"),
                     "rate_limit_hz": self.rate_hz, "threads": self.threads, "opencv_threads": self.opencv_threads}
             self._last_report = (now, cpu, self.queries, self.fixes)
+            self._period_first_start = None
         return snap
 
     def diagnostics(self) -> dict[str, str]:

@@ -108,6 +108,8 @@ def test_foreign_bag_replayed_gives_base_poses_and_map_to_odom(tiny_dataset, loc
                           "image_qos": "reliable", "tf_publish_rate": 0.0, "tf_wait": 0.5,
                                 "tracking": False}, rec)  # map -> odom per in-scene estimate
     try:
+        # the probe hears the poses only once its subscription matched the node's new publisher
+        H.wait_matched(node.node.output.pub_pose_cov)
         play = subprocess.run([sys.executable, "-m", "pae_ros.ros.bag_play", str(bag), "--wait-subscribers",
                                "/cam0/image_raw/compressed:1", "--wait-timeout", "60"],
                               capture_output=True, text=True, timeout=120, cwd=str(H.REPO))
